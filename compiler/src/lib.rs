@@ -1,0 +1,1 @@
+//! llmc compiler library: frontends, driver and the CLI commands.

@@ -1,0 +1,24 @@
+//! Errors of the IR crate, keeping bad input, unsupported features and internal faults apart.
+
+use crate::weights::WeightError;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IrError {
+    /// IR text that does not parse: where and why.
+    #[error("{file}:{line}:{col}: {msg}")]
+    Parse { file: String, line: usize, col: usize, msg: String },
+    /// A graph that breaks an IR rule (types, operands, order); names the value and op.
+    #[error("invalid graph: {0}")]
+    Invalid(String),
+    /// Weight data that does not fit its type or cannot be read.
+    #[error("weight {0}")]
+    Weight(#[from] WeightError),
+    /// Something the IR or interpreter does not do (yet).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A run that cannot proceed on the inputs given (wrong shape, index out of range, ...).
+    #[error("{0}")]
+    Run(String),
+}
+
+pub type Result<T, E = IrError> = std::result::Result<T, E>;

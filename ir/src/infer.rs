@@ -1,0 +1,692 @@
+//! Shape and type inference: the result types of an op from its operand types (and the
+//! values of constant operands, where an op takes its parameters as operands).
+
+use crate::ops::{norm_axis, BinaryOp, Op, SliceSpec, UnaryOp};
+use crate::tensor::Tensor;
+use crate::types::{DType, Dim, Encoding, Shape, TensorType};
+
+type R<T> = Result<T, String>;
+
+/// Whether inference of this op looks at constant operand values.
+pub fn reads_const_operands(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Reshape { shape: None }
+            | Op::Expand { shape: None }
+            | Op::Tile { repeats: None }
+            | Op::Slice { spec: None }
+            | Op::ConstantOfShape { .. }
+            | Op::Range
+    )
+}
+
+/// Result types of `op` applied to operands of types `t`; `consts[i]` is operand i's value when
+/// it is a constant. The error says what does not fit.
+pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<TensorType>> {
+    let (lo, hi) = op.arity();
+    if t.len() < lo || hi.is_some_and(|h| t.len() > h) {
+        let want = match hi {
+            Some(h) if h == lo => format!("{lo}"),
+            Some(h) => format!("{lo} to {h}"),
+            None => format!("at least {lo}"),
+        };
+        return Err(format!("takes {want} operands, got {}", t.len()));
+    }
+    for (i, ty) in t.iter().enumerate() {
+        if !ty.enc.is_dense() && !op.accepts_encoded(i) {
+            return Err(format!("operand {i} is an encoded weight ({}); only linear, matmul and gather read those", ty.enc));
+        }
+    }
+    let one = |shape: Shape, dtype: DType| Ok(vec![TensorType::new(shape, dtype)]);
+    let x = t.first().copied();
+    match op {
+        Op::Constant { value } => one(Shape::fixed(&value.shape), value.dtype()),
+        Op::Unary(u) => {
+            let x = x.unwrap();
+            let d = x.dtype();
+            match u {
+                UnaryOp::Not if d != DType::Bool => return Err(format!("not takes bool, got {d}")),
+                UnaryOp::Not => {}
+                _ if d == DType::Bool => return Err(format!("{} does not take bool", u.name())),
+                _ if u.float_only() && !d.is_float() => return Err(format!("{} takes floats, got {d}", u.name())),
+                _ => {}
+            }
+            one(x.shape.clone(), d)
+        }
+        Op::Binary(b) => {
+            let (a, c) = (t[0], t[1]);
+            if a.dtype() != c.dtype() {
+                return Err(format!("operand types differ: {} and {}", a.dtype(), c.dtype()));
+            }
+            if b.is_logical() && a.dtype() != DType::Bool {
+                return Err(format!("{} takes bool, got {}", b.name(), a.dtype()));
+            }
+            if !b.is_logical() && !b.is_comparison() && a.dtype() == DType::Bool {
+                return Err(format!("{} does not take bool", b.name()));
+            }
+            let shape = broadcast(&a.shape, &c.shape)?;
+            let d = if b.is_comparison() || b.is_logical() { DType::Bool } else { a.dtype() };
+            if *b == BinaryOp::Pow && !d.is_float() && !d.is_int() {
+                return Err("pow takes numbers".into());
+            }
+            one(shape, d)
+        }
+        Op::Where => {
+            if t[0].dtype() != DType::Bool {
+                return Err(format!("condition must be bool, got {}", t[0].dtype()));
+            }
+            if t[1].dtype() != t[2].dtype() {
+                return Err(format!("branch types differ: {} and {}", t[1].dtype(), t[2].dtype()));
+            }
+            let s = broadcast(&broadcast(&t[0].shape, &t[1].shape)?, &t[2].shape)?;
+            one(s, t[1].dtype())
+        }
+        Op::Cast { to } => one(x.unwrap().shape.clone(), *to),
+        Op::Clip { .. } => same(x.unwrap()),
+        Op::MatMul => matmul(t[0], t[1]),
+        Op::Linear => {
+            let (x, w) = (t[0], t[1]);
+            if w.rank() != 2 {
+                return Err(format!("weight must be 2-D [out, in], got {}", w));
+            }
+            if x.rank() == 0 {
+                return Err("input must have at least one dimension".into());
+            }
+            let k = x.shape.0.last().unwrap();
+            if !dims_may_equal(k, &w.shape.0[1]) {
+                return Err(format!("input has {k} features but the weight {} takes {}", w, w.shape.0[1]));
+            }
+            if let Some(b) = t.get(2) {
+                if b.rank() != 1 || !dims_may_equal(&b.shape.0[0], &w.shape.0[0]) {
+                    return Err(format!("bias {} does not match {} outputs", b, w.shape.0[0]));
+                }
+            }
+            if !x.dtype().is_float() {
+                return Err(format!("input must be float, got {}", x.dtype()));
+            }
+            let mut s = x.shape.clone();
+            *s.0.last_mut().unwrap() = w.shape.0[0].clone();
+            one(s, x.dtype())
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+            let x = x.unwrap();
+            norm_axis(*axis, x.rank())?;
+            float(x)?;
+            same(x)
+        }
+        Op::LayerNorm { axis, .. } | Op::RmsNorm { axis, .. } => {
+            let x = x.unwrap();
+            let a = norm_axis(*axis, x.rank())?;
+            float(x)?;
+            let norm = &x.shape.0[a..];
+            for (i, p) in t[1..].iter().enumerate() {
+                let ok = p.rank() <= norm.len()
+                    && p.shape.0.iter().rev().zip(norm.iter().rev()).all(|(a, b)| dims_may_equal(a, b) || *a == Dim::Fixed(1));
+                if !ok {
+                    return Err(format!("{} {} does not fit the normalized dimensions {}", ["scale", "bias"][i], p, Shape(norm.to_vec())));
+                }
+            }
+            same(x)
+        }
+        Op::Reduce { axes, keepdims, .. } => {
+            let x = x.unwrap();
+            let s = reduce_shape(&x.shape, axes, *keepdims)?;
+            one(s, x.dtype())
+        }
+        Op::ArgMax { axis, keepdims } => {
+            let x = x.unwrap();
+            let s = reduce_shape(&x.shape, &[*axis], *keepdims)?;
+            one(s, DType::I64)
+        }
+        Op::Gather { axis } => {
+            let (d, i) = (t[0], t[1]);
+            if !i.dtype().is_int() {
+                return Err(format!("indices must be integers, got {}", i.dtype()));
+            }
+            let a = norm_axis(*axis, d.rank())?;
+            let mut s = d.shape.0[..a].to_vec();
+            s.extend(i.shape.0.iter().cloned());
+            s.extend(d.shape.0[a + 1..].iter().cloned());
+            one(Shape(s), d.dtype())
+        }
+        Op::Reshape { shape } => {
+            let x = x.unwrap();
+            let target = match shape {
+                Some(s) => s.clone(),
+                None => match consts.get(1).copied().flatten() {
+                    Some(c) => c.to_i64_vec(),
+                    None => return one(unknown_shape_of_len(t[1])?, x.dtype()),
+                },
+            };
+            one(reshape(&x.shape, &target)?, x.dtype())
+        }
+        Op::Transpose { perm } => {
+            let x = x.unwrap();
+            let p = perm_of(perm, x.rank())?;
+            one(Shape(p.iter().map(|&i| x.shape.0[i].clone()).collect()), x.dtype())
+        }
+        Op::Concat { axis } => {
+            let x0 = t[0];
+            let a = norm_axis(*axis, x0.rank())?;
+            let mut total = Some(0u64);
+            let mut syms = vec![];
+            for (i, ti) in t.iter().enumerate() {
+                if ti.rank() != x0.rank() || ti.dtype() != x0.dtype() {
+                    return Err(format!("operand {i} is {ti} but operand 0 is {x0}"));
+                }
+                for (k, (d0, di)) in x0.shape.0.iter().zip(&ti.shape.0).enumerate() {
+                    if k != a && !dims_may_equal(d0, di) {
+                        return Err(format!("operand {i} is {ti} but operand 0 is {x0}: dimension {k} differs"));
+                    }
+                }
+                match &ti.shape.0[a] {
+                    Dim::Fixed(n) => total = total.map(|t| t + n),
+                    d => {
+                        syms.push(d.clone());
+                        total = None
+                    }
+                }
+            }
+            let mut s = x0.shape.clone();
+            s.0[a] = match total {
+                Some(n) => Dim::Fixed(n),
+                // a single symbolic piece plus empty ones keeps its name
+                None if syms.len() == 1 && t.iter().all(|ti| ti.shape.0[a] == Dim::Fixed(0) || ti.shape.0[a] == syms[0]) => {
+                    syms[0].clone()
+                }
+                None => Dim::Any,
+            };
+            one(s, x0.dtype())
+        }
+        Op::Split { axis, sizes } => {
+            let x = x.unwrap();
+            let a = norm_axis(*axis, x.rank())?;
+            if sizes.iter().any(|&s| s < 0) {
+                return Err(format!("split sizes must be non-negative, got {sizes:?}"));
+            }
+            if let Dim::Fixed(n) = x.shape.0[a] {
+                let sum: i64 = sizes.iter().sum();
+                if sum as u64 != n {
+                    return Err(format!("split sizes {sizes:?} add up to {sum}, not {n}"));
+                }
+            }
+            Ok(sizes
+                .iter()
+                .map(|&s| {
+                    let mut sh = x.shape.clone();
+                    sh.0[a] = Dim::Fixed(s as u64);
+                    TensorType::new(sh, x.dtype())
+                })
+                .collect())
+        }
+        Op::Slice { spec } => {
+            let x = x.unwrap();
+            let spec = match spec {
+                Some(s) => s.clone(),
+                None => {
+                    let c = |i: usize| consts.get(i).copied().flatten().map(|t| t.to_i64_vec());
+                    match (c(1), c(2)) {
+                        (Some(starts), Some(ends)) => {
+                            let axes = if t.len() > 3 { c(3) } else { Some((0..starts.len() as i64).collect()) };
+                            let steps = if t.len() > 4 { c(4) } else { Some(vec![1; starts.len()]) };
+                            match (axes, steps) {
+                                (Some(axes), Some(steps)) => SliceSpec { starts, ends, axes, steps },
+                                _ => return one(Shape(vec![Dim::Any; x.rank()]), x.dtype()),
+                            }
+                        }
+                        _ => return one(Shape(vec![Dim::Any; x.rank()]), x.dtype()),
+                    }
+                }
+            };
+            one(slice_shape(&x.shape, &spec)?, x.dtype())
+        }
+        Op::Squeeze { axes } => {
+            let x = x.unwrap();
+            let mut drop = vec![false; x.rank()];
+            if axes.is_empty() {
+                for (i, d) in x.shape.0.iter().enumerate() {
+                    match d {
+                        Dim::Fixed(1) => drop[i] = true,
+                        Dim::Fixed(_) => {}
+                        _ => return Err(format!("squeeze without axes cannot tell whether dimension {i} ({d}) is 1")),
+                    }
+                }
+            }
+            for &a in axes {
+                let a = norm_axis(a, x.rank())?;
+                match &x.shape.0[a] {
+                    Dim::Fixed(1) | Dim::Any | Dim::Sym(_) => drop[a] = true,
+                    d => return Err(format!("cannot squeeze dimension {a} of size {d}")),
+                }
+            }
+            let s = x.shape.0.iter().zip(&drop).filter(|(_, &d)| !d).map(|(d, _)| d.clone()).collect();
+            one(Shape(s), x.dtype())
+        }
+        Op::Unsqueeze { axes } => {
+            let x = x.unwrap();
+            let r = x.rank() + axes.len();
+            let mut ins = vec![false; r];
+            for &a in axes {
+                let a = norm_axis(a, r)?;
+                if ins[a] {
+                    return Err(format!("axis {a} repeats"));
+                }
+                ins[a] = true;
+            }
+            let mut src = x.shape.0.iter();
+            let s = ins.iter().map(|&i| if i { Dim::Fixed(1) } else { src.next().unwrap().clone() }).collect();
+            one(Shape(s), x.dtype())
+        }
+        Op::Expand { shape } => {
+            let x = x.unwrap();
+            let target = match shape {
+                Some(s) => s.clone(),
+                None => match consts.get(1).copied().flatten() {
+                    Some(c) => c.to_i64_vec(),
+                    None => {
+                        let n = unknown_shape_of_len(t[1])?;
+                        let r = n.rank().max(x.rank());
+                        return one(Shape(vec![Dim::Any; r]), x.dtype());
+                    }
+                },
+            };
+            let ts = Shape(target.iter().map(|&d| Dim::Fixed(d.max(0) as u64)).collect());
+            one(broadcast(&x.shape, &ts)?, x.dtype())
+        }
+        Op::Flatten { axis } => {
+            let x = x.unwrap();
+            let r = x.rank() as i64;
+            let a = if *axis < 0 { axis + r } else { *axis };
+            if a < 0 || a > r {
+                return Err(format!("axis {axis} is out of range for rank {r}"));
+            }
+            let prod = |ds: &[Dim]| ds.iter().try_fold(1u64, |acc, d| d.fixed().map(|n| acc * n)).map_or(Dim::Any, Dim::Fixed);
+            one(Shape(vec![prod(&x.shape.0[..a as usize]), prod(&x.shape.0[a as usize..])]), x.dtype())
+        }
+        Op::Tile { repeats } => {
+            let x = x.unwrap();
+            let reps = match repeats {
+                Some(r) => r.clone(),
+                None => match consts.get(1).copied().flatten() {
+                    Some(c) => c.to_i64_vec(),
+                    None => return one(Shape(vec![Dim::Any; x.rank()]), x.dtype()),
+                },
+            };
+            if reps.len() != x.rank() {
+                return Err(format!("{} repeats for rank {}", reps.len(), x.rank()));
+            }
+            let s = x
+                .shape
+                .0
+                .iter()
+                .zip(&reps)
+                .map(|(d, &r)| match (d, r) {
+                    (_, 1) => d.clone(),
+                    (Dim::Fixed(n), r) if r >= 0 => Dim::Fixed(n * r as u64),
+                    _ => Dim::Any,
+                })
+                .collect();
+            one(Shape(s), x.dtype())
+        }
+        Op::Shape { start, end } => {
+            let r = x.unwrap().rank() as i64;
+            let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r);
+            let (s, e) = (clamp(*start), clamp(end.unwrap_or(r)));
+            one(Shape::fixed(&[(e - s).max(0) as usize]), DType::I64)
+        }
+        Op::ConstantOfShape { value } => {
+            if value.numel() != 1 {
+                return Err("value must hold one element".into());
+            }
+            let s = match consts.first().copied().flatten() {
+                Some(c) => Shape(c.to_i64_vec().into_iter().map(|d| Dim::Fixed(d.max(0) as u64)).collect()),
+                None => unknown_shape_of_len(t[0])?,
+            };
+            one(s, value.dtype())
+        }
+        Op::Range => {
+            for (i, ti) in t.iter().enumerate() {
+                if ti.rank() != 0 && ti.shape.numel() != Some(1) {
+                    return Err(format!("operand {i} must be a scalar, got {ti}"));
+                }
+                if ti.dtype() != t[0].dtype() {
+                    return Err("start, limit and delta must have one type".into());
+                }
+            }
+            let c: Option<Vec<f64>> = (0..3).map(|i| consts.get(i).copied().flatten().map(|t| t.data.to_f64()[0])).collect();
+            let n = match c {
+                Some(v) if v[2] != 0.0 => Dim::Fixed(((v[1] - v[0]) / v[2]).ceil().max(0.0) as u64),
+                Some(_) => return Err("delta must not be 0".into()),
+                None => Dim::Any,
+            };
+            one(Shape(vec![n]), t[0].dtype())
+        }
+        Op::Rope { dims, .. } => {
+            let (x, p) = (t[0], t[1]);
+            float(x)?;
+            if x.rank() != 4 {
+                return Err(format!("input must be [batch, seq, heads, head_dim], got {x}"));
+            }
+            if !p.dtype().is_int() || p.rank() != 2 {
+                return Err(format!("positions must be integer [batch, seq], got {p}"));
+            }
+            if let (Some(d), Dim::Fixed(hd)) = (dims, &x.shape.0[3]) {
+                if *d <= 0 || *d as u64 > *hd || d % 2 != 0 {
+                    return Err(format!("rotary dims {d} must be even and at most the head size {hd}"));
+                }
+            } else if let Dim::Fixed(hd) = &x.shape.0[3] {
+                if hd % 2 != 0 {
+                    return Err(format!("head size {hd} must be even"));
+                }
+            }
+            same(x)
+        }
+        Op::Attention { .. } => {
+            let (q, k, v) = (t[0], t[1], t[2]);
+            for (n, a) in [("q", q), ("k", k), ("v", v)] {
+                if a.rank() != 4 {
+                    return Err(format!("{n} must be [batch, heads, seq, head_dim], got {a}"));
+                }
+                float(a)?;
+            }
+            if let (Dim::Fixed(h), Dim::Fixed(hk)) = (&q.shape.0[1], &k.shape.0[1]) {
+                if *hk == 0 || h % hk != 0 {
+                    return Err(format!("{h} query heads are not a multiple of {hk} key/value heads"));
+                }
+            }
+            if !dims_may_equal(&q.shape.0[3], &k.shape.0[3]) {
+                return Err(format!("q head size {} differs from k head size {}", q.shape.0[3], k.shape.0[3]));
+            }
+            if !dims_may_equal(&k.shape.0[2], &v.shape.0[2]) || !dims_may_equal(&k.shape.0[1], &v.shape.0[1]) {
+                return Err(format!("k {k} and v {v} differ in heads or length"));
+            }
+            if let Some(m) = t.get(3) {
+                if m.rank() > 4 || !m.dtype().is_float() {
+                    return Err(format!("mask must be a float tensor broadcastable to [batch, heads, seq, ctx], got {m}"));
+                }
+            }
+            let mut s = q.shape.clone();
+            s.0[3] = v.shape.0[3].clone();
+            one(s, q.dtype())
+        }
+        Op::CacheConcat { axis, .. } => {
+            let x = x.unwrap();
+            let a = norm_axis(*axis, x.rank())?;
+            let mut s = x.shape.clone();
+            s.0[a] = Dim::Any;
+            one(s, x.dtype())
+        }
+    }
+}
+
+fn same(x: &TensorType) -> R<Vec<TensorType>> {
+    Ok(vec![TensorType::new(x.shape.clone(), x.dtype())])
+}
+
+fn float(x: &TensorType) -> R<()> {
+    if x.dtype().is_float() {
+        Ok(())
+    } else {
+        Err(format!("takes floats, got {}", x.dtype()))
+    }
+}
+
+/// Whether two dimensions can be equal at run time.
+pub fn dims_may_equal(a: &Dim, b: &Dim) -> bool {
+    match (a, b) {
+        (Dim::Fixed(x), Dim::Fixed(y)) => x == y,
+        _ => true,
+    }
+}
+
+fn broadcast_dim(a: &Dim, b: &Dim) -> R<Dim> {
+    Ok(match (a, b) {
+        (Dim::Fixed(1), x) | (x, Dim::Fixed(1)) => x.clone(),
+        (Dim::Fixed(m), Dim::Fixed(n)) => {
+            if m != n {
+                return Err(format!("dimensions {m} and {n} do not broadcast"));
+            }
+            Dim::Fixed(*m)
+        }
+        (Dim::Fixed(n), _) | (_, Dim::Fixed(n)) => Dim::Fixed(*n),
+        (Dim::Sym(s), Dim::Sym(t)) if s == t => Dim::Sym(s.clone()),
+        _ => Dim::Any,
+    })
+}
+
+/// Numpy broadcasting of two shapes.
+pub fn broadcast(a: &Shape, b: &Shape) -> R<Shape> {
+    let r = a.rank().max(b.rank());
+    let one = Dim::Fixed(1);
+    let mut out = Vec::with_capacity(r);
+    for i in 0..r {
+        let da = if i + a.rank() >= r { &a.0[i + a.rank() - r] } else { &one };
+        let db = if i + b.rank() >= r { &b.0[i + b.rank() - r] } else { &one };
+        out.push(broadcast_dim(da, db).map_err(|e| format!("shapes {a} and {b} do not broadcast: {e}"))?);
+    }
+    Ok(Shape(out))
+}
+
+fn matmul(a: &TensorType, b: &TensorType) -> R<Vec<TensorType>> {
+    if a.rank() == 0 || b.rank() == 0 {
+        return Err("matmul operands must have at least one dimension".into());
+    }
+    if a.dtype() != b.dtype() {
+        return Err(format!("operand types differ: {} and {}", a.dtype(), b.dtype()));
+    }
+    let mut sa = a.shape.0.clone();
+    let mut sb = b.shape.0.clone();
+    let a1 = sa.len() == 1;
+    let b1 = sb.len() == 1;
+    if a1 {
+        sa.insert(0, Dim::Fixed(1));
+    }
+    if b1 {
+        sb.push(Dim::Fixed(1));
+    }
+    let (m, ka) = (&sa[sa.len() - 2], &sa[sa.len() - 1]);
+    let (kb, n) = (&sb[sb.len() - 2], &sb[sb.len() - 1]);
+    if !dims_may_equal(ka, kb) {
+        return Err(format!("inner dimensions differ: {a} times {b}"));
+    }
+    let batch = broadcast(&Shape(sa[..sa.len() - 2].to_vec()), &Shape(sb[..sb.len() - 2].to_vec()))?;
+    let mut s = batch.0;
+    if !a1 {
+        s.push(m.clone());
+    }
+    if !b1 {
+        s.push(n.clone());
+    }
+    Ok(vec![TensorType::new(Shape(s), a.dtype())])
+}
+
+fn reduce_shape(x: &Shape, axes: &[i64], keepdims: bool) -> R<Shape> {
+    let mut red = vec![axes.is_empty(); x.rank()];
+    for &a in axes {
+        red[norm_axis(a, x.rank())?] = true;
+    }
+    Ok(Shape(
+        x.0.iter()
+            .zip(&red)
+            .filter_map(|(d, &r)| match (r, keepdims) {
+                (false, _) => Some(d.clone()),
+                (true, true) => Some(Dim::Fixed(1)),
+                (true, false) => None,
+            })
+            .collect(),
+    ))
+}
+
+fn unknown_shape_of_len(shape_operand: &TensorType) -> R<Shape> {
+    if shape_operand.rank() != 1 || !shape_operand.dtype().is_int() {
+        return Err(format!("shape operand must be a 1-D integer tensor, got {shape_operand}"));
+    }
+    match shape_operand.shape.0[0] {
+        Dim::Fixed(n) => Ok(Shape(vec![Dim::Any; n as usize])),
+        _ => Err("the shape operand's length must be known".into()),
+    }
+}
+
+/// Resolves a reshape target (0 copies, -1 infers) against an input shape.
+pub fn reshape(x: &Shape, target: &[i64]) -> R<Shape> {
+    let mut out: Vec<Dim> = Vec::with_capacity(target.len());
+    let mut infer_at = None;
+    for (i, &d) in target.iter().enumerate() {
+        match d {
+            0 => out.push(x.0.get(i).cloned().ok_or_else(|| format!("0 at position {i} copies a dimension {x} lacks"))?),
+            -1 => {
+                if infer_at.replace(i).is_some() {
+                    return Err(format!("target {target:?} has more than one -1"));
+                }
+                out.push(Dim::Any);
+            }
+            d if d > 0 => out.push(Dim::Fixed(d as u64)),
+            d => return Err(format!("invalid target dimension {d} in {target:?}")),
+        }
+    }
+    // Cancel the dimensions both sides share (symbols and fixed sizes), then compare what is left.
+    let mut left: Vec<Dim> = x.0.clone();
+    let mut right_fixed = 1u64;
+    let mut right_syms: Vec<Dim> = vec![];
+    for (i, d) in out.iter().enumerate() {
+        if Some(i) == infer_at {
+            continue;
+        }
+        match d {
+            Dim::Fixed(n) => right_fixed *= n,
+            other => right_syms.push(other.clone()),
+        }
+    }
+    let mut unknown = false;
+    for s in &right_syms {
+        match left.iter().position(|l| l == s && !matches!(l, Dim::Any)) {
+            Some(p) => {
+                left.remove(p);
+            }
+            None => unknown = true,
+        }
+    }
+    let left_fixed: Option<u64> = left.iter().try_fold(1u64, |acc, d| d.fixed().map(|n| acc * n));
+    match (infer_at, left_fixed, unknown) {
+        (Some(i), Some(l), false) => {
+            if right_fixed == 0 || l % right_fixed != 0 {
+                return Err(format!("cannot reshape {x} to {target:?}"));
+            }
+            out[i] = Dim::Fixed(l / right_fixed);
+        }
+        (None, Some(l), false) if l != right_fixed => {
+            return Err(format!("cannot reshape {x} ({l} elements) to {target:?} ({right_fixed} elements)"));
+        }
+        _ => {}
+    }
+    Ok(Shape(out))
+}
+
+fn perm_of(perm: &[i64], rank: usize) -> R<Vec<usize>> {
+    if perm.is_empty() {
+        return Ok((0..rank).rev().collect());
+    }
+    if perm.len() != rank {
+        return Err(format!("permutation {perm:?} has {} entries for rank {rank}", perm.len()));
+    }
+    let mut seen = vec![false; rank];
+    let mut p = Vec::with_capacity(rank);
+    for &a in perm {
+        let a = norm_axis(a, rank)?;
+        if std::mem::replace(&mut seen[a], true) {
+            return Err(format!("{perm:?} is not a permutation"));
+        }
+        p.push(a);
+    }
+    Ok(p)
+}
+
+/// Resolved start, step and length of one sliced axis of size `n`, ONNX rules.
+pub fn slice_range(n: i64, start: i64, end: i64, step: i64) -> (i64, i64, i64) {
+    let clamp = |v: i64, lo: i64, hi: i64| v.clamp(lo, hi);
+    let norm = |v: i64| if v < 0 { v + n } else { v };
+    if step > 0 {
+        let s = clamp(norm(start), 0, n);
+        let e = clamp(norm(end), 0, n);
+        (s, step, ((e - s).max(0) + step - 1) / step)
+    } else {
+        let s = clamp(norm(start), -1, n - 1);
+        let e = clamp(norm(end), -1, n - 1);
+        (s, step, ((s - e).max(0) + (-step) - 1) / (-step))
+    }
+}
+
+fn slice_shape(x: &Shape, spec: &SliceSpec) -> R<Shape> {
+    let k = spec.starts.len();
+    if spec.ends.len() != k || spec.axes.len() != k || spec.steps.len() != k {
+        return Err("starts, ends, axes and steps must have one length".into());
+    }
+    let mut out = x.0.clone();
+    for i in 0..k {
+        let a = norm_axis(spec.axes[i], x.rank())?;
+        if spec.steps[i] == 0 {
+            return Err("slice step must not be 0".into());
+        }
+        out[a] = match &x.0[a] {
+            Dim::Fixed(n) => Dim::Fixed(slice_range(*n as i64, spec.starts[i], spec.ends[i], spec.steps[i]).2 as u64),
+            d if spec.starts[i] == 0 && spec.ends[i] >= i32::MAX as i64 && spec.steps[i] == 1 => d.clone(),
+            _ => Dim::Any,
+        };
+    }
+    Ok(Shape(out))
+}
+
+/// Whether a declared type is acceptable where inference gives `inferred`: same encoding,
+/// same rank, and every dimension equal unless inference left it unknown.
+pub fn refines(declared: &TensorType, inferred: &TensorType) -> bool {
+    let enc_ok = match (&declared.enc, &inferred.enc) {
+        (Encoding::Dense(a), Encoding::Dense(b)) => a == b,
+        (a, b) => a == b,
+    };
+    enc_ok
+        && declared.rank() == inferred.rank()
+        && declared.shape.0.iter().zip(&inferred.shape.0).all(|(d, i)| d == i || *i == Dim::Any)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tt(s: &str) -> TensorType {
+        crate::parse::parse_type(s).unwrap()
+    }
+
+    #[test]
+    fn reshape_resolves_symbols_and_minus_one() {
+        let x = tt("tensor<{batch}x{seq}x576xf32>").shape;
+        assert_eq!(reshape(&x, &[0, 0, 9, 64]).unwrap().to_string(), "{batch}x{seq}x9x64");
+        assert_eq!(reshape(&x, &[0, 0, -1, 64]).unwrap().to_string(), "{batch}x{seq}x9x64");
+        let y = tt("tensor<{batch}x{seq}x9x64xf32>").shape;
+        assert_eq!(reshape(&y, &[0, 0, 576]).unwrap().to_string(), "{batch}x{seq}x576");
+        assert!(reshape(&Shape::fixed(&[2, 3]), &[4]).is_err());
+        assert_eq!(reshape(&Shape::fixed(&[2, 3]), &[-1]).unwrap().to_string(), "6");
+    }
+
+    #[test]
+    fn matmul_and_linear_shapes() {
+        let r = infer(&Op::MatMul, &[&tt("tensor<{b}x9x{s}x64xf32>"), &tt("tensor<{b}x9x64x{t}xf32>")], &[None, None]).unwrap();
+        assert_eq!(r[0].to_string(), "tensor<{b}x9x{s}x{t}xf32>");
+        let r = infer(&Op::MatMul, &[&tt("tensor<3xf32>"), &tt("tensor<3x4xf32>")], &[None, None]).unwrap();
+        assert_eq!(r[0].to_string(), "tensor<4xf32>");
+        let w = tt("tensor<1536x576x!q4<g32,f16,min>>");
+        let r = infer(&Op::Linear, &[&tt("tensor<{b}x{s}x576xf32>"), &w], &[None, None]).unwrap();
+        assert_eq!(r[0].to_string(), "tensor<{b}x{s}x1536xf32>");
+        let e = infer(&Op::Linear, &[&tt("tensor<{b}x{s}x512xf32>"), &w], &[None, None]).unwrap_err();
+        assert!(e.contains("512 features"), "{e}");
+        let e = infer(&Op::Binary(BinaryOp::Add), &[&w, &w], &[None, None]).unwrap_err();
+        assert!(e.contains("encoded weight"), "{e}");
+    }
+
+    #[test]
+    fn slices_follow_onnx_clamping() {
+        assert_eq!(slice_range(10, 0, i64::MAX, 1), (0, 1, 10));
+        assert_eq!(slice_range(10, -3, 100, 1), (7, 1, 3));
+        assert_eq!(slice_range(10, -1, i64::MIN, -1), (9, -1, 10));
+        assert_eq!(slice_range(10, 5, 2, 1).2, 0);
+    }
+}

@@ -1,0 +1,1 @@
+//! llmc passes: the rewrite driver, canonicalization and fusion patterns over the graph IR.

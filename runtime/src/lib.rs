@@ -1,0 +1,1 @@
+//! llmc runtime: what a host program needs beside a bundle.
