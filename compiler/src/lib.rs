@@ -1,1 +1,4 @@
-//! llmc compiler library: frontends, driver and the CLI commands.
+//! llmc compiler library: frontends, tokenizers, the evaluation protocol and the CLI commands.
+
+pub mod frontend;
+pub mod tokenizer;
