@@ -1,1 +1,1 @@
-//! placeholder
+//! Llama graph builder (being written).
