@@ -1,4 +1,7 @@
 //! llmc compiler library: frontends, tokenizers, the evaluation protocol and the CLI commands.
 
+pub mod cli;
+pub mod eval;
 pub mod frontend;
+pub mod npy;
 pub mod tokenizer;

@@ -1,1 +1,5 @@
-//! llmc runtime: what a host program needs beside a bundle.
+//! llmc runtime: what a host program needs beside a bundle. Depends on nothing else in llmc.
+
+pub mod sampler;
+
+pub use sampler::{Sampler, SamplerConfig};

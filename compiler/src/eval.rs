@@ -1,0 +1,196 @@
+//! The evaluation protocol for language models (ASSETS.md): perplexity over non-overlapping
+//! windows, each from an empty KV cache, and KL / top-1 agreement against a reference model.
+
+use crate::frontend::{Model, ModelKind};
+use llmc_ir::interp::WeightCache;
+use llmc_ir::{IrError, Session, Tensor};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Bad(String),
+    #[error(transparent)]
+    Ir(#[from] IrError),
+}
+
+/// The protocol's text: each file's content with surrounding whitespace stripped, joined by
+/// a blank line, files in the order given.
+pub fn join_texts(files: &[PathBuf]) -> Result<String, EvalError> {
+    let mut parts = Vec::with_capacity(files.len());
+    for f in files {
+        let s = std::fs::read_to_string(f).map_err(|source| EvalError::Io { path: f.clone(), source })?;
+        parts.push(s.trim().to_string());
+    }
+    Ok(parts.join("\n\n"))
+}
+
+/// Windows to evaluate and their length.
+#[derive(Clone, Copy, Debug)]
+pub struct Protocol {
+    pub window: usize,
+    pub windows: usize,
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Protocol { window: 512, windows: 16 }
+    }
+}
+
+/// What an evaluation measured.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct EvalResult {
+    pub tokens: usize,
+    pub windows: usize,
+    pub window: usize,
+    pub predicted: usize,
+    pub nll: f64,
+    pub perplexity: f64,
+    /// Mean KL(reference ‖ model) per predicted token, with a reference.
+    pub kl: Option<f64>,
+    /// Fraction of predicted positions where the model's top token is the reference's.
+    pub top1: Option<f64>,
+    pub seconds: f64,
+}
+
+/// A causal LM ready to score windows.
+pub struct Scorer<'m> {
+    session: Session<'m>,
+    vocab: usize,
+}
+
+impl<'m> Scorer<'m> {
+    pub fn new(m: &'m Model) -> Result<Scorer<'m>, EvalError> {
+        let ModelKind::CausalLm { vocab, .. } = m.kind else {
+            return Err(EvalError::Bad(format!(
+                "{}: eval measures language models; this model is {:?}",
+                m.path.display(),
+                m.kind
+            )));
+        };
+        let session = Session::with_cache(&m.graph, Arc::new(WeightCache::new(&m.graph)))?;
+        Ok(Scorer { session, vocab })
+    }
+
+    /// Log-probabilities `[len, vocab]` of every position of one window, from an empty cache.
+    pub fn log_probs(&mut self, ids: &[u32]) -> Result<Vec<f32>, EvalError> {
+        self.session.reset();
+        let n = ids.len();
+        let tokens = Tensor::i64(vec![1, n], ids.iter().map(|&t| t as i64).collect());
+        let positions = Tensor::i64(vec![1, n], (0..n as i64).collect());
+        let out = self.session.run(&[("tokens", tokens), ("positions", positions)])?;
+        let logits = out.into_iter().find(|(k, _)| k == "logits").ok_or_else(|| EvalError::Bad("the graph has no 'logits' output".into()))?.1;
+        let mut v = logits.to_f32_vec();
+        if v.len() != n * self.vocab {
+            return Err(EvalError::Bad(format!("logits have {} values, expected {n} x {}", v.len(), self.vocab)));
+        }
+        use rayon::prelude::*;
+        v.par_chunks_mut(self.vocab).for_each(log_softmax);
+        Ok(v)
+    }
+}
+
+/// In-place log-softmax of one row, accumulating in f64.
+pub fn log_softmax(row: &mut [f32]) {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let lse = max as f64 + sum.ln();
+    row.iter_mut().for_each(|x| *x = (*x as f64 - lse) as f32);
+}
+
+/// Runs the protocol on `ids` with an optional reference model; `progress` is told after
+/// each window.
+pub fn evaluate(
+    model: &Model,
+    reference: Option<&Model>,
+    ids: &[u32],
+    p: Protocol,
+    mut progress: impl FnMut(usize),
+) -> Result<EvalResult, EvalError> {
+    let start = std::time::Instant::now();
+    let available = ids.len() / p.window.max(1);
+    if p.window < 2 {
+        return Err(EvalError::Bad("the window must hold at least 2 tokens".into()));
+    }
+    if available < p.windows {
+        return Err(EvalError::Bad(format!(
+            "the text makes {} tokens: {available} windows of {}, fewer than the {} asked for (pass more text or --windows {available})",
+            ids.len(),
+            p.window,
+            p.windows
+        )));
+    }
+    if let ModelKind::CausalLm { max_context, .. } = model.kind {
+        if p.window > max_context {
+            return Err(EvalError::Bad(format!("window {} exceeds the model's context of {max_context}", p.window)));
+        }
+    }
+    let mut scorer = Scorer::new(model)?;
+    let mut ref_scorer = reference.map(Scorer::new).transpose()?;
+    if let Some(r) = &ref_scorer {
+        if r.vocab != scorer.vocab {
+            return Err(EvalError::Bad(format!("the reference's vocabulary ({}) differs from the model's ({})", r.vocab, scorer.vocab)));
+        }
+    }
+    let v = scorer.vocab;
+    let (mut nll, mut kl, mut agree, mut count) = (0f64, 0f64, 0usize, 0usize);
+    for w in 0..p.windows {
+        let win = &ids[w * p.window..(w + 1) * p.window];
+        let lp = scorer.log_probs(win)?;
+        let rp = ref_scorer.as_mut().map(|r| r.log_probs(win)).transpose()?;
+        for i in 0..p.window - 1 {
+            let row = &lp[i * v..(i + 1) * v];
+            let next = win[i + 1] as usize;
+            if next >= v {
+                return Err(EvalError::Bad(format!("token id {next} is outside the vocabulary of {v}")));
+            }
+            nll -= row[next] as f64;
+            if let Some(rp) = &rp {
+                let rrow = &rp[i * v..(i + 1) * v];
+                kl += rrow.iter().zip(row).map(|(&r, &m)| (r as f64).exp() * (r as f64 - m as f64)).sum::<f64>();
+                if llmc_runtime::sampler::argmax(rrow) == llmc_runtime::sampler::argmax(row) {
+                    agree += 1;
+                }
+            }
+            count += 1;
+        }
+        progress(w + 1);
+    }
+    let mean = nll / count as f64;
+    Ok(EvalResult {
+        tokens: ids.len(),
+        windows: p.windows,
+        window: p.window,
+        predicted: count,
+        nll: mean,
+        perplexity: mean.exp(),
+        kl: rp_some(reference, kl / count as f64),
+        top1: rp_some(reference, agree as f64 / count as f64),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn rp_some(reference: Option<&Model>, x: f64) -> Option<f64> {
+    reference.map(|_| x)
+}
+
+/// The protocol's default test files: names starting with 2016 … 2021 in a directory, sorted.
+pub fn year_files(dir: &Path, from: u32, to: u32) -> Result<Vec<PathBuf>, EvalError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| EvalError::Io { path: dir.to_path_buf(), source })?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.get(..4))
+                .and_then(|y| y.parse::<u32>().ok())
+                .is_some_and(|y| (from..=to).contains(&y))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
