@@ -1,6 +1,8 @@
 //! Frontends: read ONNX, safetensors (+ config.json) and GGUF models into one graph IR.
 
+pub mod bert;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod llama;
 pub mod onnx;
 pub mod safetensors;

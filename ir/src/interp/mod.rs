@@ -7,7 +7,7 @@ use crate::graph::{Graph, ValueDef, ValueId};
 use crate::infer::slice_range;
 use crate::ops::{norm_axis, Op, SliceSpec};
 use crate::tensor::{strides, Data, Tensor};
-use crate::types::Dim;
+use crate::types::{DType, Dim, Encoding};
 use kernels as k;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -82,6 +82,8 @@ impl<'g> Session<'g> {
 
     fn weight(&self, i: usize, as_f32: bool) -> Result<Arc<Tensor>, IrError> {
         let w = &self.graph.weights[i];
+        // dense f32 weights decode the same either way: keep one copy
+        let as_f32 = as_f32 || w.ty.enc == Encoding::Dense(DType::F32);
         let slot = if as_f32 || !w.ty.enc.is_dense() { &self.cache.f32[i] } else { &self.cache.dense[i] };
         if let Some(t) = slot.get() {
             return Ok(t.clone());
@@ -131,7 +133,11 @@ impl<'g> Session<'g> {
             let mut args: Vec<Arc<Tensor>> = Vec::with_capacity(n.inputs.len());
             for (pos, v) in n.inputs.iter().enumerate() {
                 let t = match g.def(*v) {
-                    ValueDef::Weight(w) => self.weight(w as usize, n.op.accepts_encoded(pos))?,
+                    ValueDef::Weight(w) => {
+                        // gather keeps a dense table's element type, as inference says it does
+                        let dense_gather = matches!(n.op, Op::Gather { .. }) && g.weights[w as usize].ty.enc.is_dense();
+                        self.weight(w as usize, n.op.accepts_encoded(pos) && !dense_gather)?
+                    }
                     _ => env[v.0 as usize].clone().ok_or_else(|| IrError::Invalid(format!("{} has no value", self.names[v.0 as usize])))?,
                 };
                 args.push(t);
@@ -584,7 +590,8 @@ fn reduce(x: &Tensor, kind: crate::ops::ReduceKind, axes: &[i64], keepdims: bool
     let perm: Vec<usize> = (0..r).filter(|&d| !red[d]).chain((0..r).filter(|&d| red[d])).collect();
     let t = k::transpose(x, &perm);
     let cols: usize = (0..r).filter(|&d| red[d]).map(|d| x.shape[d]).product();
-    let rows = x.numel() / cols.max(1);
+    // Counted from the kept dimensions: an empty reduced axis still leaves rows to fill.
+    let rows: usize = (0..r).filter(|&d| !red[d]).map(|d| x.shape[d]).product();
     let out_shape: Vec<usize> =
         (0..r).filter_map(|d| if !red[d] { Some(x.shape[d]) } else if keepdims { Some(1) } else { None }).collect();
     let is_int = x.dtype().is_int();
@@ -622,4 +629,46 @@ pub fn trace(g: &Graph, inputs: &[(&str, Tensor)]) -> Result<Vec<(ValueId, Tenso
     t.outputs = g.nodes.iter().flat_map(|n| n.outputs.iter()).map(|v| (format!("v{}", v.0), *v)).collect();
     let res = Session::new(&t)?.run(inputs)?;
     Ok(t.outputs.iter().map(|(_, v)| *v).zip(res.into_iter().map(|(_, t)| t)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::TensorType;
+    use crate::weights::WeightData;
+
+    #[test]
+    fn gather_of_a_dense_half_table_keeps_its_type() {
+        // inference says gather(bf16 table) is bf16; the interpreter must agree
+        let mut g = Graph::new("t");
+        let ids = g.add_input("ids", TensorType::fixed(&[2], DType::I64));
+        let table = Tensor::f32(vec![3, 2], vec![1., 2., 3., 4., 5., 6.]).cast(DType::BF16);
+        let w = g.add_weight("emb", TensorType::fixed(&[3, 2], DType::BF16), Some(WeightData::from_tensor(&table, "t"))).unwrap();
+        let y = g.add1(Op::Gather { axis: 0 }, &[w, ids]).unwrap();
+        assert_eq!(g.ty(y).dtype(), DType::BF16);
+        g.set_output("y", y);
+        let out = Session::new(&g).unwrap().run(&[("ids", Tensor::i64(vec![2], vec![2, 0]))]).unwrap();
+        assert_eq!(out[0].1.dtype(), DType::BF16);
+        assert_eq!(out[0].1.to_f32_vec(), vec![5., 6., 1., 2.]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::ReduceKind;
+
+    #[test]
+    fn reducing_an_empty_axis_gives_the_identity_of_the_reduction() {
+        // [2, 0, 3] reduced over the empty axis 1: six rows of nothing
+        let x = Tensor::f32(vec![2, 0, 3], vec![]);
+        let s = reduce(&x, ReduceKind::Sum, &[1], true).unwrap();
+        assert_eq!(s.shape, vec![2, 1, 3]);
+        assert_eq!(s.as_f32().unwrap(), &[0.0; 6]);
+        let p = reduce(&x, ReduceKind::Prod, &[1], false).unwrap();
+        assert_eq!(p.shape, vec![2, 3]);
+        assert_eq!(p.as_f32().unwrap(), &[1.0; 6]);
+        let m = reduce(&x, ReduceKind::Max, &[1], false).unwrap();
+        assert!(m.as_f32().unwrap().iter().all(|v| *v == f32::NEG_INFINITY));
+    }
 }
