@@ -13,7 +13,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
-#[command(name = "llmc", version, about = "Ahead-of-time compiler for compressed transformer models")]
+#[command(
+    name = "llmc",
+    version,
+    about = "Ahead-of-time compiler for compressed transformer models"
+)]
 pub struct Cli {
     /// Worker threads (default: one per core).
     #[arg(long, global = true)]
@@ -100,7 +104,10 @@ pub fn main_with(cli: Cli) -> Result<()> {
         if t == 0 {
             return Err(miette!("--threads must be at least 1"));
         }
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().map_err(|e| miette!("--threads: {e}"))?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .map_err(|e| miette!("--threads: {e}"))?;
     }
     match cli.command {
         Command::Inspect(a) => inspect(a),
@@ -111,7 +118,11 @@ pub fn main_with(cli: Cli) -> Result<()> {
 
 fn load(path: &Path) -> Result<Model> {
     if !path.exists() {
-        return Err(miette!(help = "pass the path of a .gguf, .onnx or .safetensors model", "{}: no such file", path.display()));
+        return Err(miette!(
+            help = "pass the path of a .gguf, .onnx or .safetensors model",
+            "{}: no such file",
+            path.display()
+        ));
     }
     frontend::load(path).map_err(|e| miette!("{e}"))
 }
@@ -150,13 +161,21 @@ fn inspect(a: InspectArgs) -> Result<()> {
     println!("model         {}", m.path.display());
     println!("architecture  {}", m.architecture);
     match &m.kind {
-        ModelKind::CausalLm { vocab, max_context, .. } => {
-            println!("kind          causal language model (vocabulary {vocab}, context {max_context})")
+        ModelKind::CausalLm {
+            vocab, max_context, ..
+        } => {
+            println!(
+                "kind          causal language model (vocabulary {vocab}, context {max_context})"
+            )
         }
         ModelKind::Encoder { hidden } => println!("kind          encoder (hidden size {hidden})"),
         ModelKind::Generic => println!("kind          graph"),
     }
-    println!("parameters    {} ({:.1} M)", g.param_count(), g.param_count() as f64 / 1e6);
+    println!(
+        "parameters    {} ({:.1} M)",
+        g.param_count(),
+        g.param_count() as f64 / 1e6
+    );
     for (n, v) in &g.inputs {
         println!("input         {n}: {}", g.ty(*v));
     }
@@ -167,12 +186,21 @@ fn inspect(a: InspectArgs) -> Result<()> {
         println!("state         {} tensors (KV cache)", g.states.len());
     }
     println!("\nweights by encoding");
-    println!("  {:<28} {:>7} {:>14} {:>14}", "encoding", "tensors", "elements", "bytes");
+    println!(
+        "  {:<28} {:>7} {:>14} {:>14}",
+        "encoding", "tensors", "elements", "bytes"
+    );
     let total: u64 = by_enc.values().map(|v| v.2).sum();
     for (k, (n, el, by)) in &by_enc {
         println!("  {k:<28} {n:>7} {el:>14} {by:>14}");
     }
-    println!("  {:<28} {:>7} {:>14} {:>14}", "total", g.weights.len(), g.param_count(), total);
+    println!(
+        "  {:<28} {:>7} {:>14} {:>14}",
+        "total",
+        g.weights.len(),
+        g.param_count(),
+        total
+    );
     println!("\nops ({} nodes)", g.nodes.len());
     for (k, n) in &ops {
         println!("  {k:<20} {n:>6}");
@@ -183,26 +211,43 @@ fn inspect(a: InspectArgs) -> Result<()> {
 fn eval(a: EvalArgs) -> Result<()> {
     let m = load(&a.model)?;
     let r = a.reference.as_ref().map(|p| load(p)).transpose()?;
-    let tok = m.tokenizer.as_ref().ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
+    let tok = m
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
     let text = join_texts(&a.text).map_err(|e| miette!("{e}"))?;
     let ids = tok.encode(&text, false).map_err(|e| miette!("{e}"))?;
-    let p = Protocol { window: a.window, windows: a.windows };
+    let p = Protocol {
+        window: a.window,
+        windows: a.windows,
+    };
     let bar = indicatif::ProgressBar::new(p.windows as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} windows, {elapsed} (eta {eta})")
-            .expect("template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} windows, {elapsed} (eta {eta})",
+        )
+        .expect("template")
+        .progress_chars("=> "),
     );
     bar.set_message("evaluating");
-    let res = evaluate(&m, r.as_ref(), &ids, p, |w| bar.set_position(w as u64)).map_err(|e| miette!("{e}"))?;
+    let res = evaluate(&m, r.as_ref(), &ids, p, |w| bar.set_position(w as u64))
+        .map_err(|e| miette!("{e}"))?;
     bar.finish_and_clear();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&res).expect("json"));
         return Ok(());
     }
     println!("model        {}", m.path.display());
-    println!("text         {} files, {} bytes, {} tokens", a.text.len(), text.len(), res.tokens);
-    println!("windows      {} x {} tokens, {} predicted", res.windows, res.window, res.predicted);
+    println!(
+        "text         {} files, {} bytes, {} tokens",
+        a.text.len(),
+        text.len(),
+        res.tokens
+    );
+    println!(
+        "windows      {} x {} tokens, {} predicted",
+        res.windows, res.window, res.predicted
+    );
     println!("perplexity   {:.3}", res.perplexity);
     if let (Some(kl), Some(t1), Some(rp)) = (res.kl, res.top1, &a.reference) {
         println!("reference    {}", rp.display());
@@ -223,17 +268,33 @@ fn run(a: RunArgs) -> Result<()> {
 }
 
 fn generate(m: &Model, a: &RunArgs) -> Result<()> {
-    let ModelKind::CausalLm { vocab, max_context, bos, eos } = m.kind else { unreachable!() };
-    let tok = m.tokenizer.as_ref().ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
+    let ModelKind::CausalLm {
+        vocab,
+        max_context,
+        bos,
+        eos,
+    } = m.kind
+    else {
+        unreachable!()
+    };
+    let tok = m
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
     let [prompt] = a.prompt.as_slice() else {
-        return Err(miette!(help = "llmc run MODEL --prompt \"The capital of France is\" -n 16", "give one --prompt to continue"));
+        return Err(miette!(
+            help = "llmc run MODEL --prompt \"The capital of France is\" -n 16",
+            "give one --prompt to continue"
+        ));
     };
     let mut ids = tok.encode(prompt, false).map_err(|e| miette!("{e}"))?;
     if ids.is_empty() {
         ids.extend(bos);
     }
     if ids.is_empty() {
-        return Err(miette!("the prompt is empty and the model has no BOS token to start from"));
+        return Err(miette!(
+            "the prompt is empty and the model has no BOS token to start from"
+        ));
     }
     if ids.len() + a.tokens > max_context {
         return Err(miette!(
@@ -244,7 +305,12 @@ fn generate(m: &Model, a: &RunArgs) -> Result<()> {
         ));
     }
     let mut session = Session::new(&m.graph).map_err(|e| miette!("{e}"))?;
-    let mut sampler = Sampler::new(SamplerConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed });
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    });
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{prompt}");
     let _ = out.flush();
@@ -255,9 +321,15 @@ fn generate(m: &Model, a: &RunArgs) -> Result<()> {
         let n = step.len();
         let tokens = Tensor::i64(vec![1, n], step.iter().map(|&t| t as i64).collect());
         let positions = Tensor::i64(vec![1, n], (pos as i64..(pos + n) as i64).collect());
-        let res = session.run(&[("tokens", tokens), ("positions", positions)]).map_err(|e| miette!("{e}"))?;
+        let res = session
+            .run(&[("tokens", tokens), ("positions", positions)])
+            .map_err(|e| miette!("{e}"))?;
         pos += n;
-        let logits = &res.iter().find(|(k, _)| k == "logits").ok_or_else(|| miette!("the graph has no 'logits' output"))?.1;
+        let logits = &res
+            .iter()
+            .find(|(k, _)| k == "logits")
+            .ok_or_else(|| miette!("the graph has no 'logits' output"))?
+            .1;
         let all = logits.to_f32_vec();
         let next = sampler.sample(&all[(n - 1) * vocab..n * vocab]);
         if Some(next) == eos {
@@ -274,18 +346,39 @@ fn generate(m: &Model, a: &RunArgs) -> Result<()> {
 
 /// Creates the output directory; refuses to replace files unless `force`.
 fn output_path(a: &RunArgs, name: &str) -> Result<PathBuf> {
-    let dir = a.output_dir.as_ref().ok_or_else(|| miette!(help = "add --output-dir DIR", "where should the outputs go?"))?;
+    let dir = a.output_dir.as_ref().ok_or_else(|| {
+        miette!(
+            help = "add --output-dir DIR",
+            "where should the outputs go?"
+        )
+    })?;
     std::fs::create_dir_all(dir).map_err(|e| miette!("{}: {e}", dir.display()))?;
-    let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect();
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let p = dir.join(format!("{safe}.npy"));
     if p.exists() && !a.force {
-        return Err(miette!(help = "pass --force to replace it, or choose another --output-dir", "{} exists", p.display()));
+        return Err(miette!(
+            help = "pass --force to replace it, or choose another --output-dir",
+            "{} exists",
+            p.display()
+        ));
     }
     Ok(p)
 }
 
 fn write_outputs(a: &RunArgs, outs: &[(String, Tensor)]) -> Result<()> {
-    let paths: Vec<PathBuf> = outs.iter().map(|(n, _)| output_path(a, n)).collect::<Result<_>>()?;
+    let paths: Vec<PathBuf> = outs
+        .iter()
+        .map(|(n, _)| output_path(a, n))
+        .collect::<Result<_>>()?;
     for ((name, t), p) in outs.iter().zip(paths) {
         npy::write(&p, t).map_err(|e| miette!("{e}"))?;
         println!("{name}: {} {:?} -> {}", t.dtype(), t.shape, p.display());
@@ -294,11 +387,23 @@ fn write_outputs(a: &RunArgs, outs: &[(String, Tensor)]) -> Result<()> {
 }
 
 fn embed(m: &Model, a: &RunArgs) -> Result<()> {
-    let tok = m.tokenizer.as_ref().ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
+    let tok = m
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
     if a.prompt.is_empty() {
-        return Err(miette!(help = "llmc run MODEL --prompt \"first sentence\" --prompt \"second\" --output-dir out/", "give the sentences to embed with --prompt"));
+        return Err(miette!(
+            help =
+                "llmc run MODEL --prompt \"first sentence\" --prompt \"second\" --output-dir out/",
+            "give the sentences to embed with --prompt"
+        ));
     }
-    let enc: Vec<Vec<u32>> = a.prompt.iter().map(|p| tok.encode(p, true)).collect::<Result<_, _>>().map_err(|e| miette!("{e}"))?;
+    let enc: Vec<Vec<u32>> = a
+        .prompt
+        .iter()
+        .map(|p| tok.encode(p, true))
+        .collect::<Result<_, _>>()
+        .map_err(|e| miette!("{e}"))?;
     let b = enc.len();
     let s = enc.iter().map(|e| e.len()).max().unwrap_or(0);
     let pad = tok.token_to_id("[PAD]").unwrap_or(0) as i64;
@@ -310,11 +415,16 @@ fn embed(m: &Model, a: &RunArgs) -> Result<()> {
             mask[i * s + j] = 1;
         }
     }
-    let mut inputs = vec![("input_ids", Tensor::i64(vec![b, s], ids)), ("attention_mask", Tensor::i64(vec![b, s], mask.clone()))];
+    let mut inputs = vec![
+        ("input_ids", Tensor::i64(vec![b, s], ids)),
+        ("attention_mask", Tensor::i64(vec![b, s], mask.clone())),
+    ];
     if m.graph.inputs.iter().any(|(n, _)| n == "token_type_ids") {
         inputs.push(("token_type_ids", Tensor::i64(vec![b, s], vec![0; b * s])));
     }
-    let outs = Session::new(&m.graph).and_then(|mut s| s.run(&inputs)).map_err(|e| miette!("{e}"))?;
+    let outs = Session::new(&m.graph)
+        .and_then(|mut s| s.run(&inputs))
+        .map_err(|e| miette!("{e}"))?;
     let mut all = outs;
     all.push(("attention_mask".to_string(), Tensor::i64(vec![b, s], mask)));
     write_outputs(a, &all)
@@ -323,13 +433,21 @@ fn embed(m: &Model, a: &RunArgs) -> Result<()> {
 fn run_npy(m: &Model, a: &RunArgs) -> Result<()> {
     let mut inputs: Vec<(String, Tensor)> = Vec::new();
     for spec in &a.input {
-        let (name, file) = spec
-            .split_once('=')
-            .ok_or_else(|| miette!(help = "write --input input_ids=ids.npy", "--input '{spec}' must be NAME=FILE.npy"))?;
+        let (name, file) = spec.split_once('=').ok_or_else(|| {
+            miette!(
+                help = "write --input input_ids=ids.npy",
+                "--input '{spec}' must be NAME=FILE.npy"
+            )
+        })?;
         let t = npy::read(Path::new(file)).map_err(|e| miette!("{e}"))?;
         inputs.push((name.to_string(), t));
     }
-    let refs: Vec<(&str, Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let outs = Session::new(&m.graph).and_then(|mut s| s.run(&refs)).map_err(|e| miette!("{e}"))?;
+    let refs: Vec<(&str, Tensor)> = inputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    let outs = Session::new(&m.graph)
+        .and_then(|mut s| s.run(&refs))
+        .map_err(|e| miette!("{e}"))?;
     write_outputs(a, &outs)
 }

@@ -10,7 +10,10 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Bad(String),
     #[error(transparent)]
@@ -22,7 +25,10 @@ pub enum EvalError {
 pub fn join_texts(files: &[PathBuf]) -> Result<String, EvalError> {
     let mut parts = Vec::with_capacity(files.len());
     for f in files {
-        let s = std::fs::read_to_string(f).map_err(|source| EvalError::Io { path: f.clone(), source })?;
+        let s = std::fs::read_to_string(f).map_err(|source| EvalError::Io {
+            path: f.clone(),
+            source,
+        })?;
         parts.push(s.trim().to_string());
     }
     Ok(parts.join("\n\n"))
@@ -37,7 +43,10 @@ pub struct Protocol {
 
 impl Default for Protocol {
     fn default() -> Self {
-        Protocol { window: 512, windows: 16 }
+        Protocol {
+            window: 512,
+            windows: 16,
+        }
     }
 }
 
@@ -82,11 +91,21 @@ impl<'m> Scorer<'m> {
         let n = ids.len();
         let tokens = Tensor::i64(vec![1, n], ids.iter().map(|&t| t as i64).collect());
         let positions = Tensor::i64(vec![1, n], (0..n as i64).collect());
-        let out = self.session.run(&[("tokens", tokens), ("positions", positions)])?;
-        let logits = out.into_iter().find(|(k, _)| k == "logits").ok_or_else(|| EvalError::Bad("the graph has no 'logits' output".into()))?.1;
+        let out = self
+            .session
+            .run(&[("tokens", tokens), ("positions", positions)])?;
+        let logits = out
+            .into_iter()
+            .find(|(k, _)| k == "logits")
+            .ok_or_else(|| EvalError::Bad("the graph has no 'logits' output".into()))?
+            .1;
         let mut v = logits.to_f32_vec();
         if v.len() != n * self.vocab {
-            return Err(EvalError::Bad(format!("logits have {} values, expected {n} x {}", v.len(), self.vocab)));
+            return Err(EvalError::Bad(format!(
+                "logits have {} values, expected {n} x {}",
+                v.len(),
+                self.vocab
+            )));
         }
         use rayon::prelude::*;
         v.par_chunks_mut(self.vocab).for_each(log_softmax);
@@ -114,7 +133,9 @@ pub fn evaluate(
     let start = std::time::Instant::now();
     let available = ids.len() / p.window.max(1);
     if p.window < 2 {
-        return Err(EvalError::Bad("the window must hold at least 2 tokens".into()));
+        return Err(EvalError::Bad(
+            "the window must hold at least 2 tokens".into(),
+        ));
     }
     if available < p.windows {
         return Err(EvalError::Bad(format!(
@@ -126,14 +147,20 @@ pub fn evaluate(
     }
     if let ModelKind::CausalLm { max_context, .. } = model.kind {
         if p.window > max_context {
-            return Err(EvalError::Bad(format!("window {} exceeds the model's context of {max_context}", p.window)));
+            return Err(EvalError::Bad(format!(
+                "window {} exceeds the model's context of {max_context}",
+                p.window
+            )));
         }
     }
     let mut scorer = Scorer::new(model)?;
     let mut ref_scorer = reference.map(Scorer::new).transpose()?;
     if let Some(r) = &ref_scorer {
         if r.vocab != scorer.vocab {
-            return Err(EvalError::Bad(format!("the reference's vocabulary ({}) differs from the model's ({})", r.vocab, scorer.vocab)));
+            return Err(EvalError::Bad(format!(
+                "the reference's vocabulary ({}) differs from the model's ({})",
+                r.vocab, scorer.vocab
+            )));
         }
     }
     let v = scorer.vocab;
@@ -146,12 +173,18 @@ pub fn evaluate(
             let row = &lp[i * v..(i + 1) * v];
             let next = win[i + 1] as usize;
             if next >= v {
-                return Err(EvalError::Bad(format!("token id {next} is outside the vocabulary of {v}")));
+                return Err(EvalError::Bad(format!(
+                    "token id {next} is outside the vocabulary of {v}"
+                )));
             }
             nll -= row[next] as f64;
             if let Some(rp) = &rp {
                 let rrow = &rp[i * v..(i + 1) * v];
-                kl += rrow.iter().zip(row).map(|(&r, &m)| (r as f64).exp() * (r as f64 - m as f64)).sum::<f64>();
+                kl += rrow
+                    .iter()
+                    .zip(row)
+                    .map(|(&r, &m)| (r as f64).exp() * (r as f64 - m as f64))
+                    .sum::<f64>();
                 if llmc_runtime::sampler::argmax(rrow) == llmc_runtime::sampler::argmax(row) {
                     agree += 1;
                 }
@@ -180,7 +213,10 @@ fn rp_some(reference: Option<&Model>, x: f64) -> Option<f64> {
 
 /// The protocol's default test files: names starting with 2016 … 2021 in a directory, sorted.
 pub fn year_files(dir: &Path, from: u32, to: u32) -> Result<Vec<PathBuf>, EvalError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| EvalError::Io { path: dir.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| EvalError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {

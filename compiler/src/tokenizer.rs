@@ -18,21 +18,28 @@ impl Tokenizer {
 
     /// Reads a `tokenizer.json`, with padding and truncation turned off.
     pub fn from_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
-        let mut t = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError(format!("{}: {e}", path.display())))?;
+        let mut t = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| TokenizerError(format!("{}: {e}", path.display())))?;
         t.with_padding(None);
-        t.with_truncation(None).map_err(|e| TokenizerError(e.to_string()))?;
+        t.with_truncation(None)
+            .map_err(|e| TokenizerError(e.to_string()))?;
         Ok(Tokenizer { inner: t })
     }
 
     /// Token ids of a text, with the special tokens the tokenizer's post-processor adds when
     /// `special` is set (BERT's `[CLS]`/`[SEP]`).
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, TokenizerError> {
-        let e = self.inner.encode(text, special).map_err(|e| TokenizerError(e.to_string()))?;
+        let e = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| TokenizerError(e.to_string()))?;
         Ok(e.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, false).map_err(|e| TokenizerError(e.to_string()))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| TokenizerError(e.to_string()))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -62,7 +69,10 @@ impl Default for StreamDecoder {
 
 impl StreamDecoder {
     pub fn new() -> StreamDecoder {
-        StreamDecoder { ids: Vec::new(), printed: 0 }
+        StreamDecoder {
+            ids: Vec::new(),
+            printed: 0,
+        }
     }
 
     /// Adds a token; returns the new text it completes, if any.
@@ -70,7 +80,10 @@ impl StreamDecoder {
         self.ids.push(id);
         let text = tok.decode(&self.ids)?;
         // a trailing replacement character means a multi-byte character is still incomplete
-        if text.ends_with('\u{fffd}') || text.len() < self.printed || !text.is_char_boundary(self.printed) {
+        if text.ends_with('\u{fffd}')
+            || text.len() < self.printed
+            || !text.is_char_boundary(self.printed)
+        {
             return Ok(String::new());
         }
         let piece = text[self.printed..].to_string();

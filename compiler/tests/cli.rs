@@ -8,12 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn llmc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmc")).args(args).output().expect("run llmc")
+    Command::new(env!("CARGO_BIN_EXE_llmc"))
+        .args(args)
+        .output()
+        .expect("run llmc")
 }
 
 fn ok(args: &[&str]) -> String {
     let out = llmc(args);
-    assert!(out.status.success(), "llmc {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "llmc {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
@@ -21,8 +28,16 @@ fn ok(args: &[&str]) -> String {
 fn fails_with(args: &[&str], needle: &str) {
     let out = llmc(args);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "llmc {args:?}: want a clean failure, got {:?}\n{err}", out.status);
-    assert!(err.contains(needle), "llmc {args:?}: stderr lacks {needle:?}:\n{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "llmc {args:?}: want a clean failure, got {:?}\n{err}",
+        out.status
+    );
+    assert!(
+        err.contains(needle),
+        "llmc {args:?}: stderr lacks {needle:?}:\n{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -51,12 +66,21 @@ fn tmp(name: &str) -> PathBuf {
 fn eval_smollm2_matches_the_reference_perplexity() {
     let model = assets::smollm2_gguf();
     let files = eval_files();
-    let mut args: Vec<String> = vec!["eval".into(), model.display().to_string(), "--json".into(), "--text".into()];
+    let mut args: Vec<String> = vec![
+        "eval".into(),
+        model.display().to_string(),
+        "--json".into(),
+        "--text".into(),
+    ];
     args.extend(files.iter().map(|f| f.display().to_string()));
     let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let j: serde_json::Value = serde_json::from_str(&ok(&refs)).expect("json");
     let ppl = j["perplexity"].as_f64().unwrap();
-    println!("SmolLM2-135M Q4_1 perplexity {ppl:.4} over {} tokens in {:.1} s", j["predicted"], j["seconds"].as_f64().unwrap());
+    println!(
+        "SmolLM2-135M Q4_1 perplexity {ppl:.4} over {} tokens in {:.1} s",
+        j["predicted"],
+        j["seconds"].as_f64().unwrap()
+    );
     assert_eq!(j["tokens"], 45385);
     assert_eq!(j["predicted"], 8176);
     // a numpy forward pass and llama.cpp on the f32 weights both measure 24.897
@@ -69,8 +93,20 @@ fn eval_against_itself_agrees_fully() {
     let files = eval_files();
     let m = model.display().to_string();
     let f = files[0].display().to_string();
-    let j: serde_json::Value =
-        serde_json::from_str(&ok(&["eval", &m, "--reference", &m, "--windows", "1", "--window", "64", "--json", "--text", &f])).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&ok(&[
+        "eval",
+        &m,
+        "--reference",
+        &m,
+        "--windows",
+        "1",
+        "--window",
+        "64",
+        "--json",
+        "--text",
+        &f,
+    ]))
+    .unwrap();
     assert!(j["kl"].as_f64().unwrap().abs() < 1e-6, "{j}");
     assert_eq!(j["top1"].as_f64().unwrap(), 1.0);
 }
@@ -78,9 +114,19 @@ fn eval_against_itself_agrees_fully() {
 #[test]
 fn run_smollm2_continues_with_paris() {
     let model = assets::smollm2_gguf();
-    let out = ok(&["run", &model.display().to_string(), "--prompt", "The capital of France is", "-n", "6"]);
+    let out = ok(&[
+        "run",
+        &model.display().to_string(),
+        "--prompt",
+        "The capital of France is",
+        "-n",
+        "6",
+    ]);
     assert!(out.starts_with("The capital of France is"), "{out}");
-    assert!(out["The capital of France is".len()..].contains("Paris"), "{out}");
+    assert!(
+        out["The capital of France is".len()..].contains("Paris"),
+        "{out}"
+    );
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -100,7 +146,12 @@ fn run_minilm_embeddings_separate_paraphrases() {
         "The stock market fell sharply today.",
         "Share prices dropped steeply this afternoon.",
     ];
-    let mut args = vec!["run".to_string(), dir.display().to_string(), "--output-dir".into(), out.display().to_string()];
+    let mut args = vec![
+        "run".to_string(),
+        dir.display().to_string(),
+        "--output-dir".into(),
+        out.display().to_string(),
+    ];
     for s in sentences {
         args.push("--prompt".into());
         args.push(s.into());
@@ -127,12 +178,23 @@ fn run_minilm_embeddings_separate_paraphrases() {
             v.iter().map(|x| x / n).collect()
         })
         .collect();
-    let para = [cosine(&pooled[0], &pooled[1]), cosine(&pooled[2], &pooled[3])];
-    let unrelated = [cosine(&pooled[0], &pooled[2]), cosine(&pooled[0], &pooled[3]), cosine(&pooled[1], &pooled[2]), cosine(&pooled[1], &pooled[3])];
+    let para = [
+        cosine(&pooled[0], &pooled[1]),
+        cosine(&pooled[2], &pooled[3]),
+    ];
+    let unrelated = [
+        cosine(&pooled[0], &pooled[2]),
+        cosine(&pooled[0], &pooled[3]),
+        cosine(&pooled[1], &pooled[2]),
+        cosine(&pooled[1], &pooled[3]),
+    ];
     println!("paraphrase cosines {para:?}, unrelated {unrelated:?}");
     let min_para = para.iter().cloned().fold(f32::INFINITY, f32::min);
     let max_unrel = unrelated.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    assert!(min_para > max_unrel + 0.3, "paraphrases {para:?} vs unrelated {unrelated:?}");
+    assert!(
+        min_para > max_unrel + 0.3,
+        "paraphrases {para:?} vs unrelated {unrelated:?}"
+    );
     // the outputs are kept: a second run refuses to overwrite them
     fails_with(&refs, "exists");
     let _ = std::fs::remove_dir_all(&out);
@@ -143,7 +205,10 @@ fn inspect_describes_the_model_and_prints_parsable_ir() {
     let model = assets::smollm2_gguf().display().to_string();
     let text = ok(&["inspect", &model]);
     assert!(text.contains("architecture  llama"), "{text}");
-    assert!(text.contains("causal language model (vocabulary 49152"), "{text}");
+    assert!(
+        text.contains("causal language model (vocabulary 49152"),
+        "{text}"
+    );
     assert!(text.contains("!q4<g32,f16,min>"), "{text}");
     let ir = ok(&["inspect", &model, "--ir"]);
     let g = llmc_ir::parse("inspect", &ir).expect("the printed IR parses");
@@ -162,9 +227,23 @@ fn bad_input_gets_a_clear_error() {
     std::fs::write(&junk, b"GGUF\x03\0\0\0\xff").unwrap();
     fails_with(&["inspect", &junk.display().to_string()], "junk.gguf");
     let model = assets::smollm2_gguf().display().to_string();
-    fails_with(&["run", &model, "--prompt", "hi", "-n", "100000"], "exceed the context");
+    fails_with(
+        &["run", &model, "--prompt", "hi", "-n", "100000"],
+        "exceed the context",
+    );
     let minilm = assets::minilm_l6_dir().display().to_string();
-    fails_with(&["run", &minilm, "--input", "input_ids"], "must be NAME=FILE.npy");
-    fails_with(&["run", &minilm, "--input", &format!("input_ids={}", junk.display())], "not a .npy file");
+    fails_with(
+        &["run", &minilm, "--input", "input_ids"],
+        "must be NAME=FILE.npy",
+    );
+    fails_with(
+        &[
+            "run",
+            &minilm,
+            "--input",
+            &format!("input_ids={}", junk.display()),
+        ],
+        "not a .npy file",
+    );
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }

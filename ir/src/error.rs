@@ -6,7 +6,12 @@ use crate::weights::WeightError;
 pub enum IrError {
     /// IR text that does not parse: where and why.
     #[error("{file}:{line}:{col}: {msg}")]
-    Parse { file: String, line: usize, col: usize, msg: String },
+    Parse {
+        file: String,
+        line: usize,
+        col: usize,
+        msg: String,
+    },
     /// A graph that breaks an IR rule (types, operands, order); names the value and op.
     #[error("invalid graph: {0}")]
     Invalid(String),

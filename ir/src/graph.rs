@@ -76,7 +76,10 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(name: &str) -> Graph {
-        Graph { name: name.to_string(), ..Graph::default() }
+        Graph {
+            name: name.to_string(),
+            ..Graph::default()
+        }
     }
 
     fn new_value(&mut self, ty: TensorType, def: ValueDef) -> ValueId {
@@ -91,9 +94,16 @@ impl Graph {
     }
 
     /// Declares a weight; with data, the data is checked against the type.
-    pub fn add_weight(&mut self, name: &str, ty: TensorType, data: Option<WeightData>) -> Result<ValueId, IrError> {
+    pub fn add_weight(
+        &mut self,
+        name: &str,
+        ty: TensorType,
+        data: Option<WeightData>,
+    ) -> Result<ValueId, IrError> {
         if self.weights.iter().any(|w| w.name == name) {
-            return Err(IrError::Invalid(format!("weight @{name} is declared twice")));
+            return Err(IrError::Invalid(format!(
+                "weight @{name} is declared twice"
+            )));
         }
         let hash = match &data {
             Some(d) => {
@@ -103,12 +113,23 @@ impl Graph {
             None => 0,
         };
         let v = self.new_value(ty.clone(), ValueDef::Weight(self.weights.len() as u32));
-        self.weights.push(Weight { name: name.to_string(), ty, value: v, data, hash });
+        self.weights.push(Weight {
+            name: name.to_string(),
+            ty,
+            value: v,
+            data,
+            hash,
+        });
         Ok(v)
     }
 
     /// Declares a weight whose content hash is known but whose data is not (parsed text).
-    pub fn add_weight_hash(&mut self, name: &str, ty: TensorType, hash: u64) -> Result<ValueId, IrError> {
+    pub fn add_weight_hash(
+        &mut self,
+        name: &str,
+        ty: TensorType,
+        hash: u64,
+    ) -> Result<ValueId, IrError> {
         let v = self.add_weight(name, ty, None)?;
         self.weights.last_mut().expect("just added").hash = hash;
         Ok(v)
@@ -116,7 +137,10 @@ impl Graph {
 
     /// Declares a piece of decoder state; returns its index for `cache_concat`.
     pub fn add_state(&mut self, name: &str, ty: TensorType) -> u32 {
-        self.states.push(StateDecl { name: name.to_string(), ty });
+        self.states.push(StateDecl {
+            name: name.to_string(),
+            ty,
+        });
         self.states.len() as u32 - 1
     }
 
@@ -130,9 +154,18 @@ impl Graph {
     }
 
     /// Appends a node with a location for errors, inferring its result types.
-    pub fn add_at(&mut self, op: Op, inputs: &[ValueId], loc: Option<String>) -> Result<Vec<ValueId>, IrError> {
+    pub fn add_at(
+        &mut self,
+        op: Op,
+        inputs: &[ValueId],
+        loc: Option<String>,
+    ) -> Result<Vec<ValueId>, IrError> {
         let types = self.infer_node(&op, inputs).map_err(|msg| {
-            IrError::Invalid(format!("{}{}: {msg}", op.name(), loc.as_ref().map(|l| format!(" at {l}")).unwrap_or_default()))
+            IrError::Invalid(format!(
+                "{}{}: {msg}",
+                op.name(),
+                loc.as_ref().map(|l| format!(" at {l}")).unwrap_or_default()
+            ))
         })?;
         Ok(self.push_node(op, inputs, types, loc))
     }
@@ -143,9 +176,23 @@ impl Graph {
     }
 
     /// Appends a node with given result types (the parser's way; the verifier checks them).
-    pub fn push_node(&mut self, op: Op, inputs: &[ValueId], types: Vec<TensorType>, loc: Option<String>) -> Vec<ValueId> {
-        let outputs: Vec<ValueId> = types.into_iter().map(|t| self.new_value(t, ValueDef::Result)).collect();
-        self.nodes.push(Node { op, inputs: inputs.to_vec(), outputs: outputs.clone(), loc });
+    pub fn push_node(
+        &mut self,
+        op: Op,
+        inputs: &[ValueId],
+        types: Vec<TensorType>,
+        loc: Option<String>,
+    ) -> Vec<ValueId> {
+        let outputs: Vec<ValueId> = types
+            .into_iter()
+            .map(|t| self.new_value(t, ValueDef::Result))
+            .collect();
+        self.nodes.push(Node {
+            op,
+            inputs: inputs.to_vec(),
+            outputs: outputs.clone(),
+            loc,
+        });
         outputs
     }
 
@@ -157,11 +204,17 @@ impl Graph {
 
     /// Result types an op would give on these operands.
     pub fn infer_node(&self, op: &Op, inputs: &[ValueId]) -> Result<Vec<TensorType>, String> {
-        let tys: Vec<&TensorType> = inputs.iter().map(|v| &self.values[v.0 as usize].ty).collect();
+        let tys: Vec<&TensorType> = inputs
+            .iter()
+            .map(|v| &self.values[v.0 as usize].ty)
+            .collect();
         // Only ops whose parameters may arrive as operands look for constant operands.
         let consts: Vec<Option<&Tensor>> = if crate::infer::reads_const_operands(op) {
             let producers = self.producers();
-            inputs.iter().map(|v| self.const_value_with(&producers, *v)).collect()
+            inputs
+                .iter()
+                .map(|v| self.const_value_with(&producers, *v))
+                .collect()
         } else {
             vec![None; inputs.len()]
         };
@@ -249,7 +302,9 @@ impl Graph {
         }
         let mut keep = vec![false; self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate().rev() {
-            if matches!(n.op, Op::CacheConcat { .. }) || n.outputs.iter().any(|o| live[o.0 as usize]) {
+            if matches!(n.op, Op::CacheConcat { .. })
+                || n.outputs.iter().any(|o| live[o.0 as usize])
+            {
                 keep[i] = true;
                 for v in &n.inputs {
                     live[v.0 as usize] = true;
@@ -280,9 +335,15 @@ impl Graph {
             }
         }
         // Kahn's algorithm with a min-heap keeps the original order among ready nodes.
-        let mut indeg: Vec<usize> = ids.iter().map(|&n| g.neighbors_directed(n, petgraph::Incoming).count()).collect();
+        let mut indeg: Vec<usize> = ids
+            .iter()
+            .map(|&n| g.neighbors_directed(n, petgraph::Incoming).count())
+            .collect();
         let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
-            (0..self.nodes.len()).filter(|&i| indeg[i] == 0).map(std::cmp::Reverse).collect();
+            (0..self.nodes.len())
+                .filter(|&i| indeg[i] == 0)
+                .map(std::cmp::Reverse)
+                .collect();
         let mut order = Vec::with_capacity(self.nodes.len());
         while let Some(std::cmp::Reverse(i)) = ready.pop() {
             order.push(i);
@@ -297,8 +358,14 @@ impl Graph {
         if order.len() != self.nodes.len() {
             return Err(IrError::Invalid("the graph has a cycle".into()));
         }
-        let mut old: Vec<Option<Node>> = std::mem::take(&mut self.nodes).into_iter().map(Some).collect();
-        self.nodes = order.into_iter().map(|i| old[i].take().expect("each once")).collect();
+        let mut old: Vec<Option<Node>> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.nodes = order
+            .into_iter()
+            .map(|i| old[i].take().expect("each once"))
+            .collect();
         Ok(())
     }
 
@@ -324,7 +391,11 @@ impl Graph {
     /// A short description of a node for errors: `%12 = linear (line 14)`.
     pub fn describe_node(&self, names: &[String], i: usize) -> String {
         let n = &self.nodes[i];
-        let outs: Vec<&str> = n.outputs.iter().map(|o| names[o.0 as usize].as_str()).collect();
+        let outs: Vec<&str> = n
+            .outputs
+            .iter()
+            .map(|o| names[o.0 as usize].as_str())
+            .collect();
         let mut s = format!("{} = {}", outs.join(", "), n.op.name());
         if let Some(l) = &n.loc {
             s.push_str(&format!(" ({l})"));
@@ -361,7 +432,10 @@ mod tests {
     #[test]
     fn builder_infers_and_dce_removes() {
         let mut g = Graph::new("t");
-        let x = g.add_input("x", TensorType::new(Shape(vec![Dim::sym("batch"), Dim::Fixed(4)]), DType::F32));
+        let x = g.add_input(
+            "x",
+            TensorType::new(Shape(vec![Dim::sym("batch"), Dim::Fixed(4)]), DType::F32),
+        );
         let y = g.add1(Op::Unary(UnaryOp::Exp), &[x]).unwrap();
         let _dead = g.add1(Op::Unary(UnaryOp::Tanh), &[x]).unwrap();
         let z = g.add1(Op::Binary(BinaryOp::Add), &[y, x]).unwrap();

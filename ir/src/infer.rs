@@ -34,7 +34,10 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
     }
     for (i, ty) in t.iter().enumerate() {
         if !ty.enc.is_dense() && !op.accepts_encoded(i) {
-            return Err(format!("operand {i} is an encoded weight ({}); only linear, matmul and gather read those", ty.enc));
+            return Err(format!(
+                "operand {i} is an encoded weight ({}); only linear, matmul and gather read those",
+                ty.enc
+            ));
         }
     }
     let one = |shape: Shape, dtype: DType| Ok(vec![TensorType::new(shape, dtype)]);
@@ -48,7 +51,9 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                 UnaryOp::Not if d != DType::Bool => return Err(format!("not takes bool, got {d}")),
                 UnaryOp::Not => {}
                 _ if d == DType::Bool => return Err(format!("{} does not take bool", u.name())),
-                _ if u.float_only() && !d.is_float() => return Err(format!("{} takes floats, got {d}", u.name())),
+                _ if u.float_only() && !d.is_float() => {
+                    return Err(format!("{} takes floats, got {d}", u.name()))
+                }
                 _ => {}
             }
             one(x.shape.clone(), d)
@@ -56,7 +61,11 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
         Op::Binary(b) => {
             let (a, c) = (t[0], t[1]);
             if a.dtype() != c.dtype() {
-                return Err(format!("operand types differ: {} and {}", a.dtype(), c.dtype()));
+                return Err(format!(
+                    "operand types differ: {} and {}",
+                    a.dtype(),
+                    c.dtype()
+                ));
             }
             if b.is_logical() && a.dtype() != DType::Bool {
                 return Err(format!("{} takes bool, got {}", b.name(), a.dtype()));
@@ -65,7 +74,11 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                 return Err(format!("{} does not take bool", b.name()));
             }
             let shape = broadcast(&a.shape, &c.shape)?;
-            let d = if b.is_comparison() || b.is_logical() { DType::Bool } else { a.dtype() };
+            let d = if b.is_comparison() || b.is_logical() {
+                DType::Bool
+            } else {
+                a.dtype()
+            };
             if *b == BinaryOp::Pow && !d.is_float() && !d.is_int() {
                 return Err("pow takes numbers".into());
             }
@@ -76,7 +89,11 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                 return Err(format!("condition must be bool, got {}", t[0].dtype()));
             }
             if t[1].dtype() != t[2].dtype() {
-                return Err(format!("branch types differ: {} and {}", t[1].dtype(), t[2].dtype()));
+                return Err(format!(
+                    "branch types differ: {} and {}",
+                    t[1].dtype(),
+                    t[2].dtype()
+                ));
             }
             let s = broadcast(&broadcast(&t[0].shape, &t[1].shape)?, &t[2].shape)?;
             one(s, t[1].dtype())
@@ -94,11 +111,17 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
             }
             let k = x.shape.0.last().unwrap();
             if !dims_may_equal(k, &w.shape.0[1]) {
-                return Err(format!("input has {k} features but the weight {} takes {}", w, w.shape.0[1]));
+                return Err(format!(
+                    "input has {k} features but the weight {} takes {}",
+                    w, w.shape.0[1]
+                ));
             }
             if let Some(b) = t.get(2) {
                 if b.rank() != 1 || !dims_may_equal(&b.shape.0[0], &w.shape.0[0]) {
-                    return Err(format!("bias {} does not match {} outputs", b, w.shape.0[0]));
+                    return Err(format!(
+                        "bias {} does not match {} outputs",
+                        b, w.shape.0[0]
+                    ));
                 }
             }
             if !x.dtype().is_float() {
@@ -121,9 +144,19 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
             let norm = &x.shape.0[a..];
             for (i, p) in t[1..].iter().enumerate() {
                 let ok = p.rank() <= norm.len()
-                    && p.shape.0.iter().rev().zip(norm.iter().rev()).all(|(a, b)| dims_may_equal(a, b) || *a == Dim::Fixed(1));
+                    && p.shape
+                        .0
+                        .iter()
+                        .rev()
+                        .zip(norm.iter().rev())
+                        .all(|(a, b)| dims_may_equal(a, b) || *a == Dim::Fixed(1));
                 if !ok {
-                    return Err(format!("{} {} does not fit the normalized dimensions {}", ["scale", "bias"][i], p, Shape(norm.to_vec())));
+                    return Err(format!(
+                        "{} {} does not fit the normalized dimensions {}",
+                        ["scale", "bias"][i],
+                        p,
+                        Shape(norm.to_vec())
+                    ));
                 }
             }
             same(x)
@@ -163,7 +196,10 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
         Op::Transpose { perm } => {
             let x = x.unwrap();
             let p = perm_of(perm, x.rank())?;
-            one(Shape(p.iter().map(|&i| x.shape.0[i].clone()).collect()), x.dtype())
+            one(
+                Shape(p.iter().map(|&i| x.shape.0[i].clone()).collect()),
+                x.dtype(),
+            )
         }
         Op::Concat { axis } => {
             let x0 = t[0];
@@ -176,7 +212,9 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                 }
                 for (k, (d0, di)) in x0.shape.0.iter().zip(&ti.shape.0).enumerate() {
                     if k != a && !dims_may_equal(d0, di) {
-                        return Err(format!("operand {i} is {ti} but operand 0 is {x0}: dimension {k} differs"));
+                        return Err(format!(
+                            "operand {i} is {ti} but operand 0 is {x0}: dimension {k} differs"
+                        ));
                     }
                 }
                 match &ti.shape.0[a] {
@@ -191,7 +229,10 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
             s.0[a] = match total {
                 Some(n) => Dim::Fixed(n),
                 // a single symbolic piece plus empty ones keeps its name
-                None if syms.len() == 1 && t.iter().all(|ti| ti.shape.0[a] == Dim::Fixed(0) || ti.shape.0[a] == syms[0]) => {
+                None if syms.len() == 1
+                    && t.iter()
+                        .all(|ti| ti.shape.0[a] == Dim::Fixed(0) || ti.shape.0[a] == syms[0]) =>
+                {
                     syms[0].clone()
                 }
                 None => Dim::Any,
@@ -227,10 +268,23 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                     let c = |i: usize| consts.get(i).copied().flatten().map(|t| t.to_i64_vec());
                     match (c(1), c(2)) {
                         (Some(starts), Some(ends)) => {
-                            let axes = if t.len() > 3 { c(3) } else { Some((0..starts.len() as i64).collect()) };
-                            let steps = if t.len() > 4 { c(4) } else { Some(vec![1; starts.len()]) };
+                            let axes = if t.len() > 3 {
+                                c(3)
+                            } else {
+                                Some((0..starts.len() as i64).collect())
+                            };
+                            let steps = if t.len() > 4 {
+                                c(4)
+                            } else {
+                                Some(vec![1; starts.len()])
+                            };
                             match (axes, steps) {
-                                (Some(axes), Some(steps)) => SliceSpec { starts, ends, axes, steps },
+                                (Some(axes), Some(steps)) => SliceSpec {
+                                    starts,
+                                    ends,
+                                    axes,
+                                    steps,
+                                },
                                 _ => return one(Shape(vec![Dim::Any; x.rank()]), x.dtype()),
                             }
                         }
@@ -248,7 +302,11 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                     match d {
                         Dim::Fixed(1) => drop[i] = true,
                         Dim::Fixed(_) => {}
-                        _ => return Err(format!("squeeze without axes cannot tell whether dimension {i} ({d}) is 1")),
+                        _ => {
+                            return Err(format!(
+                                "squeeze without axes cannot tell whether dimension {i} ({d}) is 1"
+                            ))
+                        }
                     }
                 }
             }
@@ -259,7 +317,14 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                     d => return Err(format!("cannot squeeze dimension {a} of size {d}")),
                 }
             }
-            let s = x.shape.0.iter().zip(&drop).filter(|(_, &d)| !d).map(|(d, _)| d.clone()).collect();
+            let s = x
+                .shape
+                .0
+                .iter()
+                .zip(&drop)
+                .filter(|(_, &d)| !d)
+                .map(|(d, _)| d.clone())
+                .collect();
             one(Shape(s), x.dtype())
         }
         Op::Unsqueeze { axes } => {
@@ -274,7 +339,16 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                 ins[a] = true;
             }
             let mut src = x.shape.0.iter();
-            let s = ins.iter().map(|&i| if i { Dim::Fixed(1) } else { src.next().unwrap().clone() }).collect();
+            let s = ins
+                .iter()
+                .map(|&i| {
+                    if i {
+                        Dim::Fixed(1)
+                    } else {
+                        src.next().unwrap().clone()
+                    }
+                })
+                .collect();
             one(Shape(s), x.dtype())
         }
         Op::Expand { shape } => {
@@ -290,7 +364,12 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                     }
                 },
             };
-            let ts = Shape(target.iter().map(|&d| Dim::Fixed(d.max(0) as u64)).collect());
+            let ts = Shape(
+                target
+                    .iter()
+                    .map(|&d| Dim::Fixed(d.max(0) as u64))
+                    .collect(),
+            );
             one(broadcast(&x.shape, &ts)?, x.dtype())
         }
         Op::Flatten { axis } => {
@@ -300,8 +379,18 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
             if a < 0 || a > r {
                 return Err(format!("axis {axis} is out of range for rank {r}"));
             }
-            let prod = |ds: &[Dim]| ds.iter().try_fold(1u64, |acc, d| d.fixed().map(|n| acc * n)).map_or(Dim::Any, Dim::Fixed);
-            one(Shape(vec![prod(&x.shape.0[..a as usize]), prod(&x.shape.0[a as usize..])]), x.dtype())
+            let prod = |ds: &[Dim]| {
+                ds.iter()
+                    .try_fold(1u64, |acc, d| d.fixed().map(|n| acc * n))
+                    .map_or(Dim::Any, Dim::Fixed)
+            };
+            one(
+                Shape(vec![
+                    prod(&x.shape.0[..a as usize]),
+                    prod(&x.shape.0[a as usize..]),
+                ]),
+                x.dtype(),
+            )
         }
         Op::Tile { repeats } => {
             let x = x.unwrap();
@@ -339,7 +428,12 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                 return Err("value must hold one element".into());
             }
             let s = match consts.first().copied().flatten() {
-                Some(c) => Shape(c.to_i64_vec().into_iter().map(|d| Dim::Fixed(d.max(0) as u64)).collect()),
+                Some(c) => Shape(
+                    c.to_i64_vec()
+                        .into_iter()
+                        .map(|d| Dim::Fixed(d.max(0) as u64))
+                        .collect(),
+                ),
                 None => unknown_shape_of_len(t[0])?,
             };
             one(s, value.dtype())
@@ -353,7 +447,9 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                     return Err("start, limit and delta must have one type".into());
                 }
             }
-            let c: Option<Vec<f64>> = (0..3).map(|i| consts.get(i).copied().flatten().map(|t| t.data.to_f64()[0])).collect();
+            let c: Option<Vec<f64>> = (0..3)
+                .map(|i| consts.get(i).copied().flatten().map(|t| t.data.to_f64()[0]))
+                .collect();
             let n = match c {
                 Some(v) if v[2] != 0.0 => Dim::Fixed(((v[1] - v[0]) / v[2]).ceil().max(0.0) as u64),
                 Some(_) => return Err("delta must not be 0".into()),
@@ -365,14 +461,18 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
             let (x, p) = (t[0], t[1]);
             float(x)?;
             if x.rank() != 4 {
-                return Err(format!("input must be [batch, seq, heads, head_dim], got {x}"));
+                return Err(format!(
+                    "input must be [batch, seq, heads, head_dim], got {x}"
+                ));
             }
             if !p.dtype().is_int() || p.rank() != 2 {
                 return Err(format!("positions must be integer [batch, seq], got {p}"));
             }
             if let (Some(d), Dim::Fixed(hd)) = (dims, &x.shape.0[3]) {
                 if *d <= 0 || *d as u64 > *hd || d % 2 != 0 {
-                    return Err(format!("rotary dims {d} must be even and at most the head size {hd}"));
+                    return Err(format!(
+                        "rotary dims {d} must be even and at most the head size {hd}"
+                    ));
                 }
             } else if let Dim::Fixed(hd) = &x.shape.0[3] {
                 if hd % 2 != 0 {
@@ -385,19 +485,28 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
             let (q, k, v) = (t[0], t[1], t[2]);
             for (n, a) in [("q", q), ("k", k), ("v", v)] {
                 if a.rank() != 4 {
-                    return Err(format!("{n} must be [batch, heads, seq, head_dim], got {a}"));
+                    return Err(format!(
+                        "{n} must be [batch, heads, seq, head_dim], got {a}"
+                    ));
                 }
                 float(a)?;
             }
             if let (Dim::Fixed(h), Dim::Fixed(hk)) = (&q.shape.0[1], &k.shape.0[1]) {
                 if *hk == 0 || h % hk != 0 {
-                    return Err(format!("{h} query heads are not a multiple of {hk} key/value heads"));
+                    return Err(format!(
+                        "{h} query heads are not a multiple of {hk} key/value heads"
+                    ));
                 }
             }
             if !dims_may_equal(&q.shape.0[3], &k.shape.0[3]) {
-                return Err(format!("q head size {} differs from k head size {}", q.shape.0[3], k.shape.0[3]));
+                return Err(format!(
+                    "q head size {} differs from k head size {}",
+                    q.shape.0[3], k.shape.0[3]
+                ));
             }
-            if !dims_may_equal(&k.shape.0[2], &v.shape.0[2]) || !dims_may_equal(&k.shape.0[1], &v.shape.0[1]) {
+            if !dims_may_equal(&k.shape.0[2], &v.shape.0[2])
+                || !dims_may_equal(&k.shape.0[1], &v.shape.0[1])
+            {
                 return Err(format!("k {k} and v {v} differ in heads or length"));
             }
             if let Some(m) = t.get(3) {
@@ -460,9 +569,20 @@ pub fn broadcast(a: &Shape, b: &Shape) -> R<Shape> {
     let one = Dim::Fixed(1);
     let mut out = Vec::with_capacity(r);
     for i in 0..r {
-        let da = if i + a.rank() >= r { &a.0[i + a.rank() - r] } else { &one };
-        let db = if i + b.rank() >= r { &b.0[i + b.rank() - r] } else { &one };
-        out.push(broadcast_dim(da, db).map_err(|e| format!("shapes {a} and {b} do not broadcast: {e}"))?);
+        let da = if i + a.rank() >= r {
+            &a.0[i + a.rank() - r]
+        } else {
+            &one
+        };
+        let db = if i + b.rank() >= r {
+            &b.0[i + b.rank() - r]
+        } else {
+            &one
+        };
+        out.push(
+            broadcast_dim(da, db)
+                .map_err(|e| format!("shapes {a} and {b} do not broadcast: {e}"))?,
+        );
     }
     Ok(Shape(out))
 }
@@ -472,7 +592,11 @@ fn matmul(a: &TensorType, b: &TensorType) -> R<Vec<TensorType>> {
         return Err("matmul operands must have at least one dimension".into());
     }
     if a.dtype() != b.dtype() {
-        return Err(format!("operand types differ: {} and {}", a.dtype(), b.dtype()));
+        return Err(format!(
+            "operand types differ: {} and {}",
+            a.dtype(),
+            b.dtype()
+        ));
     }
     let mut sa = a.shape.0.clone();
     let mut sb = b.shape.0.clone();
@@ -489,7 +613,10 @@ fn matmul(a: &TensorType, b: &TensorType) -> R<Vec<TensorType>> {
     if !dims_may_equal(ka, kb) {
         return Err(format!("inner dimensions differ: {a} times {b}"));
     }
-    let batch = broadcast(&Shape(sa[..sa.len() - 2].to_vec()), &Shape(sb[..sb.len() - 2].to_vec()))?;
+    let batch = broadcast(
+        &Shape(sa[..sa.len() - 2].to_vec()),
+        &Shape(sb[..sb.len() - 2].to_vec()),
+    )?;
     let mut s = batch.0;
     if !a1 {
         s.push(m.clone());
@@ -519,7 +646,9 @@ fn reduce_shape(x: &Shape, axes: &[i64], keepdims: bool) -> R<Shape> {
 
 fn unknown_shape_of_len(shape_operand: &TensorType) -> R<Shape> {
     if shape_operand.rank() != 1 || !shape_operand.dtype().is_int() {
-        return Err(format!("shape operand must be a 1-D integer tensor, got {shape_operand}"));
+        return Err(format!(
+            "shape operand must be a 1-D integer tensor, got {shape_operand}"
+        ));
     }
     match shape_operand.shape.0[0] {
         Dim::Fixed(n) => Ok(Shape(vec![Dim::Any; n as usize])),
@@ -533,7 +662,11 @@ pub fn reshape(x: &Shape, target: &[i64]) -> R<Shape> {
     let mut infer_at = None;
     for (i, &d) in target.iter().enumerate() {
         match d {
-            0 => out.push(x.0.get(i).cloned().ok_or_else(|| format!("0 at position {i} copies a dimension {x} lacks"))?),
+            0 => out.push(
+                x.0.get(i)
+                    .cloned()
+                    .ok_or_else(|| format!("0 at position {i} copies a dimension {x} lacks"))?,
+            ),
             -1 => {
                 if infer_at.replace(i).is_some() {
                     return Err(format!("target {target:?} has more than one -1"));
@@ -566,7 +699,9 @@ pub fn reshape(x: &Shape, target: &[i64]) -> R<Shape> {
             None => unknown = true,
         }
     }
-    let left_fixed: Option<u64> = left.iter().try_fold(1u64, |acc, d| d.fixed().map(|n| acc * n));
+    let left_fixed: Option<u64> = left
+        .iter()
+        .try_fold(1u64, |acc, d| d.fixed().map(|n| acc * n));
     match (infer_at, left_fixed, unknown) {
         (Some(i), Some(l), false) => {
             if right_fixed == 0 || l % right_fixed != 0 {
@@ -575,7 +710,9 @@ pub fn reshape(x: &Shape, target: &[i64]) -> R<Shape> {
             out[i] = Dim::Fixed(l / right_fixed);
         }
         (None, Some(l), false) if l != right_fixed => {
-            return Err(format!("cannot reshape {x} ({l} elements) to {target:?} ({right_fixed} elements)"));
+            return Err(format!(
+                "cannot reshape {x} ({l} elements) to {target:?} ({right_fixed} elements)"
+            ));
         }
         _ => {}
     }
@@ -587,7 +724,10 @@ fn perm_of(perm: &[i64], rank: usize) -> R<Vec<usize>> {
         return Ok((0..rank).rev().collect());
     }
     if perm.len() != rank {
-        return Err(format!("permutation {perm:?} has {} entries for rank {rank}", perm.len()));
+        return Err(format!(
+            "permutation {perm:?} has {} entries for rank {rank}",
+            perm.len()
+        ));
     }
     let mut seen = vec![false; rank];
     let mut p = Vec::with_capacity(rank);
@@ -628,8 +768,12 @@ fn slice_shape(x: &Shape, spec: &SliceSpec) -> R<Shape> {
             return Err("slice step must not be 0".into());
         }
         out[a] = match &x.0[a] {
-            Dim::Fixed(n) => Dim::Fixed(slice_range(*n as i64, spec.starts[i], spec.ends[i], spec.steps[i]).2 as u64),
-            d if spec.starts[i] == 0 && spec.ends[i] >= i32::MAX as i64 && spec.steps[i] == 1 => d.clone(),
+            Dim::Fixed(n) => Dim::Fixed(
+                slice_range(*n as i64, spec.starts[i], spec.ends[i], spec.steps[i]).2 as u64,
+            ),
+            d if spec.starts[i] == 0 && spec.ends[i] >= i32::MAX as i64 && spec.steps[i] == 1 => {
+                d.clone()
+            }
             _ => Dim::Any,
         };
     }
@@ -645,7 +789,12 @@ pub fn refines(declared: &TensorType, inferred: &TensorType) -> bool {
     };
     enc_ok
         && declared.rank() == inferred.rank()
-        && declared.shape.0.iter().zip(&inferred.shape.0).all(|(d, i)| d == i || *i == Dim::Any)
+        && declared
+            .shape
+            .0
+            .iter()
+            .zip(&inferred.shape.0)
+            .all(|(d, i)| d == i || *i == Dim::Any)
 }
 
 #[cfg(test)]
@@ -659,24 +808,59 @@ mod tests {
     #[test]
     fn reshape_resolves_symbols_and_minus_one() {
         let x = tt("tensor<{batch}x{seq}x576xf32>").shape;
-        assert_eq!(reshape(&x, &[0, 0, 9, 64]).unwrap().to_string(), "{batch}x{seq}x9x64");
-        assert_eq!(reshape(&x, &[0, 0, -1, 64]).unwrap().to_string(), "{batch}x{seq}x9x64");
+        assert_eq!(
+            reshape(&x, &[0, 0, 9, 64]).unwrap().to_string(),
+            "{batch}x{seq}x9x64"
+        );
+        assert_eq!(
+            reshape(&x, &[0, 0, -1, 64]).unwrap().to_string(),
+            "{batch}x{seq}x9x64"
+        );
         let y = tt("tensor<{batch}x{seq}x9x64xf32>").shape;
-        assert_eq!(reshape(&y, &[0, 0, 576]).unwrap().to_string(), "{batch}x{seq}x576");
+        assert_eq!(
+            reshape(&y, &[0, 0, 576]).unwrap().to_string(),
+            "{batch}x{seq}x576"
+        );
         assert!(reshape(&Shape::fixed(&[2, 3]), &[4]).is_err());
-        assert_eq!(reshape(&Shape::fixed(&[2, 3]), &[-1]).unwrap().to_string(), "6");
+        assert_eq!(
+            reshape(&Shape::fixed(&[2, 3]), &[-1]).unwrap().to_string(),
+            "6"
+        );
     }
 
     #[test]
     fn matmul_and_linear_shapes() {
-        let r = infer(&Op::MatMul, &[&tt("tensor<{b}x9x{s}x64xf32>"), &tt("tensor<{b}x9x64x{t}xf32>")], &[None, None]).unwrap();
+        let r = infer(
+            &Op::MatMul,
+            &[
+                &tt("tensor<{b}x9x{s}x64xf32>"),
+                &tt("tensor<{b}x9x64x{t}xf32>"),
+            ],
+            &[None, None],
+        )
+        .unwrap();
         assert_eq!(r[0].to_string(), "tensor<{b}x9x{s}x{t}xf32>");
-        let r = infer(&Op::MatMul, &[&tt("tensor<3xf32>"), &tt("tensor<3x4xf32>")], &[None, None]).unwrap();
+        let r = infer(
+            &Op::MatMul,
+            &[&tt("tensor<3xf32>"), &tt("tensor<3x4xf32>")],
+            &[None, None],
+        )
+        .unwrap();
         assert_eq!(r[0].to_string(), "tensor<4xf32>");
         let w = tt("tensor<1536x576x!q4<g32,f16,min>>");
-        let r = infer(&Op::Linear, &[&tt("tensor<{b}x{s}x576xf32>"), &w], &[None, None]).unwrap();
+        let r = infer(
+            &Op::Linear,
+            &[&tt("tensor<{b}x{s}x576xf32>"), &w],
+            &[None, None],
+        )
+        .unwrap();
         assert_eq!(r[0].to_string(), "tensor<{b}x{s}x1536xf32>");
-        let e = infer(&Op::Linear, &[&tt("tensor<{b}x{s}x512xf32>"), &w], &[None, None]).unwrap_err();
+        let e = infer(
+            &Op::Linear,
+            &[&tt("tensor<{b}x{s}x512xf32>"), &w],
+            &[None, None],
+        )
+        .unwrap_err();
         assert!(e.contains("512 features"), "{e}");
         let e = infer(&Op::Binary(BinaryOp::Add), &[&w, &w], &[None, None]).unwrap_err();
         assert!(e.contains("encoded weight"), "{e}");

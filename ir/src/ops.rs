@@ -90,7 +90,10 @@ impl UnaryOp {
 
     /// Operations defined on floats only (the rest also take integers, `not` takes bool).
     pub fn float_only(self) -> bool {
-        !matches!(self, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu | UnaryOp::Sign | UnaryOp::Not)
+        !matches!(
+            self,
+            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu | UnaryOp::Sign | UnaryOp::Not
+        )
     }
 }
 
@@ -161,7 +164,11 @@ impl BinaryOp {
     pub fn is_comparison(self) -> bool {
         matches!(
             self,
-            BinaryOp::Equal | BinaryOp::Less | BinaryOp::LessEqual | BinaryOp::Greater | BinaryOp::GreaterEqual
+            BinaryOp::Equal
+                | BinaryOp::Less
+                | BinaryOp::LessEqual
+                | BinaryOp::Greater
+                | BinaryOp::GreaterEqual
         )
     }
 
@@ -183,8 +190,14 @@ pub enum ReduceKind {
 }
 
 impl ReduceKind {
-    pub const ALL: [ReduceKind; 6] =
-        [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max, ReduceKind::Min, ReduceKind::Prod, ReduceKind::L2];
+    pub const ALL: [ReduceKind; 6] = [
+        ReduceKind::Sum,
+        ReduceKind::Mean,
+        ReduceKind::Max,
+        ReduceKind::Min,
+        ReduceKind::Prod,
+        ReduceKind::L2,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -246,7 +259,11 @@ pub enum Op {
     /// `(x, scale)`: `x / sqrt(mean(x², axis..) + eps) · scale`.
     RmsNorm { axis: i64, eps: f32 },
     /// `(x)` reduced over `axes` (all when empty).
-    Reduce { kind: ReduceKind, axes: Vec<i64>, keepdims: bool },
+    Reduce {
+        kind: ReduceKind,
+        axes: Vec<i64>,
+        keepdims: bool,
+    },
     /// `(x)` index of the largest element along `axis`, as i64 (first on ties).
     ArgMax { axis: i64, keepdims: bool },
     /// `(data, indices)` as ONNX Gather; `data` may be encoded (an embedding table).
@@ -280,7 +297,11 @@ pub enum Op {
     Range,
     /// `(x [B, S, H, D], positions [B, S])` rotated by `positions · base^(-2i/d)` over the first
     /// `dims` elements of D (all when absent).
-    Rope { base: f32, mode: RopeMode, dims: Option<i64> },
+    Rope {
+        base: f32,
+        mode: RopeMode,
+        dims: Option<i64>,
+    },
     /// `(q [B, H, S, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv], mask?) -> [B, H, S, Dv]`.
     /// `H` is a multiple of `Hkv` (grouped KV heads). With `causal`, query `i` sees keys
     /// `j <= i + T − S`. `mask` is added to the scores, broadcast to `[B, H, S, T]`.
@@ -386,7 +407,9 @@ impl Op {
             Op::Binary(_) | Op::MatMul => (2, Some(2)),
             Op::Where | Op::Range => (3, Some(3)),
             Op::Linear => (2, Some(3)),
-            Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::Reduce { .. } | Op::ArgMax { .. } => (1, Some(1)),
+            Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::Reduce { .. } | Op::ArgMax { .. } => {
+                (1, Some(1))
+            }
             Op::LayerNorm { .. } => (2, Some(3)),
             Op::RmsNorm { .. } | Op::Gather { .. } => (2, Some(2)),
             Op::Reshape { shape } => dyn_arity(shape.is_some(), 2),
@@ -423,14 +446,19 @@ impl Op {
 
     /// Operand positions that may hold an encoded (non-dense) weight.
     pub fn accepts_encoded(&self, operand: usize) -> bool {
-        matches!((self, operand), (Op::Linear, 1) | (Op::Gather { .. }, 0) | (Op::MatMul, 1))
+        matches!(
+            (self, operand),
+            (Op::Linear, 1) | (Op::Gather { .. }, 0) | (Op::MatMul, 1)
+        )
     }
 
     /// Attributes in the generic form, sorted by name.
     pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
         let mut a: Vec<(&'static str, Attr)> = match self {
             Op::Constant { value } => vec![("value", Attr::Tensor(value.clone()))],
-            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul | Op::Linear | Op::Range => vec![],
+            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul | Op::Linear | Op::Range => {
+                vec![]
+            }
             Op::Cast { to } => vec![("to", Attr::Type(*to))],
             Op::Clip { min, max } => {
                 let mut v = vec![];
@@ -442,7 +470,10 @@ impl Op {
                 }
                 v
             }
-            Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Gather { axis } | Op::Concat { axis } => {
+            Op::Softmax { axis }
+            | Op::LogSoftmax { axis }
+            | Op::Gather { axis }
+            | Op::Concat { axis } => {
                 vec![("axis", Attr::Int(*axis))]
             }
             Op::Flatten { axis } => vec![("axis", Attr::Int(*axis))],
@@ -450,15 +481,28 @@ impl Op {
                 vec![("axis", Attr::Int(*axis)), ("eps", Attr::Float(*eps))]
             }
             Op::Reduce { axes, keepdims, .. } => {
-                vec![("axes", Attr::Ints(axes.clone())), ("keepdims", Attr::Bool(*keepdims))]
+                vec![
+                    ("axes", Attr::Ints(axes.clone())),
+                    ("keepdims", Attr::Bool(*keepdims)),
+                ]
             }
-            Op::ArgMax { axis, keepdims } => vec![("axis", Attr::Int(*axis)), ("keepdims", Attr::Bool(*keepdims))],
-            Op::Reshape { shape } | Op::Expand { shape } => {
-                shape.iter().map(|s| ("shape", Attr::Ints(s.clone()))).collect()
-            }
-            Op::Tile { repeats } => repeats.iter().map(|s| ("repeats", Attr::Ints(s.clone()))).collect(),
+            Op::ArgMax { axis, keepdims } => vec![
+                ("axis", Attr::Int(*axis)),
+                ("keepdims", Attr::Bool(*keepdims)),
+            ],
+            Op::Reshape { shape } | Op::Expand { shape } => shape
+                .iter()
+                .map(|s| ("shape", Attr::Ints(s.clone())))
+                .collect(),
+            Op::Tile { repeats } => repeats
+                .iter()
+                .map(|s| ("repeats", Attr::Ints(s.clone())))
+                .collect(),
             Op::Transpose { perm } => vec![("perm", Attr::Ints(perm.clone()))],
-            Op::Split { axis, sizes } => vec![("axis", Attr::Int(*axis)), ("sizes", Attr::Ints(sizes.clone()))],
+            Op::Split { axis, sizes } => vec![
+                ("axis", Attr::Int(*axis)),
+                ("sizes", Attr::Ints(sizes.clone())),
+            ],
             Op::Slice { spec } => match spec {
                 None => vec![],
                 Some(s) => vec![
@@ -468,7 +512,9 @@ impl Op {
                     ("steps", Attr::Ints(s.steps.clone())),
                 ],
             },
-            Op::Squeeze { axes } | Op::Unsqueeze { axes } => vec![("axes", Attr::Ints(axes.clone()))],
+            Op::Squeeze { axes } | Op::Unsqueeze { axes } => {
+                vec![("axes", Attr::Ints(axes.clone()))]
+            }
             Op::Shape { start, end } => {
                 let mut v = vec![("start", Attr::Int(*start))];
                 if let Some(e) = end {
@@ -496,9 +542,15 @@ impl Op {
                 }
                 v
             }
-            Op::Attention { causal, scale } => vec![("causal", Attr::Bool(*causal)), ("scale", Attr::Float(*scale))],
+            Op::Attention { causal, scale } => vec![
+                ("causal", Attr::Bool(*causal)),
+                ("scale", Attr::Float(*scale)),
+            ],
             Op::CacheConcat { state, axis } => {
-                vec![("axis", Attr::Int(*axis)), ("state", Attr::Int(*state as i64))]
+                vec![
+                    ("axis", Attr::Int(*axis)),
+                    ("state", Attr::Int(*state as i64)),
+                ]
             }
         };
         a.sort_by_key(|(k, _)| *k);
@@ -507,24 +559,56 @@ impl Op {
 
     /// Builds an op from its name and generic attributes; the error says what is wrong.
     pub fn from_parts(name: &str, attrs: &BTreeMap<String, Attr>) -> Result<Op, String> {
-        let mut r = AttrReader { attrs, used: Vec::new() };
+        let mut r = AttrReader {
+            attrs,
+            used: Vec::new(),
+        };
         let op = match name {
-            "const" => Op::Constant { value: r.tensor("value")? },
+            "const" => Op::Constant {
+                value: r.tensor("value")?,
+            },
             "where" => Op::Where,
             "cast" => Op::Cast { to: r.dtype("to")? },
-            "clip" => Op::Clip { min: r.opt_float("min")?, max: r.opt_float("max")? },
+            "clip" => Op::Clip {
+                min: r.opt_float("min")?,
+                max: r.opt_float("max")?,
+            },
             "matmul" => Op::MatMul,
             "linear" => Op::Linear,
-            "softmax" => Op::Softmax { axis: r.int("axis")? },
-            "log_softmax" => Op::LogSoftmax { axis: r.int("axis")? },
-            "layer_norm" => Op::LayerNorm { axis: r.int("axis")?, eps: r.float("eps")? },
-            "rms_norm" => Op::RmsNorm { axis: r.int("axis")?, eps: r.float("eps")? },
-            "argmax" => Op::ArgMax { axis: r.int("axis")?, keepdims: r.bool("keepdims")? },
-            "gather" => Op::Gather { axis: r.int("axis")? },
-            "reshape" => Op::Reshape { shape: r.opt_ints("shape")? },
-            "transpose" => Op::Transpose { perm: r.ints("perm")? },
-            "concat" => Op::Concat { axis: r.int("axis")? },
-            "split" => Op::Split { axis: r.int("axis")?, sizes: r.ints("sizes")? },
+            "softmax" => Op::Softmax {
+                axis: r.int("axis")?,
+            },
+            "log_softmax" => Op::LogSoftmax {
+                axis: r.int("axis")?,
+            },
+            "layer_norm" => Op::LayerNorm {
+                axis: r.int("axis")?,
+                eps: r.float("eps")?,
+            },
+            "rms_norm" => Op::RmsNorm {
+                axis: r.int("axis")?,
+                eps: r.float("eps")?,
+            },
+            "argmax" => Op::ArgMax {
+                axis: r.int("axis")?,
+                keepdims: r.bool("keepdims")?,
+            },
+            "gather" => Op::Gather {
+                axis: r.int("axis")?,
+            },
+            "reshape" => Op::Reshape {
+                shape: r.opt_ints("shape")?,
+            },
+            "transpose" => Op::Transpose {
+                perm: r.ints("perm")?,
+            },
+            "concat" => Op::Concat {
+                axis: r.int("axis")?,
+            },
+            "split" => Op::Split {
+                axis: r.int("axis")?,
+                sizes: r.ints("sizes")?,
+            },
             "slice" => {
                 if attrs.is_empty() {
                     Op::Slice { spec: None }
@@ -539,26 +623,49 @@ impl Op {
                     }
                 }
             }
-            "squeeze" => Op::Squeeze { axes: r.ints("axes")? },
-            "unsqueeze" => Op::Unsqueeze { axes: r.ints("axes")? },
-            "expand" => Op::Expand { shape: r.opt_ints("shape")? },
-            "flatten" => Op::Flatten { axis: r.int("axis")? },
-            "tile" => Op::Tile { repeats: r.opt_ints("repeats")? },
-            "shape" => Op::Shape { start: r.int("start")?, end: r.opt_int("end")? },
-            "constant_of_shape" => Op::ConstantOfShape { value: r.tensor("value")? },
+            "squeeze" => Op::Squeeze {
+                axes: r.ints("axes")?,
+            },
+            "unsqueeze" => Op::Unsqueeze {
+                axes: r.ints("axes")?,
+            },
+            "expand" => Op::Expand {
+                shape: r.opt_ints("shape")?,
+            },
+            "flatten" => Op::Flatten {
+                axis: r.int("axis")?,
+            },
+            "tile" => Op::Tile {
+                repeats: r.opt_ints("repeats")?,
+            },
+            "shape" => Op::Shape {
+                start: r.int("start")?,
+                end: r.opt_int("end")?,
+            },
+            "constant_of_shape" => Op::ConstantOfShape {
+                value: r.tensor("value")?,
+            },
             "range" => Op::Range,
             "rope" => Op::Rope {
                 base: r.float("base")?,
                 mode: match r.str("mode")?.as_str() {
                     "interleaved" => RopeMode::Interleaved,
                     "half" => RopeMode::Half,
-                    m => return Err(format!("rope mode must be \"interleaved\" or \"half\", not {m:?}")),
+                    m => {
+                        return Err(format!(
+                            "rope mode must be \"interleaved\" or \"half\", not {m:?}"
+                        ))
+                    }
                 },
                 dims: r.opt_int("dims")?,
             },
-            "attention" => Op::Attention { causal: r.bool("causal")?, scale: r.float("scale")? },
+            "attention" => Op::Attention {
+                causal: r.bool("causal")?,
+                scale: r.float("scale")?,
+            },
             "cache_concat" => Op::CacheConcat {
-                state: u32::try_from(r.int("state")?).map_err(|_| "state must be a small non-negative index")?,
+                state: u32::try_from(r.int("state")?)
+                    .map_err(|_| "state must be a small non-negative index")?,
                 axis: r.int("axis")?,
             },
             _ => {
@@ -567,7 +674,11 @@ impl Op {
                 } else if let Some(b) = BinaryOp::ALL.iter().find(|b| b.name() == name) {
                     Op::Binary(*b)
                 } else if let Some(k) = ReduceKind::ALL.iter().find(|k| k.name() == name) {
-                    Op::Reduce { kind: *k, axes: r.ints("axes")?, keepdims: r.bool("keepdims")? }
+                    Op::Reduce {
+                        kind: *k,
+                        axes: r.ints("axes")?,
+                        keepdims: r.bool("keepdims")?,
+                    }
                 } else {
                     return Err(format!("unknown op '{name}'"));
                 }
@@ -601,13 +712,16 @@ impl<'a> AttrReader<'a> {
     }
 
     fn req(&mut self, key: &str) -> Result<&'a Attr, String> {
-        self.get(key).ok_or_else(|| format!("missing attribute '{key}'"))
+        self.get(key)
+            .ok_or_else(|| format!("missing attribute '{key}'"))
     }
 
     fn int(&mut self, key: &str) -> Result<i64, String> {
         match self.req(key)? {
             Attr::Int(i) => Ok(*i),
-            other => Err(format!("attribute '{key}' must be an integer, not {other:?}")),
+            other => Err(format!(
+                "attribute '{key}' must be an integer, not {other:?}"
+            )),
         }
     }
 
@@ -638,7 +752,9 @@ impl<'a> AttrReader<'a> {
     fn bool(&mut self, key: &str) -> Result<bool, String> {
         match self.req(key)? {
             Attr::Bool(b) => Ok(*b),
-            other => Err(format!("attribute '{key}' must be true or false, not {other:?}")),
+            other => Err(format!(
+                "attribute '{key}' must be true or false, not {other:?}"
+            )),
         }
     }
 
@@ -652,7 +768,9 @@ impl<'a> AttrReader<'a> {
     fn ints(&mut self, key: &str) -> Result<Vec<i64>, String> {
         match self.req(key)? {
             Attr::Ints(v) => Ok(v.clone()),
-            other => Err(format!("attribute '{key}' must be a list of integers, not {other:?}")),
+            other => Err(format!(
+                "attribute '{key}' must be a list of integers, not {other:?}"
+            )),
         }
     }
 
@@ -667,14 +785,18 @@ impl<'a> AttrReader<'a> {
     fn dtype(&mut self, key: &str) -> Result<DType, String> {
         match self.req(key)? {
             Attr::Type(t) => Ok(*t),
-            other => Err(format!("attribute '{key}' must be an element type, not {other:?}")),
+            other => Err(format!(
+                "attribute '{key}' must be an element type, not {other:?}"
+            )),
         }
     }
 
     fn tensor(&mut self, key: &str) -> Result<Tensor, String> {
         match self.req(key)? {
             Attr::Tensor(t) => Ok(t.clone()),
-            other => Err(format!("attribute '{key}' must be a dense<..> tensor, not {other:?}")),
+            other => Err(format!(
+                "attribute '{key}' must be a dense<..> tensor, not {other:?}"
+            )),
         }
     }
 }
@@ -696,36 +818,78 @@ mod tests {
     #[test]
     fn every_op_round_trips_through_generic_attrs() {
         let ops = vec![
-            Op::Constant { value: Tensor::i64(vec![2], vec![3, 4]) },
+            Op::Constant {
+                value: Tensor::i64(vec![2], vec![3, 4]),
+            },
             Op::Unary(UnaryOp::GeluTanh),
             Op::Binary(BinaryOp::GreaterEqual),
             Op::Cast { to: DType::F16 },
-            Op::Clip { min: Some(0.0), max: None },
-            Op::LayerNorm { axis: -1, eps: 1e-12 },
-            Op::Reduce { kind: ReduceKind::Mean, axes: vec![-1], keepdims: true },
-            Op::Reshape { shape: Some(vec![0, 0, 9, 64]) },
+            Op::Clip {
+                min: Some(0.0),
+                max: None,
+            },
+            Op::LayerNorm {
+                axis: -1,
+                eps: 1e-12,
+            },
+            Op::Reduce {
+                kind: ReduceKind::Mean,
+                axes: vec![-1],
+                keepdims: true,
+            },
+            Op::Reshape {
+                shape: Some(vec![0, 0, 9, 64]),
+            },
             Op::Reshape { shape: None },
-            Op::Split { axis: 1, sizes: vec![2, 3] },
-            Op::Slice { spec: Some(SliceSpec { starts: vec![0], ends: vec![4], axes: vec![1], steps: vec![1] }) },
-            Op::Shape { start: 0, end: Some(2) },
-            Op::Rope { base: 100000.0, mode: RopeMode::Interleaved, dims: None },
-            Op::Attention { causal: true, scale: 0.125 },
+            Op::Split {
+                axis: 1,
+                sizes: vec![2, 3],
+            },
+            Op::Slice {
+                spec: Some(SliceSpec {
+                    starts: vec![0],
+                    ends: vec![4],
+                    axes: vec![1],
+                    steps: vec![1],
+                }),
+            },
+            Op::Shape {
+                start: 0,
+                end: Some(2),
+            },
+            Op::Rope {
+                base: 100000.0,
+                mode: RopeMode::Interleaved,
+                dims: None,
+            },
+            Op::Attention {
+                causal: true,
+                scale: 0.125,
+            },
             Op::CacheConcat { state: 3, axis: 2 },
         ];
         for op in ops {
-            let attrs: BTreeMap<String, Attr> = op.attrs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let attrs: BTreeMap<String, Attr> = op
+                .attrs()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
             assert_eq!(Op::from_parts(op.name(), &attrs).unwrap(), op);
         }
     }
 
     #[test]
     fn unknown_names_and_attributes_are_errors() {
-        assert!(Op::from_parts("frobnicate", &BTreeMap::new()).unwrap_err().contains("unknown op"));
+        assert!(Op::from_parts("frobnicate", &BTreeMap::new())
+            .unwrap_err()
+            .contains("unknown op"));
         let mut a = BTreeMap::new();
         a.insert("axis".to_string(), Attr::Int(1));
         a.insert("bogus".to_string(), Attr::Int(1));
         assert!(Op::from_parts("softmax", &a).unwrap_err().contains("bogus"));
-        assert!(Op::from_parts("softmax", &BTreeMap::new()).unwrap_err().contains("missing attribute 'axis'"));
+        assert!(Op::from_parts("softmax", &BTreeMap::new())
+            .unwrap_err()
+            .contains("missing attribute 'axis'"));
     }
 
     #[test]

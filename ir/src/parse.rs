@@ -21,7 +21,11 @@ pub fn parse(file: &str, src: &str) -> Result<Graph, IrError> {
 
 /// Parses a tensor type such as `tensor<{batch}x576x!q4<g128,f16,asym>>`.
 pub fn parse_type(src: &str) -> Result<TensorType, IrError> {
-    let mut p = Parser { src, pos: 0, file: "<type>" };
+    let mut p = Parser {
+        src,
+        pos: 0,
+        file: "<type>",
+    };
     let t = p.tensor_type()?;
     p.ws();
     if p.pos < src.len() {
@@ -40,13 +44,21 @@ impl<'a> Parser<'a> {
     fn line_col(&self, at: usize) -> (usize, usize) {
         let before = &self.src[..at.min(self.src.len())];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.chars().count(), |i| before[i + 1..].chars().count()) + 1;
+        let col = before
+            .rfind('\n')
+            .map_or(before.chars().count(), |i| before[i + 1..].chars().count())
+            + 1;
         (line, col)
     }
 
     fn err_at(&self, at: usize, msg: impl Into<String>) -> IrError {
         let (line, col) = self.line_col(at);
-        IrError::Parse { file: self.file.to_string(), line, col, msg: msg.into() }
+        IrError::Parse {
+            file: self.file.to_string(),
+            line,
+            col,
+            msg: msg.into(),
+        }
     }
 
     fn err(&self, msg: impl Into<String>) -> IrError {
@@ -98,7 +110,11 @@ impl<'a> Parser<'a> {
         if r.is_empty() {
             return "the end of the input".into();
         }
-        let tok: String = r.chars().take_while(|c| !c.is_whitespace()).take(20).collect();
+        let tok: String = r
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .take(20)
+            .collect();
         format!("'{tok}'")
     }
 
@@ -108,7 +124,11 @@ impl<'a> Parser<'a> {
         let r = self.rest();
         let mut end = 0;
         for (i, c) in r.char_indices() {
-            let ok = if i == 0 { c.is_ascii_alphabetic() || c == '_' } else { c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$' | '-') };
+            let ok = if i == 0 {
+                c.is_ascii_alphabetic() || c == '_'
+            } else {
+                c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$' | '-')
+            };
             if !ok {
                 break;
             }
@@ -154,7 +174,9 @@ impl<'a> Parser<'a> {
                     Some((j, 'u')) => {
                         let tail = &self.rest()[j + 1..];
                         let close = tail.find('}').filter(|_| tail.starts_with('{'));
-                        let ch = close.and_then(|e| u32::from_str_radix(&tail[1..e], 16).ok()).and_then(char::from_u32);
+                        let ch = close
+                            .and_then(|e| u32::from_str_radix(&tail[1..e], 16).ok())
+                            .and_then(char::from_u32);
                         match (ch, close) {
                             (Some(ch), Some(e)) => {
                                 out.push(ch);
@@ -236,7 +258,8 @@ impl<'a> Parser<'a> {
     fn f64_lit(&mut self) -> Result<f64, IrError> {
         let at = self.pos;
         let (t, _) = self.number_text()?;
-        t.parse::<f64>().map_err(|_| self.err_at(at, format!("bad number '{t}'")))
+        t.parse::<f64>()
+            .map_err(|_| self.err_at(at, format!("bad number '{t}'")))
     }
 
     fn i64_lit(&mut self) -> Result<i64, IrError> {
@@ -245,18 +268,28 @@ impl<'a> Parser<'a> {
         if float {
             return Err(self.err_at(at, format!("expected an integer, found '{t}'")));
         }
-        t.parse::<i64>().map_err(|_| self.err_at(at, format!("bad integer '{t}'")))
+        t.parse::<i64>()
+            .map_err(|_| self.err_at(at, format!("bad integer '{t}'")))
     }
 
     fn dtype(&mut self) -> Result<DType, IrError> {
         let at = self.pos;
-        let w = self.ident().ok_or_else(|| self.err(format!("expected an element type, found {}", self.found())))?;
-        DType::from_name(w).ok_or_else(|| self.err_at(at, format!("unknown element type '{w}' (f32, f16, bf16, i64, i32, i8, u8, bool)")))
+        let w = self
+            .ident()
+            .ok_or_else(|| self.err(format!("expected an element type, found {}", self.found())))?;
+        DType::from_name(w).ok_or_else(|| {
+            self.err_at(
+                at,
+                format!("unknown element type '{w}' (f32, f16, bf16, i64, i32, i8, u8, bool)"),
+            )
+        })
     }
 
     fn group(&mut self) -> Result<Group, IrError> {
         let at = self.pos;
-        let w = self.ident().ok_or_else(|| self.err("expected a group: pt, pc or g<N>"))?;
+        let w = self
+            .ident()
+            .ok_or_else(|| self.err("expected a group: pt, pc or g<N>"))?;
         match w {
             "pt" => Ok(Group::Tensor),
             "pc" => Ok(Group::Channel),
@@ -265,7 +298,9 @@ impl<'a> Parser<'a> {
                 .and_then(|n| n.parse::<u32>().ok())
                 .filter(|&n| n > 0)
                 .map(Group::Size)
-                .ok_or_else(|| self.err_at(at, format!("expected a group: pt, pc or g<N>, found '{w}'"))),
+                .ok_or_else(|| {
+                    self.err_at(at, format!("expected a group: pt, pc or g<N>, found '{w}'"))
+                }),
         }
     }
 
@@ -275,7 +310,9 @@ impl<'a> Parser<'a> {
             return Ok(Encoding::Dense(self.dtype()?));
         }
         let at = self.pos;
-        let w = self.ident().ok_or_else(|| self.err("expected an encoding after '!'"))?;
+        let w = self
+            .ident()
+            .ok_or_else(|| self.err("expected an encoding after '!'"))?;
         let bits = |p: &str| -> Option<u8> { w.strip_prefix(p).and_then(|b| b.parse().ok()) };
         if w == "sp24" {
             self.expect("<")?;
@@ -289,7 +326,11 @@ impl<'a> Parser<'a> {
             self.expect(",")?;
             let entry = self.dtype()?;
             self.expect(">")?;
-            return Ok(Encoding::Palette(PaletteSpec { bits: b, group, entry }));
+            return Ok(Encoding::Palette(PaletteSpec {
+                bits: b,
+                group,
+                entry,
+            }));
         }
         if let Some(b) = bits("q") {
             self.expect("<")?;
@@ -305,15 +346,26 @@ impl<'a> Parser<'a> {
                 _ => return Err(self.err_at(zat, "expected sym, asym or min")),
             };
             self.expect(">")?;
-            return Ok(Encoding::Quant(QuantSpec { bits: b, group, scale, zero }));
+            return Ok(Encoding::Quant(QuantSpec {
+                bits: b,
+                group,
+                scale,
+                zero,
+            }));
         }
-        Err(self.err_at(at, format!("unknown encoding '!{w}' (!qN<..>, !palN<..>, !sp24<..>)")))
+        Err(self.err_at(
+            at,
+            format!("unknown encoding '!{w}' (!qN<..>, !palN<..>, !sp24<..>)"),
+        ))
     }
 
     /// `tensor<` dims `x` ... element `>`.
     fn tensor_type(&mut self) -> Result<TensorType, IrError> {
         if !self.keyword("tensor") {
-            return Err(self.err(format!("expected a type 'tensor<..>', found {}", self.found())));
+            return Err(self.err(format!(
+                "expected a type 'tensor<..>', found {}",
+                self.found()
+            )));
         }
         self.expect("<")?;
         let (shape, enc) = self.dims_then(|p| p.encoding())?;
@@ -322,14 +374,20 @@ impl<'a> Parser<'a> {
     }
 
     /// Dimensions separated by `x`, then whatever `last` parses.
-    fn dims_then<T>(&mut self, last: impl Fn(&mut Self) -> Result<T, IrError>) -> Result<(Shape, T), IrError> {
+    fn dims_then<T>(
+        &mut self,
+        last: impl Fn(&mut Self) -> Result<T, IrError>,
+    ) -> Result<(Shape, T), IrError> {
         let mut dims = vec![];
         loop {
             self.ws();
             let d = match self.peek() {
                 Some('{') => {
                     self.pos += 1;
-                    let n = self.ident().ok_or_else(|| self.err("expected a dimension name"))?.to_string();
+                    let n = self
+                        .ident()
+                        .ok_or_else(|| self.err("expected a dimension name"))?
+                        .to_string();
                     if !self.rest().starts_with('}') {
                         return Err(self.err("expected '}' after the dimension name"));
                     }
@@ -345,7 +403,10 @@ impl<'a> Parser<'a> {
             };
             dims.push(d);
             if !self.rest().starts_with('x') {
-                return Err(self.err(format!("expected 'x' after a dimension, found {}", self.found())));
+                return Err(self.err(format!(
+                    "expected 'x' after a dimension, found {}",
+                    self.found()
+                )));
             }
             self.pos += 1;
         }
@@ -356,7 +417,9 @@ impl<'a> Parser<'a> {
         self.expect("<")?;
         let (shape, dtype) = self.dims_then(|p| p.dtype())?;
         self.expect(">")?;
-        let dims = shape.as_fixed().ok_or_else(|| self.err("a dense literal needs fixed dimensions"))?;
+        let dims = shape
+            .as_fixed()
+            .ok_or_else(|| self.err("a dense literal needs fixed dimensions"))?;
         self.expect("[")?;
         let mut items: Vec<f64> = vec![];
         let mut ints: Vec<i64> = vec![];
@@ -391,7 +454,10 @@ impl<'a> Parser<'a> {
         };
         let n: usize = dims.iter().product();
         if data.len() != n {
-            return Err(self.err(format!("dense literal of shape {dims:?} needs {n} elements, has {}", data.len())));
+            return Err(self.err(format!(
+                "dense literal of shape {dims:?} needs {n} elements, has {}",
+                data.len()
+            )));
         }
         Ok(Tensor::new(dims, data))
     }
@@ -438,9 +504,13 @@ impl<'a> Parser<'a> {
         let at = self.pos;
         let (t, float) = self.number_text()?;
         if float {
-            t.parse::<f32>().map(Attr::Float).map_err(|_| self.err_at(at, format!("bad float '{t}'")))
+            t.parse::<f32>()
+                .map(Attr::Float)
+                .map_err(|_| self.err_at(at, format!("bad float '{t}'")))
         } else {
-            t.parse::<i64>().map(Attr::Int).map_err(|_| self.err_at(at, format!("bad integer '{t}'")))
+            t.parse::<i64>()
+                .map(Attr::Int)
+                .map_err(|_| self.err_at(at, format!("bad integer '{t}'")))
         }
     }
 
@@ -448,7 +518,8 @@ impl<'a> Parser<'a> {
         self.expect("#")?;
         let r = self.rest();
         let end = r.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(r.len());
-        let v = u64::from_str_radix(&r[..end], 16).map_err(|_| self.err("expected a hexadecimal content hash after '#'"))?;
+        let v = u64::from_str_radix(&r[..end], 16)
+            .map_err(|_| self.err("expected a hexadecimal content hash after '#'"))?;
         self.pos += end;
         Ok(v)
     }
@@ -507,9 +578,15 @@ impl<'a> Parser<'a> {
                 let ty = self.tensor_type()?;
                 let h = self.hash()?;
                 let fixed: Option<Vec<u64>> = ty.shape.0.iter().map(|d| d.fixed()).collect();
-                let fixed = fixed.ok_or_else(|| self.err_at(at, format!("weight @{n} needs a fixed shape, got {ty}")))?;
-                ty.enc.check_shape(&fixed).map_err(|m| self.err_at(at, format!("weight @{n}: {m}")))?;
-                let v = g.add_weight_hash(&n, ty, h).map_err(|e| self.err_at(at, e.to_string()))?;
+                let fixed = fixed.ok_or_else(|| {
+                    self.err_at(at, format!("weight @{n} needs a fixed shape, got {ty}"))
+                })?;
+                ty.enc
+                    .check_shape(&fixed)
+                    .map_err(|m| self.err_at(at, format!("weight @{n}: {m}")))?;
+                let v = g
+                    .add_weight_hash(&n, ty, h)
+                    .map_err(|e| self.err_at(at, e.to_string()))?;
                 scope.insert(format!("@{}", crate::print::quote_ident(&n)), v);
             } else if self.keyword("return") {
                 self.ws();
@@ -531,7 +608,10 @@ impl<'a> Parser<'a> {
             } else if self.peek() == Some('%') {
                 self.node(&mut g, &mut scope, &mut next_result)?;
             } else {
-                return Err(self.err(format!("expected meta, state, weight, a node or return, found {}", self.found())));
+                return Err(self.err(format!(
+                    "expected meta, state, weight, a node or return, found {}",
+                    self.found()
+                )));
             }
         }
     }
@@ -541,7 +621,12 @@ impl<'a> Parser<'a> {
         let at = self.pos;
         let sigil = match self.peek() {
             Some(c @ ('%' | '@')) => c,
-            _ => return Err(self.err(format!("expected a value (%name, %N or @weight), found {}", self.found()))),
+            _ => {
+                return Err(self.err(format!(
+                    "expected a value (%name, %N or @weight), found {}",
+                    self.found()
+                )))
+            }
         };
         self.pos += 1;
         let key = if self.peek().is_some_and(|c| c.is_ascii_digit()) {
@@ -549,19 +634,32 @@ impl<'a> Parser<'a> {
         } else {
             format!("{sigil}{}", crate::print::quote_ident(&self.name()?))
         };
-        scope.get(&key).copied().ok_or_else(|| self.err_at(at, format!("use of undefined value {key}")))
+        scope
+            .get(&key)
+            .copied()
+            .ok_or_else(|| self.err_at(at, format!("use of undefined value {key}")))
     }
 
-    fn node(&mut self, g: &mut Graph, scope: &mut HashMap<String, ValueId>, next: &mut usize) -> Result<(), IrError> {
+    fn node(
+        &mut self,
+        g: &mut Graph,
+        scope: &mut HashMap<String, ValueId>,
+        next: &mut usize,
+    ) -> Result<(), IrError> {
         let line_at = self.pos;
         let (line, _) = self.line_col(line_at);
         let mut outs = vec![];
         loop {
             self.expect("%")?;
             let at = self.pos;
-            let n = self.uint().map_err(|_| self.err_at(at, "results are numbered %0, %1, ... in order"))?;
+            let n = self
+                .uint()
+                .map_err(|_| self.err_at(at, "results are numbered %0, %1, ... in order"))?;
             if n as usize != *next {
-                return Err(self.err_at(at, format!("expected result %{next} (results are numbered in order), found %{n}")));
+                return Err(self.err_at(
+                    at,
+                    format!("expected result %{next} (results are numbered in order), found %{n}"),
+                ));
             }
             *next += 1;
             outs.push(format!("%{n}"));
@@ -572,7 +670,9 @@ impl<'a> Parser<'a> {
         self.expect("=")?;
         self.ws();
         let op_at = self.pos;
-        let opname = self.ident().ok_or_else(|| self.err(format!("expected an op name, found {}", self.found())))?;
+        let opname = self
+            .ident()
+            .ok_or_else(|| self.err(format!("expected an op name, found {}", self.found())))?;
         self.expect("(")?;
         let mut args = vec![];
         if !self.eat(")") {
@@ -589,7 +689,10 @@ impl<'a> Parser<'a> {
             if !self.eat("}") {
                 loop {
                     let kat = self.pos;
-                    let k = self.ident().ok_or_else(|| self.err("expected an attribute name"))?.to_string();
+                    let k = self
+                        .ident()
+                        .ok_or_else(|| self.err("expected an attribute name"))?
+                        .to_string();
                     self.expect("=")?;
                     let v = self.attr_value()?;
                     if attrs.insert(k.clone(), v).is_some() {
@@ -609,10 +712,20 @@ impl<'a> Parser<'a> {
             types.push(self.tensor_type()?);
         }
         if types.len() != outs.len() {
-            return Err(self.err_at(line_at, format!("{} results but {} types", outs.len(), types.len())));
+            return Err(self.err_at(
+                line_at,
+                format!("{} results but {} types", outs.len(), types.len()),
+            ));
         }
         if op.num_results() != outs.len() {
-            return Err(self.err_at(line_at, format!("{opname} gives {} results, not {}", op.num_results(), outs.len())));
+            return Err(self.err_at(
+                line_at,
+                format!(
+                    "{opname} gives {} results, not {}",
+                    op.num_results(),
+                    outs.len()
+                ),
+            ));
         }
         let vals = g.push_node(op, &args, types, Some(format!("line {line}")));
         for (n, v) in outs.into_iter().zip(vals) {
@@ -640,7 +753,9 @@ mod tests {
         }
         let e = parse_type("tensor<4xq4>").unwrap_err().to_string();
         assert!(e.contains("unknown element type 'q4'"), "{e}");
-        let e = parse_type("tensor<4x!q4<g32,f16,weird>>").unwrap_err().to_string();
+        let e = parse_type("tensor<4x!q4<g32,f16,weird>>")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sym, asym or min"), "{e}");
     }
 
@@ -651,6 +766,9 @@ mod tests {
         assert_eq!(e, "t.llmc:2:12: use of undefined value %y");
         let src = "graph @g(%x: tensor<4xf32>) {\n  %0 = exp(%x) {axis = 1} : tensor<4xf32>\n  return\n}\n";
         let e = parse("t.llmc", src).unwrap_err().to_string();
-        assert!(e.starts_with("t.llmc:2:8: op 'exp' has no attribute 'axis'"), "{e}");
+        assert!(
+            e.starts_with("t.llmc:2:8: op 'exp' has no attribute 'axis'"),
+            "{e}"
+        );
     }
 }

@@ -9,7 +9,9 @@ use std::fmt::Write;
 pub fn quote_ident(name: &str) -> String {
     let mut chars = name.chars();
     let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$' | '-'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$' | '-'));
     if ok {
         name.to_string()
     } else {
@@ -65,7 +67,13 @@ pub fn fmt_attr(a: &Attr) -> String {
         Attr::Float(f) => fmt_f32(*f),
         Attr::Bool(b) => b.to_string(),
         Attr::Str(s) => quote_str(s),
-        Attr::Ints(v) => format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
+        Attr::Ints(v) => format!(
+            "[{}]",
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         Attr::Type(t) => t.to_string(),
         Attr::Tensor(t) => fmt_tensor(t),
     }
@@ -75,7 +83,11 @@ pub fn fmt_attr(a: &Attr) -> String {
 pub fn print(g: &Graph) -> String {
     let names = g.value_names();
     let mut s = String::new();
-    let ins: Vec<String> = g.inputs.iter().map(|(_, v)| format!("{}: {}", names[v.0 as usize], g.ty(*v))).collect();
+    let ins: Vec<String> = g
+        .inputs
+        .iter()
+        .map(|(_, v)| format!("{}: {}", names[v.0 as usize], g.ty(*v)))
+        .collect();
     let _ = writeln!(s, "graph @{}({}) {{", quote_ident(&g.name), ins.join(", "));
     for (k, v) in &g.meta {
         let _ = writeln!(s, "  meta {} = {}", quote_str(k), quote_str(v));
@@ -84,22 +96,48 @@ pub fn print(g: &Graph) -> String {
         let _ = writeln!(s, "  state ${} : {}", quote_ident(&st.name), st.ty);
     }
     for w in &g.weights {
-        let _ = writeln!(s, "  weight @{} : {} #{:016x}", quote_ident(&w.name), w.ty, w.hash);
+        let _ = writeln!(
+            s,
+            "  weight @{} : {} #{:016x}",
+            quote_ident(&w.name),
+            w.ty,
+            w.hash
+        );
     }
     for n in &g.nodes {
-        let outs: Vec<&str> = n.outputs.iter().map(|o| names[o.0 as usize].as_str()).collect();
-        let args: Vec<&str> = n.inputs.iter().map(|o| names[o.0 as usize].as_str()).collect();
-        let _ = write!(s, "  {} = {}({})", outs.join(", "), n.op.name(), args.join(", "));
+        let outs: Vec<&str> = n
+            .outputs
+            .iter()
+            .map(|o| names[o.0 as usize].as_str())
+            .collect();
+        let args: Vec<&str> = n
+            .inputs
+            .iter()
+            .map(|o| names[o.0 as usize].as_str())
+            .collect();
+        let _ = write!(
+            s,
+            "  {} = {}({})",
+            outs.join(", "),
+            n.op.name(),
+            args.join(", ")
+        );
         let attrs = n.op.attrs();
         if !attrs.is_empty() {
-            let a: Vec<String> = attrs.iter().map(|(k, v)| format!("{k} = {}", fmt_attr(v))).collect();
+            let a: Vec<String> = attrs
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", fmt_attr(v)))
+                .collect();
             let _ = write!(s, " {{{}}}", a.join(", "));
         }
         let tys: Vec<String> = n.outputs.iter().map(|o| g.ty(*o).to_string()).collect();
         let _ = writeln!(s, " : {}", tys.join(", "));
     }
-    let outs: Vec<String> =
-        g.outputs.iter().map(|(name, v)| format!("{} as {}", names[v.0 as usize], quote_str(name))).collect();
+    let outs: Vec<String> = g
+        .outputs
+        .iter()
+        .map(|(name, v)| format!("{} as {}", names[v.0 as usize], quote_str(name)))
+        .collect();
     if outs.is_empty() {
         s.push_str("  return\n");
     } else {

@@ -55,7 +55,6 @@ macro_rules! map_data {
     };
 }
 
-
 impl Data {
     pub fn dtype(&self) -> DType {
         match self {
@@ -103,11 +102,36 @@ impl Data {
             return None;
         }
         Some(match dtype {
-            DType::F32 => Data::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            DType::F16 => Data::F16(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
-            DType::BF16 => Data::BF16(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
-            DType::I64 => Data::I64(bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
-            DType::I32 => Data::I32(bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::F32 => Data::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::F16 => Data::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            DType::BF16 => Data::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            DType::I64 => Data::I64(
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::I32 => Data::I32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
             DType::I8 => Data::I8(bytes.iter().map(|&b| b as i8).collect()),
             DType::U8 => Data::U8(bytes.to_vec()),
             DType::Bool => Data::Bool(bytes.iter().map(|&b| b != 0).collect()),
@@ -196,7 +220,11 @@ impl Data {
 
 impl Tensor {
     pub fn new(shape: Vec<usize>, data: Data) -> Tensor {
-        debug_assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?}");
+        debug_assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape {shape:?}"
+        );
         Tensor { shape, data }
     }
 
@@ -285,7 +313,10 @@ mod tests {
     fn casts_follow_onnx() {
         let d = Data::F32(vec![-1.7, 0.0, 2.9, 300.0]);
         assert_eq!(d.cast(DType::I64), Data::I64(vec![-1, 0, 2, 300]));
-        assert_eq!(d.cast(DType::Bool), Data::Bool(vec![true, false, true, true]));
+        assert_eq!(
+            d.cast(DType::Bool),
+            Data::Bool(vec![true, false, true, true])
+        );
         assert_eq!(d.cast(DType::U8), Data::U8(vec![0, 0, 2, 255]));
         let b = Data::from_le_bytes(DType::I32, &[1, 0, 0, 0, 255, 255, 255, 255]).unwrap();
         assert_eq!(b, Data::I32(vec![1, -1]));

@@ -128,12 +128,17 @@ impl Shape {
 
     /// The sizes, when every dimension is fixed.
     pub fn as_fixed(&self) -> Option<Vec<usize>> {
-        self.0.iter().map(|d| d.fixed().map(|n| n as usize)).collect()
+        self.0
+            .iter()
+            .map(|d| d.fixed().map(|n| n as usize))
+            .collect()
     }
 
     /// Number of elements, when every dimension is fixed.
     pub fn numel(&self) -> Option<u64> {
-        self.0.iter().try_fold(1u64, |acc, d| acc.checked_mul(d.fixed()?))
+        self.0
+            .iter()
+            .try_fold(1u64, |acc, d| acc.checked_mul(d.fixed()?))
     }
 }
 
@@ -304,7 +309,10 @@ impl Encoding {
                     return Err(format!("quantization takes 2 to 8 bits, not {}", q.bits));
                 }
                 if !q.scale.is_float() {
-                    return Err(format!("quantization scales must be float, not {}", q.scale));
+                    return Err(format!(
+                        "quantization scales must be float, not {}",
+                        q.scale
+                    ));
                 }
                 check_group(q.group, shape)
             }
@@ -320,7 +328,9 @@ impl Encoding {
             Encoding::Sparse24(inner) => {
                 let cols = shape.last().copied().unwrap_or(1);
                 if cols % 4 != 0 {
-                    return Err(format!("2:4 sparsity needs the last dimension divisible by 4, not {cols}"));
+                    return Err(format!(
+                        "2:4 sparsity needs the last dimension divisible by 4, not {cols}"
+                    ));
                 }
                 if matches!(**inner, Encoding::Sparse24(_) | Encoding::Palette(_)) {
                     return Err("2:4 sparse values must be dense or quantized".into());
@@ -342,7 +352,9 @@ fn check_group(group: Group, shape: &[u64]) -> Result<(), String> {
         }
         let cols = shape.last().copied().unwrap_or(1);
         if cols % g as u64 != 0 {
-            return Err(format!("last dimension {cols} is not a multiple of the group size {g}"));
+            return Err(format!(
+                "last dimension {cols} is not a multiple of the group size {g}"
+            ));
         }
     }
     Ok(())
@@ -376,7 +388,10 @@ pub struct TensorType {
 
 impl TensorType {
     pub fn new(shape: Shape, dtype: DType) -> TensorType {
-        TensorType { shape, enc: Encoding::Dense(dtype) }
+        TensorType {
+            shape,
+            enc: Encoding::Dense(dtype),
+        }
     }
 
     pub fn fixed(dims: &[usize], dtype: DType) -> TensorType {
@@ -414,10 +429,19 @@ mod tests {
     #[test]
     fn byte_sizes_count_every_part() {
         // GGUF Q4_1 as an encoding: 4-bit codes, f16 scale and f16 min per 32.
-        let q41 = Encoding::Quant(QuantSpec { bits: 4, group: Group::Size(32), scale: DType::F16, zero: Zero::Float });
+        let q41 = Encoding::Quant(QuantSpec {
+            bits: 4,
+            group: Group::Size(32),
+            scale: DType::F16,
+            zero: Zero::Float,
+        });
         // 576x576: codes 576*288, scales + mins 576*18*2*2.
         assert_eq!(q41.byte_size(&[576, 576]), Some(576 * 288 + 576 * 18 * 4));
-        let pal = Encoding::Palette(PaletteSpec { bits: 4, group: Group::Tensor, entry: DType::F16 });
+        let pal = Encoding::Palette(PaletteSpec {
+            bits: 4,
+            group: Group::Tensor,
+            entry: DType::F16,
+        });
         assert_eq!(pal.byte_size(&[8, 16]), Some(8 * 8 + 16 * 2));
         let sp = Encoding::Sparse24(Box::new(Encoding::Dense(DType::F16)));
         // 4x8: values 4x4 f16 = 32 bytes, positions 4 rows * 4 kept * 2 bits = 4 bytes.
@@ -426,11 +450,21 @@ mod tests {
 
     #[test]
     fn shape_checks_name_the_problem() {
-        let q = Encoding::Quant(QuantSpec { bits: 4, group: Group::Size(128), scale: DType::F16, zero: Zero::Int });
+        let q = Encoding::Quant(QuantSpec {
+            bits: 4,
+            group: Group::Size(128),
+            scale: DType::F16,
+            zero: Zero::Int,
+        });
         assert!(q.check_shape(&[10, 256]).is_ok());
         let err = q.check_shape(&[10, 100]).unwrap_err();
         assert!(err.contains("group size 128"), "{err}");
-        let bad = Encoding::Quant(QuantSpec { bits: 9, group: Group::Channel, scale: DType::F16, zero: Zero::Int });
+        let bad = Encoding::Quant(QuantSpec {
+            bits: 9,
+            group: Group::Channel,
+            scale: DType::F16,
+            zero: Zero::Int,
+        });
         assert!(bad.check_shape(&[2, 2]).unwrap_err().contains("9"));
     }
 
@@ -443,7 +477,12 @@ mod tests {
         assert_eq!(t.to_string(), "tensor<{batch}x?x576xf32>");
         let w = TensorType {
             shape: Shape::fixed(&[576, 1536]),
-            enc: Encoding::Quant(QuantSpec { bits: 4, group: Group::Size(128), scale: DType::F16, zero: Zero::Int }),
+            enc: Encoding::Quant(QuantSpec {
+                bits: 4,
+                group: Group::Size(128),
+                scale: DType::F16,
+                zero: Zero::Int,
+            }),
         };
         assert_eq!(w.to_string(), "tensor<576x1536x!q4<g128,f16,asym>>");
         assert_eq!(TensorType::scalar(DType::I64).to_string(), "tensor<i64>");

@@ -17,7 +17,10 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
             return bad(format!("input %{name} is not recorded as input {i}"));
         }
         if !g.ty(*v).enc.is_dense() {
-            return bad(format!("input %{name} has an encoded type {}; inputs are dense", g.ty(*v)));
+            return bad(format!(
+                "input %{name} has an encoded type {}; inputs are dense",
+                g.ty(*v)
+            ));
         }
         defined[v.0 as usize] = true;
     }
@@ -26,7 +29,8 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
             return bad(format!("weight @{} does not match its value", w.name));
         }
         if let Some(d) = &w.data {
-            d.check(&w.ty).map_err(|e| IrError::Invalid(format!("weight @{}: {e}", w.name)))?;
+            d.check(&w.ty)
+                .map_err(|e| IrError::Invalid(format!("weight @{}: {e}", w.name)))?;
         }
         defined[w.value.0 as usize] = true;
     }
@@ -41,35 +45,72 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
         for (k, v) in n.inputs.iter().enumerate() {
             if v.0 as usize >= g.values.len() || !defined[v.0 as usize] {
                 let what = names.get(v.0 as usize).map(|s| s.as_str()).unwrap_or("?");
-                return bad(format!("{}: operand {k} ({what}) is used before it is defined", at()));
+                return bad(format!(
+                    "{}: operand {k} ({what}) is used before it is defined",
+                    at()
+                ));
             }
         }
         if n.outputs.len() != n.op.num_results() {
-            return bad(format!("{}: has {} results, the op gives {}", at(), n.outputs.len(), n.op.num_results()));
+            return bad(format!(
+                "{}: has {} results, the op gives {}",
+                at(),
+                n.outputs.len(),
+                n.op.num_results()
+            ));
         }
         let tys: Vec<&TensorType> = n.inputs.iter().map(|v| g.ty(*v)).collect();
-        let consts: Vec<Option<&Tensor>> = n.inputs.iter().map(|v| g.const_value_with(&producers, *v)).collect();
-        let inferred = infer(&n.op, &tys, &consts).map_err(|m| IrError::Invalid(format!("{}: {m}", at())))?;
+        let consts: Vec<Option<&Tensor>> = n
+            .inputs
+            .iter()
+            .map(|v| g.const_value_with(&producers, *v))
+            .collect();
+        let inferred =
+            infer(&n.op, &tys, &consts).map_err(|m| IrError::Invalid(format!("{}: {m}", at())))?;
         for (k, (o, t)) in n.outputs.iter().zip(&inferred).enumerate() {
             if defined[o.0 as usize] {
-                return bad(format!("{}: result {} is defined twice", at(), names[o.0 as usize]));
+                return bad(format!(
+                    "{}: result {} is defined twice",
+                    at(),
+                    names[o.0 as usize]
+                ));
             }
             defined[o.0 as usize] = true;
             if !refines(g.ty(*o), t) {
-                return bad(format!("{}: result {k} is declared {} but the op gives {t}", at(), g.ty(*o)));
+                return bad(format!(
+                    "{}: result {k} is declared {} but the op gives {t}",
+                    at(),
+                    g.ty(*o)
+                ));
             }
         }
         if let Op::CacheConcat { state, axis } = &n.op {
             let Some(s) = g.states.get(*state as usize) else {
-                return bad(format!("{}: there is no state {state} (the graph declares {})", at(), g.states.len()));
+                return bad(format!(
+                    "{}: there is no state {state} (the graph declares {})",
+                    at(),
+                    g.states.len()
+                ));
             };
             let x = tys[0];
-            let a = norm_axis(*axis, x.rank()).map_err(|m| IrError::Invalid(format!("{}: {m}", at())))?;
+            let a = norm_axis(*axis, x.rank())
+                .map_err(|m| IrError::Invalid(format!("{}: {m}", at())))?;
             let fits = s.ty.rank() == x.rank()
                 && s.ty.dtype() == x.dtype()
-                && s.ty.shape.0.iter().zip(&x.shape.0).enumerate().all(|(k, (sd, xd))| k == a || dims_may_equal(sd, xd));
+                && s.ty
+                    .shape
+                    .0
+                    .iter()
+                    .zip(&x.shape.0)
+                    .enumerate()
+                    .all(|(k, (sd, xd))| k == a || dims_may_equal(sd, xd));
             if !fits {
-                return bad(format!("{}: appends {x} to state ${} of type {}", at(), s.name, s.ty));
+                return bad(format!(
+                    "{}: appends {x} to state ${} of type {}",
+                    at(),
+                    s.name,
+                    s.ty
+                ));
             }
         }
     }
@@ -82,7 +123,9 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
             return bad(format!("output \"{name}\" is returned twice"));
         }
         if !g.ty(*v).enc.is_dense() {
-            return bad(format!("output \"{name}\" is an encoded weight; return a decoded value"));
+            return bad(format!(
+                "output \"{name}\" is an encoded weight; return a decoded value"
+            ));
         }
     }
     Ok(())

@@ -16,7 +16,11 @@ pub use ggml::GgmlType;
 /// Bytes of one weight: a range of a shared memory map, or an owned buffer.
 #[derive(Clone)]
 pub enum Bytes {
-    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
     Owned(Arc<Vec<u8>>),
 }
 
@@ -28,7 +32,11 @@ impl Bytes {
     /// A range of a map; `None` when the range lies outside it.
     pub fn mapped(map: &Arc<Mmap>, offset: usize, len: usize) -> Option<Bytes> {
         let end = offset.checked_add(len)?;
-        (end <= map.len()).then(|| Bytes::Mapped { map: map.clone(), offset, len })
+        (end <= map.len()).then(|| Bytes::Mapped {
+            map: map.clone(),
+            offset,
+            len,
+        })
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -84,7 +92,11 @@ pub struct WeightData {
 
 impl fmt::Debug for WeightData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WeightData({:?}, {:?}, {})", self.bytes, self.format, self.origin)
+        write!(
+            f,
+            "WeightData({:?}, {:?}, {})",
+            self.bytes, self.format, self.origin
+        )
     }
 }
 
@@ -98,12 +110,21 @@ pub struct WeightError {
 
 impl WeightData {
     pub fn new(bytes: Bytes, format: Format, origin: impl Into<String>) -> WeightData {
-        WeightData { bytes, format, origin: origin.into(), hash: Arc::new(OnceLock::new()) }
+        WeightData {
+            bytes,
+            format,
+            origin: origin.into(),
+            hash: Arc::new(OnceLock::new()),
+        }
     }
 
     /// Canonical data from a tensor in memory.
     pub fn from_tensor(t: &Tensor, origin: impl Into<String>) -> WeightData {
-        WeightData::new(Bytes::owned(t.data.to_le_bytes()), Format::Canonical, origin)
+        WeightData::new(
+            Bytes::owned(t.data.to_le_bytes()),
+            Format::Canonical,
+            origin,
+        )
     }
 
     /// A 64-bit content hash of the stored bytes and their format (xxh3).
@@ -117,18 +138,24 @@ impl WeightData {
     }
 
     fn err(&self, msg: impl Into<String>) -> WeightError {
-        WeightError { origin: self.origin.clone(), msg: msg.into() }
+        WeightError {
+            origin: self.origin.clone(),
+            msg: msg.into(),
+        }
     }
 
     /// Checks that the bytes fit the type: their length, and that the format can hold the encoding.
     pub fn check(&self, ty: &TensorType) -> Result<(), WeightError> {
-        let shape = fixed_shape(ty).ok_or_else(|| self.err(format!("weight type {ty} must have a fixed shape")))?;
+        let shape = fixed_shape(ty)
+            .ok_or_else(|| self.err(format!("weight type {ty} must have a fixed shape")))?;
         ty.enc.check_shape(&shape).map_err(|m| self.err(m))?;
         let want = match self.format {
             Format::Canonical => ty.enc.byte_size(&shape),
             Format::Ggml(t) => {
                 if t.encoding() != ty.enc {
-                    return Err(self.err(format!("GGML {t:?} data cannot hold a {} weight", ty.enc)));
+                    return Err(
+                        self.err(format!("GGML {t:?} data cannot hold a {} weight", ty.enc))
+                    );
                 }
                 let (rows, cols) = rows_cols(&shape);
                 if cols % t.block_len() as u64 != 0 {
@@ -146,7 +173,8 @@ impl WeightData {
                 ty.enc.byte_size(&shape)
             }
         };
-        let want = want.ok_or_else(|| self.err(format!("{} does not fit shape {shape:?}", ty.enc)))?;
+        let want =
+            want.ok_or_else(|| self.err(format!("{} does not fit shape {shape:?}", ty.enc)))?;
         if want != self.bytes.len() as u64 {
             return Err(self.err(format!(
                 "holds {} bytes but a {ty} needs {want}",
@@ -165,7 +193,9 @@ impl WeightData {
         let v = match self.format {
             Format::Ggml(t) => ggml::decode(t, raw),
             Format::Transposed => {
-                let d = crate::tensor::Data::from_le_bytes(ty.dtype(), raw).expect("checked").to_f32();
+                let d = crate::tensor::Data::from_le_bytes(ty.dtype(), raw)
+                    .expect("checked")
+                    .to_f32();
                 let (r, c) = (dims[0], dims[1]);
                 let mut out = vec![0f32; r * c];
                 for (j, src) in d.chunks_exact(r.max(1)).enumerate() {
@@ -191,7 +221,10 @@ impl WeightData {
         self.check(ty)?;
         let shape = fixed_shape(ty).expect("checked");
         let data = crate::tensor::Data::from_le_bytes(dt, self.bytes.as_slice()).expect("checked");
-        Ok(Tensor::new(shape.iter().map(|&d| d as usize).collect(), data))
+        Ok(Tensor::new(
+            shape.iter().map(|&d| d as usize).collect(),
+            data,
+        ))
     }
 
     /// The bytes in the canonical layout of the weight's encoding.
@@ -243,9 +276,18 @@ pub fn pack_codes(codes: &[u8], bits: u32) -> Vec<u8> {
 
 fn read_floats(dt: DType, raw: &[u8]) -> Vec<f32> {
     match dt {
-        DType::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        DType::BF16 => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::F32 => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => raw
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => raw
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         _ => unreachable!("checked float type"),
     }
 }
@@ -262,7 +304,9 @@ fn group_index(group: Group, row: u64, col: u64, cols: u64) -> usize {
 fn decode_canonical(enc: &Encoding, shape: &[u64], raw: &[u8]) -> Vec<f32> {
     let (rows, cols) = rows_cols(shape);
     match enc {
-        Encoding::Dense(dt) => crate::tensor::Data::from_le_bytes(*dt, raw).expect("checked").to_f32(),
+        Encoding::Dense(dt) => crate::tensor::Data::from_le_bytes(*dt, raw)
+            .expect("checked")
+            .to_f32(),
         Encoding::Quant(q) => decode_quant(q, rows, cols, raw),
         Encoding::Palette(p) => decode_palette(p, rows, cols, raw),
         Encoding::Sparse24(inner) => {
@@ -334,10 +378,20 @@ fn decode_palette(p: &PaletteSpec, rows: u64, cols: u64, raw: &[u8]) -> Vec<f32>
 
 /// Encodes codes, scales and zeros of a block quantization into the canonical layout.
 /// `codes` is row-major `[rows, cols]`, `scales`/`zeros` one per group (zeros ignored for `sym`).
-pub fn encode_quant(q: &QuantSpec, rows: u64, cols: u64, codes: &[u8], scales: &[f32], zeros: &[f32]) -> Vec<u8> {
+pub fn encode_quant(
+    q: &QuantSpec,
+    rows: u64,
+    cols: u64,
+    codes: &[u8],
+    scales: &[f32],
+    zeros: &[f32],
+) -> Vec<u8> {
     let mut out = Vec::new();
     for r in 0..rows as usize {
-        out.extend(pack_codes(&codes[r * cols as usize..(r + 1) * cols as usize], q.bits as u32));
+        out.extend(pack_codes(
+            &codes[r * cols as usize..(r + 1) * cols as usize],
+            q.bits as u32,
+        ));
     }
     write_floats(&mut out, q.scale, scales);
     match q.zero {
@@ -377,48 +431,88 @@ mod tests {
 
     #[test]
     fn quant_canonical_round_trip() {
-        let q = QuantSpec { bits: 3, group: Group::Size(4), scale: DType::F32, zero: Zero::Int };
+        let q = QuantSpec {
+            bits: 3,
+            group: Group::Size(4),
+            scale: DType::F32,
+            zero: Zero::Int,
+        };
         let codes: Vec<u8> = vec![0, 1, 2, 7, 3, 3, 3, 3];
         let bytes = encode_quant(&q, 1, 8, &codes, &[0.5, 2.0], &[1.0, 3.0]);
-        let ty = TensorType { shape: Shape::fixed(&[1, 8]), enc: Encoding::Quant(q) };
+        let ty = TensorType {
+            shape: Shape::fixed(&[1, 8]),
+            enc: Encoding::Quant(q),
+        };
         let w = WeightData::new(Bytes::owned(bytes), Format::Canonical, "test");
         let t = w.decode_f32(&ty).unwrap();
-        assert_eq!(t.as_f32().unwrap(), &[-0.5, 0.0, 0.5, 3.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            t.as_f32().unwrap(),
+            &[-0.5, 0.0, 0.5, 3.0, 0.0, 0.0, 0.0, 0.0]
+        );
     }
 
     #[test]
     fn sparse_and_palette_decode() {
         // 2:4 over one row of 8: kept values 1,2 at positions 1,3 and 3,4 at 0,2.
         let enc = Encoding::Sparse24(Box::new(Encoding::Dense(DType::F32)));
-        let mut bytes: Vec<u8> = [1f32, 2., 3., 4.].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut bytes: Vec<u8> = [1f32, 2., 3., 4.]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         bytes.extend(pack_codes(&[1, 3, 0, 2], 2));
-        let ty = TensorType { shape: Shape::fixed(&[1, 8]), enc };
-        let t = WeightData::new(Bytes::owned(bytes), Format::Canonical, "t").decode_f32(&ty).unwrap();
+        let ty = TensorType {
+            shape: Shape::fixed(&[1, 8]),
+            enc,
+        };
+        let t = WeightData::new(Bytes::owned(bytes), Format::Canonical, "t")
+            .decode_f32(&ty)
+            .unwrap();
         assert_eq!(t.as_f32().unwrap(), &[0., 1., 0., 2., 3., 0., 4., 0.]);
 
-        let p = PaletteSpec { bits: 1, group: Group::Channel, entry: DType::F32 };
+        let p = PaletteSpec {
+            bits: 1,
+            group: Group::Channel,
+            entry: DType::F32,
+        };
         let mut bytes = pack_codes(&[0, 1, 1, 0], 1);
         bytes.extend(pack_codes(&[1, 1, 0, 0], 1));
         bytes.extend([-1f32, 1., 5., 6.].iter().flat_map(|x| x.to_le_bytes()));
-        let ty = TensorType { shape: Shape::fixed(&[2, 4]), enc: Encoding::Palette(p) };
-        let t = WeightData::new(Bytes::owned(bytes), Format::Canonical, "p").decode_f32(&ty).unwrap();
+        let ty = TensorType {
+            shape: Shape::fixed(&[2, 4]),
+            enc: Encoding::Palette(p),
+        };
+        let t = WeightData::new(Bytes::owned(bytes), Format::Canonical, "p")
+            .decode_f32(&ty)
+            .unwrap();
         assert_eq!(t.as_f32().unwrap(), &[-1., 1., 1., -1., 6., 6., 5., 5.]);
     }
 
     #[test]
     fn wrong_length_is_an_error_naming_the_origin() {
         let ty = TensorType::fixed(&[2, 2], DType::F32);
-        let w = WeightData::new(Bytes::owned(vec![0; 15]), Format::Canonical, "m.onnx: initializer 'w'");
+        let w = WeightData::new(
+            Bytes::owned(vec![0; 15]),
+            Format::Canonical,
+            "m.onnx: initializer 'w'",
+        );
         let e = w.decode_f32(&ty).unwrap_err().to_string();
-        assert!(e.contains("m.onnx: initializer 'w'") && e.contains("15 bytes"), "{e}");
+        assert!(
+            e.contains("m.onnx: initializer 'w'") && e.contains("15 bytes"),
+            "{e}"
+        );
     }
 
     #[test]
     fn transposed_weights_read_as_their_transpose() {
         // stored [K=3, N=2], read as [N=2, K=3]
-        let stored: Vec<u8> = [1f32, 2., 3., 4., 5., 6.].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let stored: Vec<u8> = [1f32, 2., 3., 4., 5., 6.]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         let ty = TensorType::fixed(&[2, 3], DType::F32);
-        let t = WeightData::new(Bytes::owned(stored), Format::Transposed, "t").decode_f32(&ty).unwrap();
+        let t = WeightData::new(Bytes::owned(stored), Format::Transposed, "t")
+            .decode_f32(&ty)
+            .unwrap();
         assert_eq!(t.as_f32().unwrap(), &[1., 3., 5., 2., 4., 6.]);
     }
 }

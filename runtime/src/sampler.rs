@@ -14,7 +14,12 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0x5eed }
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0x5eed,
+        }
     }
 }
 
@@ -31,7 +36,11 @@ impl Sampler {
         let mut z = cfg.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Sampler { cfg, state: (z ^ (z >> 31)) | 1, scratch: Vec::new() }
+        Sampler {
+            cfg,
+            state: (z ^ (z >> 31)) | 1,
+            scratch: Vec::new(),
+        }
     }
 
     /// A uniform number in [0, 1) (xorshift64*).
@@ -50,7 +59,8 @@ impl Sampler {
         }
         let t = self.cfg.temperature;
         self.scratch.clear();
-        self.scratch.extend(logits.iter().enumerate().map(|(i, &l)| (l / t, i as u32)));
+        self.scratch
+            .extend(logits.iter().enumerate().map(|(i, &l)| (l / t, i as u32)));
         self.scratch.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
         let mut keep = self.scratch.len();
         if self.cfg.top_k > 0 {
@@ -107,12 +117,22 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_and_sampling_follows_probabilities() {
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 7 });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            seed: 7,
+        });
         for _ in 0..20 {
             assert_eq!(s.sample(&[0.0, 1.0, 0.5]), 1);
         }
         // two tokens with probabilities 0.73 / 0.27: the frequencies come out close
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1 });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 1,
+        });
         let n = 20000;
         let ones = (0..n).filter(|_| s.sample(&[0.0, 1.0]) == 1).count() as f32 / n as f32;
         let p = 1.0f32.exp() / (1.0 + 1.0f32.exp());
@@ -122,7 +142,12 @@ mod tests {
     #[test]
     fn top_p_cuts_the_tail() {
         // probabilities ~0.84, 0.11, 0.04: top_p 0.8 keeps only the first
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 0.8, seed: 3 });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.8,
+            seed: 3,
+        });
         for _ in 0..50 {
             assert_eq!(s.sample(&[3.0, 1.0, 0.0]), 0);
         }

@@ -15,7 +15,10 @@ pub fn cache_dir() -> PathBuf {
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("a crate folder has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("a crate folder has a parent")
+        .to_path_buf()
 }
 
 static FETCH: Once = Once::new();
@@ -27,14 +30,24 @@ pub fn asset(rel: &str) -> PathBuf {
     let p = cache_dir().join(rel);
     if !p.exists() {
         FETCH.call_once(|| {
-            eprintln!("asset {} is missing: running scripts/setup.sh --assets", p.display());
-            let status = Command::new("bash").arg(repo_root().join("scripts/setup.sh")).arg("--assets").status();
+            eprintln!(
+                "asset {} is missing: running scripts/setup.sh --assets",
+                p.display()
+            );
+            let status = Command::new("bash")
+                .arg(repo_root().join("scripts/setup.sh"))
+                .arg("--assets")
+                .status();
             if !matches!(status, Ok(s) if s.success()) {
                 eprintln!("scripts/setup.sh --assets failed: {status:?}");
             }
         });
     }
-    assert!(p.exists(), "test asset {} is missing and scripts/setup.sh --assets could not fetch it", p.display());
+    assert!(
+        p.exists(),
+        "test asset {} is missing and scripts/setup.sh --assets could not fetch it",
+        p.display()
+    );
     p
 }
 
@@ -43,7 +56,10 @@ pub fn smollm2_gguf() -> PathBuf {
 }
 
 pub fn minilm_l6_dir() -> PathBuf {
-    asset("minilm-l6/model.safetensors").parent().unwrap().to_path_buf()
+    asset("minilm-l6/model.safetensors")
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn paraphrase_onnx() -> PathBuf {
@@ -65,7 +81,10 @@ pub fn onnx_node_tests_dir() -> PathBuf {
         .args(["-c", "import onnx, os; print(os.path.join(os.path.dirname(onnx.__file__), 'backend/test/data/node'))"])
         .output()
         .expect("run the venv python");
-    assert!(out.status.success(), "python could not import onnx: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python could not import onnx: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
-

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("filetests").join(dir);
+    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("filetests")
+        .join(dir);
     let mut v: Vec<PathBuf> = std::fs::read_dir(&d)
         .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
         .map(|e| e.unwrap().path())
@@ -21,12 +23,21 @@ fn ir_fixtures_round_trip() {
     for path in fixtures("ir") {
         let name = path.file_stem().unwrap().to_str().unwrap().to_string();
         let src = std::fs::read_to_string(&path).unwrap();
-        assert!(src.lines().any(|l| l.trim() == "// RUN: roundtrip"), "{name}: missing RUN line");
+        assert!(
+            src.lines().any(|l| l.trim() == "// RUN: roundtrip"),
+            "{name}: missing RUN line"
+        );
         let g = llmc_ir::parse(&path.display().to_string(), &src).unwrap_or_else(|e| panic!("{e}"));
         llmc_ir::verify(&g).unwrap_or_else(|e| panic!("{name}: {e}"));
         let once = llmc_ir::print(&g);
-        let again = llmc_ir::print(&llmc_ir::parse("printed", &once).unwrap_or_else(|e| panic!("{name}: reparse: {e}\n{once}")));
-        assert_eq!(once, again, "{name}: print(parse(print(g))) differs from print(g)");
+        let again = llmc_ir::print(
+            &llmc_ir::parse("printed", &once)
+                .unwrap_or_else(|e| panic!("{name}: reparse: {e}\n{once}")),
+        );
+        assert_eq!(
+            once, again,
+            "{name}: print(parse(print(g))) differs from print(g)"
+        );
         insta::assert_snapshot!(name, once);
     }
 }

@@ -31,12 +31,20 @@ fn expect_error(model: &Path, file: &Path, kind: Kind, needles: &[&str]) {
         other => panic!("expected {kind:?}, got {other:?}"),
     };
     assert_eq!(got, kind, "{msg}");
-    assert!(msg.contains(&file.display().to_string()), "the message does not name {}: {msg}", file.display());
+    assert!(
+        msg.contains(&file.display().to_string()),
+        "the message does not name {}: {msg}",
+        file.display()
+    );
     for n in needles {
         assert!(msg.contains(n), "the message does not mention {n:?}: {msg}");
     }
     // each variant lives alone in its scratch directory: drop it (the GGUF copies are large)
-    let ours = |d: &&Path| d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&scratch_prefix()));
+    let ours = |d: &&Path| {
+        d.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&scratch_prefix()))
+    };
     if let Some(dir) = model.parent().filter(ours) {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -160,7 +168,12 @@ fn gguf_truncated_in_the_tensor_data() {
         })
         .unwrap()
         .clone();
-    expect_error(&p, &p, Kind::Bad, &[&format!("tensor '{last}'"), "truncated"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &[&format!("tensor '{last}'"), "truncated"],
+    );
 }
 
 #[test]
@@ -181,14 +194,27 @@ fn gguf_of_version_99() {
 #[test]
 fn gguf_with_a_string_of_2_to_the_60_bytes() {
     let v = layout().values["general.architecture"];
-    let p = write_gguf("gguf-long-string", None, &[(v, &(1u64 << 60).to_le_bytes())]);
-    expect_error(&p, &p, Kind::Bad, &["general.architecture", "1152921504606846976 bytes"]);
+    let p = write_gguf(
+        "gguf-long-string",
+        None,
+        &[(v, &(1u64 << 60).to_le_bytes())],
+    );
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &["general.architecture", "1152921504606846976 bytes"],
+    );
 }
 
 #[test]
 fn gguf_with_an_array_longer_than_the_file() {
     let v = layout().values["tokenizer.ggml.merges"];
-    let p = write_gguf("gguf-long-array", None, &[(v + 4, &(1u64 << 62).to_le_bytes())]);
+    let p = write_gguf(
+        "gguf-long-array",
+        None,
+        &[(v + 4, &(1u64 << 62).to_le_bytes())],
+    );
     expect_error(&p, &p, Kind::Bad, &["tokenizer.ggml.merges", "elements"]);
 }
 
@@ -202,7 +228,12 @@ fn gguf_with_a_huge_tensor_count() {
 fn gguf_tensor_of_rank_9() {
     let (rank, ..) = info_fields("blk.0.attn_q.weight");
     let p = write_gguf("gguf-rank", None, &[(rank, &9u32.to_le_bytes())]);
-    expect_error(&p, &p, Kind::Bad, &["tensor 'blk.0.attn_q.weight'", "9 dimensions"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &["tensor 'blk.0.attn_q.weight'", "9 dimensions"],
+    );
 }
 
 #[test]
@@ -216,16 +247,31 @@ fn gguf_tensor_with_a_dimension_of_2_to_the_40() {
 fn gguf_tensor_offset_beyond_the_file() {
     let (.., off) = info_fields("blk.3.ffn_up.weight");
     let p = write_gguf("gguf-offset", None, &[(off, &(200u64 << 20).to_le_bytes())]);
-    expect_error(&p, &p, Kind::Bad, &["tensor 'blk.3.ffn_up.weight'", "data section"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &["tensor 'blk.3.ffn_up.weight'", "data section"],
+    );
 }
 
 #[test]
 fn gguf_tensor_of_an_unknown_ggml_type() {
     let (_, _, ty, _) = info_fields("blk.2.attn_v.weight");
     let p = write_gguf("gguf-type", None, &[(ty, &99u32.to_le_bytes())]);
-    expect_error(&p, &p, Kind::Unsupported, &["tensor 'blk.2.attn_v.weight'", "id 99"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Unsupported,
+        &["tensor 'blk.2.attn_v.weight'", "id 99"],
+    );
     let p = write_gguf("gguf-type-q2k", None, &[(ty, &10u32.to_le_bytes())]);
-    expect_error(&p, &p, Kind::Unsupported, &["tensor 'blk.2.attn_v.weight'", "Q2_K"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Unsupported,
+        &["tensor 'blk.2.attn_v.weight'", "Q2_K"],
+    );
 }
 
 #[test]
@@ -233,7 +279,12 @@ fn gguf_tensor_with_a_misaligned_offset() {
     let (.., off) = info_fields("blk.1.ffn_gate.weight");
     let old = u64::from_le_bytes(gguf()[off..off + 8].try_into().unwrap());
     let p = write_gguf("gguf-misaligned", None, &[(off, &(old + 1).to_le_bytes())]);
-    expect_error(&p, &p, Kind::Bad, &["tensor 'blk.1.ffn_gate.weight'", "alignment"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &["tensor 'blk.1.ffn_gate.weight'", "alignment"],
+    );
 }
 
 #[test]
@@ -242,7 +293,12 @@ fn gguf_tensors_that_overlap() {
     let (.., k_off) = info_fields("blk.0.attn_k.weight");
     let q = gguf()[q_off..q_off + 8].to_vec();
     let p = write_gguf("gguf-overlap", None, &[(k_off, &q)]);
-    expect_error(&p, &p, Kind::Bad, &["overlaps", "blk.0.attn_k.weight", "blk.0.attn_q.weight"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &["overlaps", "blk.0.attn_k.weight", "blk.0.attn_q.weight"],
+    );
 }
 
 #[test]
@@ -257,11 +313,21 @@ fn gguf_whose_metadata_disagrees_with_its_tensors() {
     // one layer more than the file has
     let v = layout().values["llama.block_count"];
     let p = write_gguf("gguf-layers", None, &[(v, &31u32.to_le_bytes())]);
-    expect_error(&p, &p, Kind::Bad, &["tensor 'blk.30.attn_norm.weight' is missing"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &["tensor 'blk.30.attn_norm.weight' is missing"],
+    );
     // a feed-forward width the weights do not have
     let v = layout().values["llama.feed_forward_length"];
     let p = write_gguf("gguf-width", None, &[(v, &1537u32.to_le_bytes())]);
-    expect_error(&p, &p, Kind::Bad, &["tensor 'blk.0.ffn_gate.weight'", "1537x576"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &["tensor 'blk.0.ffn_gate.weight'", "1537x576"],
+    );
     // a block count of the wrong type
     let ty = layout().values["llama.block_count"] - 4;
     let p = write_gguf("gguf-meta-type", None, &[(ty, &6u32.to_le_bytes())]);
@@ -282,7 +348,8 @@ fn minilm() -> &'static (Map<String, Value>, Vec<u8>) {
 }
 
 fn config() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(minilm_l6_dir().join("config.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(minilm_l6_dir().join("config.json")).unwrap())
+        .unwrap()
 }
 
 /// Writes `model.safetensors` (raw bytes) and, when given, `config.json` into a fresh directory.
@@ -309,7 +376,9 @@ fn write_st(name: &str, edit: impl FnOnce(&mut Map<String, Value>)) -> PathBuf {
 }
 
 fn tensor<'a>(h: &'a mut Map<String, Value>, name: &str) -> &'a mut Map<String, Value> {
-    h.get_mut(name).and_then(Value::as_object_mut).expect("the tensor is in the header")
+    h.get_mut(name)
+        .and_then(Value::as_object_mut)
+        .expect("the tensor is in the header")
 }
 
 #[test]
@@ -322,7 +391,9 @@ fn safetensors_shorter_than_its_length_field() {
 fn safetensors_header_longer_than_the_file() {
     let (header, data) = minilm();
     let text = serde_json::to_vec(header).unwrap();
-    let mut b = (text.len() as u64 + data.len() as u64 + 100).to_le_bytes().to_vec();
+    let mut b = (text.len() as u64 + data.len() as u64 + 100)
+        .to_le_bytes()
+        .to_vec();
     b.extend(text);
     b.extend(data);
     let p = write_st_raw("st-header-len", &b, Some(&config().to_string()));
@@ -370,11 +441,21 @@ fn safetensors_with_dtype_f64_or_xyz() {
         t.insert("dtype".into(), json!("F64"));
         t.insert("shape".into(), json!([30522, 192]));
     });
-    expect_error(&p, &p, Kind::Unsupported, &[&format!("tensor '{name}'"), "F64"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Unsupported,
+        &[&format!("tensor '{name}'"), "F64"],
+    );
     let p = write_st("st-xyz", |h| {
         tensor(h, name).insert("dtype".into(), json!("XYZ"));
     });
-    expect_error(&p, &p, Kind::Bad, &[&format!("tensor '{name}'"), "unknown dtype 'XYZ'"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &[&format!("tensor '{name}'"), "unknown dtype 'XYZ'"],
+    );
 }
 
 #[test]
@@ -384,11 +465,24 @@ fn safetensors_data_offsets_out_of_range() {
     let p = write_st("st-offsets", |h| {
         tensor(h, name).insert("data_offsets".into(), json!([len - 4, len + 1532]));
     });
-    expect_error(&p, &p, Kind::Bad, &[&format!("tensor '{name}'"), "outside the data section"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &[&format!("tensor '{name}'"), "outside the data section"],
+    );
     let p = write_st("st-offsets-reversed", |h| {
         tensor(h, name).insert("data_offsets".into(), json!([100, 50]));
     });
-    expect_error(&p, &p, Kind::Bad, &[&format!("tensor '{name}'"), "[100, 50] end before they begin"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &[
+            &format!("tensor '{name}'"),
+            "[100, 50] end before they begin",
+        ],
+    );
 }
 
 #[test]
@@ -405,7 +499,12 @@ fn safetensors_shape_that_does_not_match_the_bytes() {
     let p = write_st("st-shape-overflow", |h| {
         tensor(h, name).insert("shape".into(), json!([u64::MAX, u64::MAX]));
     });
-    expect_error(&p, &p, Kind::Bad, &[&format!("tensor '{name}'"), "too large"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &[&format!("tensor '{name}'"), "too large"],
+    );
 }
 
 #[test]
@@ -443,7 +542,12 @@ fn safetensors_with_a_bad_config() {
     let mut c = config();
     c["architectures"] = json!(["GPT2LMHeadModel"]);
     let (p, cfg) = with_config("st-arch", &c.to_string());
-    expect_error(&p, &cfg, Kind::Unsupported, &["architecture 'GPT2LMHeadModel'"]);
+    expect_error(
+        &p,
+        &cfg,
+        Kind::Unsupported,
+        &["architecture 'GPT2LMHeadModel'"],
+    );
 
     let (p, cfg) = with_config("st-config-json", "{\"architectures\": [\"BertModel\"");
     expect_error(&p, &cfg, Kind::Bad, &["not a JSON object"]);
@@ -456,7 +560,12 @@ fn safetensors_with_a_bad_config() {
     let mut c = config();
     c["num_hidden_layers"] = json!(7);
     let (p, _) = with_config("st-config-layers", &c.to_string());
-    expect_error(&p, &p, Kind::Bad, &["tensor 'encoder.layer.6.attention.self.query.weight' is missing"]);
+    expect_error(
+        &p,
+        &p,
+        Kind::Bad,
+        &["tensor 'encoder.layer.6.attention.self.query.weight' is missing"],
+    );
 
     let mut c = config();
     c["hidden_size"] = json!("384");

@@ -35,12 +35,25 @@ fn eval_text() -> String {
         .collect();
     names.sort();
     assert_eq!(names.len(), 6, "{names:?}");
-    let parts: Vec<String> =
-        names.iter().map(|n| std::fs::read_to_string(dir.join(n)).expect("read a speech").trim().to_string()).collect();
+    let parts: Vec<String> = names
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(dir.join(n))
+                .expect("read a speech")
+                .trim()
+                .to_string()
+        })
+        .collect();
     let text = parts.join("\n\n");
     assert_eq!(text.len(), 211_660);
-    let digest: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(digest, "fb4e51482722b21ed1041940a5e56ccd2c6315adbcc484ce9b37fc7e39208548");
+    let digest: String = Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        digest,
+        "fb4e51482722b21ed1041940a5e56ccd2c6315adbcc484ce9b37fc7e39208548"
+    );
     text
 }
 
@@ -49,7 +62,9 @@ fn forward(s: &mut Session, ids: &[u32], start: usize) -> Vec<f32> {
     let n = ids.len();
     let tokens = Tensor::i64(vec![1, n], ids.iter().map(|&t| t as i64).collect());
     let positions = Tensor::i64(vec![1, n], (start..start + n).map(|p| p as i64).collect());
-    let out = s.run(&[("tokens", tokens), ("positions", positions)]).expect("the model runs");
+    let out = s
+        .run(&[("tokens", tokens), ("positions", positions)])
+        .expect("the model runs");
     let (name, logits) = out.into_iter().next().expect("one output");
     assert_eq!(name, "logits");
     assert_eq!(logits.shape, vec![1, n, 49152]);
@@ -77,7 +92,15 @@ fn imports_with_its_metadata_in_well_under_a_second() {
     assert!(load.as_secs_f64() < 1.0, "loading took {load:?}");
 
     assert_eq!(m.architecture, "llama");
-    assert_eq!(m.kind, ModelKind::CausalLm { vocab: 49152, max_context: 8192, bos: Some(1), eos: Some(2) });
+    assert_eq!(
+        m.kind,
+        ModelKind::CausalLm {
+            vocab: 49152,
+            max_context: 8192,
+            bos: Some(1),
+            eos: Some(2)
+        }
+    );
     let g = &m.graph;
     let meta = |k: &str| g.meta.get(k).map(String::as_str);
     assert_eq!(meta("llama.block_count"), Some("30"));
@@ -94,17 +117,42 @@ fn imports_with_its_metadata_in_well_under_a_second() {
     assert!(g.weight_by_name("output.weight").is_none());
     assert_eq!(g.states.len(), 60);
     assert_eq!(g.states[0].ty.to_string(), "tensor<{batch}x3x{ctx}x64xf32>");
-    let ins: Vec<String> = g.inputs.iter().map(|(n, v)| format!("{n}: {}", g.ty(*v))).collect();
-    assert_eq!(ins, ["tokens: tensor<{batch}x{seq}xi64>", "positions: tensor<{batch}x{seq}xi64>"]);
-    assert_eq!(g.ty(g.outputs[0].1).to_string(), "tensor<{batch}x{seq}x49152xf32>");
+    let ins: Vec<String> = g
+        .inputs
+        .iter()
+        .map(|(n, v)| format!("{n}: {}", g.ty(*v)))
+        .collect();
+    assert_eq!(
+        ins,
+        [
+            "tokens: tensor<{batch}x{seq}xi64>",
+            "positions: tensor<{batch}x{seq}xi64>"
+        ]
+    );
+    assert_eq!(
+        g.ty(g.outputs[0].1).to_string(),
+        "tensor<{batch}x{seq}x49152xf32>"
+    );
     let emb = g.weight_by_name("token_embd.weight").expect("embedding");
     assert_eq!(emb.ty.to_string(), "tensor<49152x576x!q8<g32,f16,sym>>");
     let q = g.weight_by_name("blk.0.attn_q.weight").expect("q");
     assert_eq!(q.ty.to_string(), "tensor<576x576x!q4<g32,f16,min>>");
-    assert_eq!(g.weight_by_name("blk.7.ffn_down.weight").expect("down").ty.to_string(), "tensor<576x1536x!q4<g32,f16,min>>");
-    assert_eq!(g.weight_by_name("output_norm.weight").expect("norm").ty.enc, Encoding::Dense(llmc_ir::DType::F32));
+    assert_eq!(
+        g.weight_by_name("blk.7.ffn_down.weight")
+            .expect("down")
+            .ty
+            .to_string(),
+        "tensor<576x1536x!q4<g32,f16,min>>"
+    );
+    assert_eq!(
+        g.weight_by_name("output_norm.weight").expect("norm").ty.enc,
+        Encoding::Dense(llmc_ir::DType::F32)
+    );
     // weights stay in the file's map until something decodes them
-    assert!(matches!(q.data.as_ref().expect("data").bytes, llmc_ir::Bytes::Mapped { .. }));
+    assert!(matches!(
+        q.data.as_ref().expect("data").bytes,
+        llmc_ir::Bytes::Mapped { .. }
+    ));
     // the graph's text form is a fixed point
     let text = llmc_ir::print(g);
     let again = llmc_ir::parse("smollm2.llmc", &text).expect("the printed graph parses");
@@ -124,18 +172,27 @@ fn tokenizer_makes_45385_tokens_of_the_eval_text() {
     assert_eq!(year.len(), 1 + 4 + 1, "{year:?}");
     assert_eq!(
         tok.decode(&ids[..200]).expect("decodes"),
-        tok.decode(&tok.encode(&tok.decode(&ids[..200]).unwrap(), false).unwrap()).unwrap()
+        tok.decode(
+            &tok.encode(&tok.decode(&ids[..200]).unwrap(), false)
+                .unwrap()
+        )
+        .unwrap()
     );
     assert!(text.starts_with(&tok.decode(&ids[..100]).expect("decodes")));
     // control tokens are matched whole
-    assert_eq!(tok.encode("<|im_start|>user", false).expect("encodes")[0], 1);
+    assert_eq!(
+        tok.encode("<|im_start|>user", false).expect("encodes")[0],
+        1
+    );
 }
 
 #[test]
 fn greedy_continuation_of_the_capital_of_france_is_paris() {
     let (m, _) = model();
     let tok = m.tokenizer.as_ref().expect("tokenizer");
-    let mut ids = tok.encode("The capital of France is", false).expect("encodes");
+    let mut ids = tok
+        .encode("The capital of France is", false)
+        .expect("encodes");
     let mut s = session();
     let logits = forward(&mut s, &ids, 0);
     let mut next = argmax(&logits[(ids.len() - 1) * 49152..]);
@@ -157,20 +214,28 @@ fn greedy_continuation_of_the_capital_of_france_is_paris() {
 fn prefill_logits_equal_token_by_token_decode() {
     let (m, _) = model();
     let tok = m.tokenizer.as_ref().expect("tokenizer");
-    let ids = tok.encode("It was the best of times, it was the worst", false).expect("encodes");
+    let ids = tok
+        .encode("It was the best of times, it was the worst", false)
+        .expect("encodes");
     let ids = &ids[..8];
     let all = forward(&mut session(), ids, 0);
     let mut s = session();
     for (i, &id) in ids.iter().enumerate() {
         let row = forward(&mut s, &[id], i);
         let d = max_abs_diff(&row, &all[i * 49152..(i + 1) * 49152]);
-        assert!(d <= 1e-3, "token {i}: prefill and decode logits differ by {d}");
+        assert!(
+            d <= 1e-3,
+            "token {i}: prefill and decode logits differ by {d}"
+        );
     }
     assert_eq!(s.context_len(), 8);
     s.reset();
     assert_eq!(s.context_len(), 0);
     let again = forward(&mut s, &ids[..1], 0);
-    assert!(max_abs_diff(&again, &all[..49152]) <= 1e-3, "reset does not empty the cache");
+    assert!(
+        max_abs_diff(&again, &all[..49152]) <= 1e-3,
+        "reset does not empty the cache"
+    );
 }
 
 /// Perplexity of the first 512-token window of the evaluation text (no BOS, empty cache),
@@ -197,10 +262,18 @@ fn first_window_perplexity_matches_the_numpy_reference() {
     for i in 0..511 {
         let row = &logits[i * 49152..(i + 1) * 49152];
         let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let lse = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+        let lse = row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
         nll += lse - row[window[i + 1] as usize] as f64;
     }
     let ppl = (nll / 511.0).exp();
     eprintln!("first-window perplexity: {ppl:.4} (numpy reference {REFERENCE_PPL:.4})");
-    assert!((ppl / REFERENCE_PPL - 1.0).abs() < 0.005, "perplexity {ppl} vs reference {REFERENCE_PPL}");
+    assert!(
+        (ppl / REFERENCE_PPL - 1.0).abs() < 0.005,
+        "perplexity {ppl} vs reference {REFERENCE_PPL}"
+    );
 }

@@ -14,12 +14,19 @@ use std::sync::OnceLock;
 
 fn minilm() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
-    M.get_or_init(|| frontend::load(&minilm_l6_dir().join("model.safetensors")).expect("MiniLM loads"))
+    M.get_or_init(|| {
+        frontend::load(&minilm_l6_dir().join("model.safetensors")).expect("MiniLM loads")
+    })
 }
 
 /// Token ids of a sentence with `[CLS]` and `[SEP]`.
 fn encode(text: &str) -> Vec<u32> {
-    minilm().tokenizer.as_ref().expect("tokenizer.json beside the model").encode(text, true).expect("encodes")
+    minilm()
+        .tokenizer
+        .as_ref()
+        .expect("tokenizer.json beside the model")
+        .encode(text, true)
+        .expect("encodes")
 }
 
 /// Runs the encoder on sentences padded to one length; returns `last_hidden_state` per
@@ -40,12 +47,19 @@ fn encode_batch(batch: &[Vec<u32>]) -> Vec<Vec<f32>> {
         ("attention_mask", Tensor::i64(vec![b, s], mask)),
         ("token_type_ids", Tensor::i64(vec![b, s], vec![0; b * s])),
     ];
-    let out = Session::new(&minilm().graph).expect("verifies").run(&inputs).expect("runs");
+    let out = Session::new(&minilm().graph)
+        .expect("verifies")
+        .run(&inputs)
+        .expect("runs");
     let h = &out[0].1;
     assert_eq!(out[0].0, "last_hidden_state");
     assert_eq!(h.shape, vec![b, s, 384]);
     let v = h.as_f32().expect("f32");
-    batch.iter().enumerate().map(|(i, row)| v[i * s * 384..(i * s + row.len()) * 384].to_vec()).collect()
+    batch
+        .iter()
+        .enumerate()
+        .map(|(i, row)| v[i * s * 384..(i * s + row.len()) * 384].to_vec())
+        .collect()
 }
 
 /// Mean of the token embeddings (padding already dropped).
@@ -75,10 +89,18 @@ fn minilm_imports_as_an_encoder() {
     assert_eq!(ins, ["input_ids", "attention_mask", "token_type_ids"]);
     // 3 embeddings + their norm (2) + 16 per layer
     assert_eq!(g.weights.len(), 3 + 2 + 6 * 16);
-    let w = g.weight_by_name("encoder.layer.5.intermediate.dense.weight").expect("weight");
+    let w = g
+        .weight_by_name("encoder.layer.5.intermediate.dense.weight")
+        .expect("weight");
     assert_eq!(w.ty.to_string(), "tensor<1536x384xf32>");
-    assert!(matches!(w.data.as_ref().expect("data").bytes, llmc_ir::Bytes::Mapped { .. }));
-    assert_eq!(g.meta.get("general.architecture").map(String::as_str), Some("bert"));
+    assert!(matches!(
+        w.data.as_ref().expect("data").bytes,
+        llmc_ir::Bytes::Mapped { .. }
+    ));
+    assert_eq!(
+        g.meta.get("general.architecture").map(String::as_str),
+        Some("bert")
+    );
     assert!(g.states.is_empty());
     let text = llmc_ir::print(g);
     let again = llmc_ir::parse("minilm.llmc", &text).expect("the printed graph parses");
@@ -105,7 +127,9 @@ fn minilm_paraphrases_are_closer_than_unrelated_sentences() {
     let emb: Vec<Vec<f32>> = hidden.iter().map(|h| mean_pool(h)).collect();
 
     // padding must not change a sentence's embedding: run the shortest one alone
-    let shortest = (0..ids.len()).min_by_key(|&i| ids[i].len()).expect("sentences");
+    let shortest = (0..ids.len())
+        .min_by_key(|&i| ids[i].len())
+        .expect("sentences");
     let alone = encode_batch(&ids[shortest..=shortest]);
     let d = max_abs_diff(&alone[0], &hidden[shortest]);
     assert!(d < 1e-4, "padding changes the hidden state by {d}");
@@ -117,7 +141,10 @@ fn minilm_paraphrases_are_closer_than_unrelated_sentences() {
     let u: Vec<f32> = unrelated.iter().map(sim).collect();
     eprintln!("paraphrase cosines {p:?}\nunrelated cosines {u:?}");
     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
-    assert!(mean(&p) - mean(&u) > 0.3, "paraphrases {p:?} vs unrelated {u:?}");
+    assert!(
+        mean(&p) - mean(&u) > 0.3,
+        "paraphrases {p:?} vs unrelated {u:?}"
+    );
     let min_p = p.iter().cloned().fold(f32::INFINITY, f32::min);
     let max_u = u.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     assert!(min_p > max_u, "paraphrases {p:?} vs unrelated {u:?}");
@@ -178,10 +205,17 @@ fn minilm_matches_a_numpy_forward_pass() {
         .arg(&ids_file)
         .output()
         .expect("run python");
-    assert!(out.status.success(), "numpy reference failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "numpy reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let reference: Vec<f32> = serde_json::from_slice(&out.stdout).expect("a JSON list of numbers");
     let d = max_abs_diff(&ours, &reference);
-    eprintln!("MiniLM last_hidden_state vs numpy (f64): max abs diff {d:e} over {} values", ours.len());
+    eprintln!(
+        "MiniLM last_hidden_state vs numpy (f64): max abs diff {d:e} over {} values",
+        ours.len()
+    );
     assert!(d < 1e-3, "max abs diff {d}");
     remove_scratch(&script);
 }
@@ -223,14 +257,44 @@ fn tiny_llama_weights(tied: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let v: Vec<f32> = (0..rows * cols).map(|_| rng.next() * scale).collect();
         t.push((name, vec![rows, cols], v));
     };
-    mat("model.embed_tokens.weight".into(), VOCAB, HIDDEN, 1.0, &mut t);
+    mat(
+        "model.embed_tokens.weight".into(),
+        VOCAB,
+        HIDDEN,
+        1.0,
+        &mut t,
+    );
     let w = 1.0 / (HIDDEN as f32).sqrt();
     for l in 0..LAYERS {
         let p = format!("model.layers.{l}.");
-        mat(format!("{p}self_attn.q_proj.weight"), HEADS * HEAD_DIM, HIDDEN, 2.0 * w, &mut t);
-        mat(format!("{p}self_attn.k_proj.weight"), KV_HEADS * HEAD_DIM, HIDDEN, 2.0 * w, &mut t);
-        mat(format!("{p}self_attn.v_proj.weight"), KV_HEADS * HEAD_DIM, HIDDEN, w, &mut t);
-        mat(format!("{p}self_attn.o_proj.weight"), HIDDEN, HEADS * HEAD_DIM, w, &mut t);
+        mat(
+            format!("{p}self_attn.q_proj.weight"),
+            HEADS * HEAD_DIM,
+            HIDDEN,
+            2.0 * w,
+            &mut t,
+        );
+        mat(
+            format!("{p}self_attn.k_proj.weight"),
+            KV_HEADS * HEAD_DIM,
+            HIDDEN,
+            2.0 * w,
+            &mut t,
+        );
+        mat(
+            format!("{p}self_attn.v_proj.weight"),
+            KV_HEADS * HEAD_DIM,
+            HIDDEN,
+            w,
+            &mut t,
+        );
+        mat(
+            format!("{p}self_attn.o_proj.weight"),
+            HIDDEN,
+            HEADS * HEAD_DIM,
+            w,
+            &mut t,
+        );
         mat(format!("{p}mlp.gate_proj.weight"), FFN, HIDDEN, w, &mut t);
         mat(format!("{p}mlp.up_proj.weight"), FFN, HIDDEN, w, &mut t);
         mat(format!("{p}mlp.down_proj.weight"), HIDDEN, FFN, w, &mut t);
@@ -238,7 +302,9 @@ fn tiny_llama_weights(tied: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
             t.push((
                 format!("{p}{norm}.weight"),
                 vec![HIDDEN],
-                (0..HIDDEN).map(|i| 1.0 + 0.1 * ((i % 7) as f32 - 3.0) / 3.0).collect(),
+                (0..HIDDEN)
+                    .map(|i| 1.0 + 0.1 * ((i % 7) as f32 - 3.0) / 3.0)
+                    .collect(),
             ));
         }
     }
@@ -257,15 +323,26 @@ fn write_tiny_llama(name: &str, dtype: Dtype, tied: bool) -> PathBuf {
         .iter()
         .map(|(_, _, v)| match dtype {
             Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Dtype::F16 => v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
-            Dtype::BF16 => v.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
+            Dtype::F16 => v
+                .iter()
+                .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+                .collect(),
+            Dtype::BF16 => v
+                .iter()
+                .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+                .collect(),
             other => panic!("no tiny model in {other:?}"),
         })
         .collect();
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .zip(&bytes)
-        .map(|((n, shape, _), b)| (n.clone(), TensorView::new(dtype, shape.clone(), b).expect("view")))
+        .map(|((n, shape, _), b)| {
+            (
+                n.clone(),
+                TensorView::new(dtype, shape.clone(), b).expect("view"),
+            )
+        })
         .collect();
     let path = dir.join("model.safetensors");
     safetensors::serialize_to_file(views, None, &path).expect("write safetensors");
@@ -302,8 +379,14 @@ fn tiny_logits(g: &Graph) -> Vec<f32> {
         let n = ids.len();
         let r = s
             .run(&[
-                ("tokens", Tensor::i64(vec![1, n], ids.iter().map(|&t| t as i64).collect())),
-                ("positions", Tensor::i64(vec![1, n], (start..start + n).map(|p| p as i64).collect())),
+                (
+                    "tokens",
+                    Tensor::i64(vec![1, n], ids.iter().map(|&t| t as i64).collect()),
+                ),
+                (
+                    "positions",
+                    Tensor::i64(vec![1, n], (start..start + n).map(|p| p as i64).collect()),
+                ),
             ])
             .expect("runs");
         assert_eq!(r[0].1.shape, vec![1, n, VOCAB]);
@@ -339,22 +422,43 @@ fn tiny_llama_imports_and_runs_in_f32_f16_and_bf16() {
     let f32_path = write_tiny_llama("llama-f32", Dtype::F32, false);
     let m = frontend::load(&f32_path).expect("f32 tiny Llama loads");
     assert_eq!(m.architecture, "LlamaForCausalLM");
-    assert_eq!(m.kind, ModelKind::CausalLm { vocab: VOCAB, max_context: 256, bos: Some(1), eos: Some(2) });
+    assert_eq!(
+        m.kind,
+        ModelKind::CausalLm {
+            vocab: VOCAB,
+            max_context: 256,
+            bos: Some(1),
+            eos: Some(2)
+        }
+    );
     assert!(m.tokenizer.is_none());
-    assert_eq!(m.graph.meta.get("llama.rope.mode").map(String::as_str), Some("half"));
+    assert_eq!(
+        m.graph.meta.get("llama.rope.mode").map(String::as_str),
+        Some("half")
+    );
     assert_eq!(m.graph.weights.len(), 1 + 9 * LAYERS + 2);
     let reference = tiny_logits(&m.graph);
     assert!(reference.iter().all(|x| x.is_finite()));
 
-    for (name, dtype, dt, tied, tol) in
-        [("llama-f16", Dtype::F16, DType::F16, true, 0.02f32), ("llama-bf16", Dtype::BF16, DType::BF16, false, 0.05)]
-    {
+    for (name, dtype, dt, tied, tol) in [
+        ("llama-f16", Dtype::F16, DType::F16, true, 0.02f32),
+        ("llama-bf16", Dtype::BF16, DType::BF16, false, 0.05),
+    ] {
         let path = write_tiny_llama(name, dtype, tied);
         let m = frontend::load(&path).unwrap_or_else(|e| panic!("{name} loads: {e}"));
-        let emb = m.graph.weight_by_name("model.embed_tokens.weight").expect("embedding");
+        let emb = m
+            .graph
+            .weight_by_name("model.embed_tokens.weight")
+            .expect("embedding");
         assert_eq!(emb.ty.enc, Encoding::Dense(dt));
         assert_eq!(m.graph.weight_by_name("lm_head.weight").is_some(), !tied);
-        assert_eq!(m.graph.meta.get("llama.tied_embeddings").map(String::as_str), Some(if tied { "true" } else { "false" }));
+        assert_eq!(
+            m.graph
+                .meta
+                .get("llama.tied_embeddings")
+                .map(String::as_str),
+            Some(if tied { "true" } else { "false" })
+        );
         let logits = tiny_logits(&m.graph);
         if tied {
             // a tied model is a different model: compare against f32 with the same tying
@@ -377,7 +481,10 @@ fn tiny_llama_imports_and_runs_in_f32_f16_and_bf16() {
 
 /// Removes the scratch directory holding `file`.
 fn remove_scratch(file: &Path) {
-    if let Some(dir) = file.parent().filter(|d| d.starts_with(std::env::temp_dir())) {
+    if let Some(dir) = file
+        .parent()
+        .filter(|d| d.starts_with(std::env::temp_dir()))
+    {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
@@ -410,7 +517,9 @@ fn half_rope_on_hf_weights_equals_interleaved_rope_on_llama_cpp_weights() {
     let file = SafetensorsFile::open(&path).expect("opens");
     let build = |mode: RopeMode, permute: bool| -> Graph {
         let mut source = |name: &str| -> FrontendResult<Option<(TensorType, WeightData)>> {
-            let Some((ty, data)) = file.weight(name)? else { return Ok(None) };
+            let Some((ty, data)) = file.weight(name)? else {
+                return Ok(None);
+            };
             let heads = if name.ends_with("q_proj.weight") {
                 HEADS
             } else if name.ends_with("k_proj.weight") {
@@ -422,9 +531,18 @@ fn half_rope_on_hf_weights_equals_interleaved_rope_on_llama_cpp_weights() {
                 return Ok(Some((ty, data)));
             }
             let t = permute_for_interleaved(&data.decode_f32(&ty).expect("decodes"), heads);
-            Ok(Some((ty, WeightData::from_tensor(&t, format!("{name} (permuted)")))))
+            Ok(Some((
+                ty,
+                WeightData::from_tensor(&t, format!("{name} (permuted)")),
+            )))
         };
-        build_llama(&tiny_config(mode), NameScheme::HuggingFace, Path::new(&path), &mut source).expect("builds")
+        build_llama(
+            &tiny_config(mode),
+            NameScheme::HuggingFace,
+            Path::new(&path),
+            &mut source,
+        )
+        .expect("builds")
     };
     let got = tiny_logits(&build(RopeMode::Interleaved, true));
     let d = max_abs_diff(&got, &want);
@@ -432,6 +550,9 @@ fn half_rope_on_hf_weights_equals_interleaved_rope_on_llama_cpp_weights() {
     assert!(d < 1e-4, "max abs diff {d}");
     // and the mode matters: interleaved rotation of unpermuted weights is another model
     let wrong = tiny_logits(&build(RopeMode::Interleaved, false));
-    assert!(max_abs_diff(&wrong, &want) > 1e-2, "the RoPE mode has no effect on this model");
+    assert!(
+        max_abs_diff(&wrong, &want) > 1e-2,
+        "the RoPE mode has no effect on this model"
+    );
     remove_scratch(&path);
 }

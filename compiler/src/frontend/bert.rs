@@ -46,10 +46,16 @@ impl BertConfig {
             }
         }
         if self.hidden % self.heads != 0 {
-            return Err(format!("hidden_size {} is not a multiple of {} heads", self.hidden, self.heads));
+            return Err(format!(
+                "hidden_size {} is not a multiple of {} heads",
+                self.hidden, self.heads
+            ));
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
-            return Err(format!("layer_norm_eps = {} must be a non-negative number", self.layer_norm_eps));
+            return Err(format!(
+                "layer_norm_eps = {} must be a non-negative number",
+                self.layer_norm_eps
+            ));
         }
         Ok(())
     }
@@ -62,10 +68,24 @@ impl BertConfig {
 /// sequence dimension prints as `?` because positions are computed with `range`). Tensor names
 /// are Hugging Face's, each prefixed with `prefix` (`""` or `"bert."`). Every tensor's shape is
 /// checked against `cfg`; a missing or misshapen one is a [`FrontendError::BadInput`] naming it.
-pub fn build_bert(cfg: &BertConfig, prefix: &str, path: &Path, source: &mut WeightSource<'_>) -> Result<Graph> {
-    cfg.validate().map_err(|m| FrontendError::bad(path, format!("BERT configuration: {m}")))?;
-    let name = path.parent().and_then(|p| p.file_name()).and_then(|s| s.to_str()).unwrap_or("encoder");
-    let mut b = Builder { g: Graph::new(name), path, source };
+pub fn build_bert(
+    cfg: &BertConfig,
+    prefix: &str,
+    path: &Path,
+    source: &mut WeightSource<'_>,
+) -> Result<Graph> {
+    cfg.validate()
+        .map_err(|m| FrontendError::bad(path, format!("BERT configuration: {m}")))?;
+    let name = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|s| s.to_str())
+        .unwrap_or("encoder");
+    let mut b = Builder {
+        g: Graph::new(name),
+        path,
+        source,
+    };
     let meta = [
         ("general.architecture", "bert".to_string()),
         ("bert.block_count", cfg.layers.to_string()),
@@ -74,7 +94,10 @@ pub fn build_bert(cfg: &BertConfig, prefix: &str, path: &Path, source: &mut Weig
         ("bert.feed_forward_length", cfg.intermediate.to_string()),
         ("bert.vocab_size", cfg.vocab.to_string()),
         ("bert.context_length", cfg.max_positions.to_string()),
-        ("bert.attention.layer_norm_epsilon", format!("{:?}", cfg.layer_norm_eps)),
+        (
+            "bert.attention.layer_norm_epsilon",
+            format!("{:?}", cfg.layer_norm_eps),
+        ),
         ("bert.activation", cfg.activation.name().to_string()),
     ];
     for (k, v) in meta {
@@ -90,13 +113,30 @@ pub fn build_bert(cfg: &BertConfig, prefix: &str, path: &Path, source: &mut Weig
 
     // embeddings: word + position (0..seq) + token type, then layer norm
     let words = b.weight(&p("embeddings.word_embeddings.weight"), &[cfg.vocab, h])?;
-    let positions = b.weight(&p("embeddings.position_embeddings.weight"), &[cfg.max_positions, h])?;
-    let types = b.weight(&p("embeddings.token_type_embeddings.weight"), &[cfg.type_vocab, h])?;
+    let positions = b.weight(
+        &p("embeddings.position_embeddings.weight"),
+        &[cfg.max_positions, h],
+    )?;
+    let types = b.weight(
+        &p("embeddings.token_type_embeddings.weight"),
+        &[cfg.type_vocab, h],
+    )?;
     let x = b.embed(words, input_ids)?;
     let t = b.embed(types, token_type_ids)?;
     let x = b.op(Op::Binary(BinaryOp::Add), &[x, t])?;
-    let seq_len = b.op(Op::Shape { start: 1, end: Some(2) }, &[input_ids])?;
-    let seq_len = b.op(Op::Reshape { shape: Some(vec![]) }, &[seq_len])?;
+    let seq_len = b.op(
+        Op::Shape {
+            start: 1,
+            end: Some(2),
+        },
+        &[input_ids],
+    )?;
+    let seq_len = b.op(
+        Op::Reshape {
+            shape: Some(vec![]),
+        },
+        &[seq_len],
+    )?;
     let zero = b.g.constant(Tensor::scalar_i64(0));
     let one = b.g.constant(Tensor::scalar_i64(1));
     let pos_ids = b.op(Op::Range, &[zero, seq_len, one])?;
@@ -112,29 +152,73 @@ pub fn build_bert(cfg: &BertConfig, prefix: &str, path: &Path, source: &mut Weig
     let m = b.op(Op::Binary(BinaryOp::Mul), &[m, big])?;
     let mask = b.op(Op::Unsqueeze { axes: vec![1, 2] }, &[m])?;
 
-    let heads = Op::Reshape { shape: Some(vec![0, 0, nh as i64, hd as i64]) };
-    let to_heads = Op::Transpose { perm: vec![0, 2, 1, 3] };
+    let heads = Op::Reshape {
+        shape: Some(vec![0, 0, nh as i64, hd as i64]),
+    };
+    let to_heads = Op::Transpose {
+        perm: vec![0, 2, 1, 3],
+    };
     let scale = 1.0 / (hd as f32).sqrt();
     for l in 0..cfg.layers {
         let lp = |s: &str| p(&format!("encoder.layer.{l}.{s}"));
         let mut qkv = Vec::with_capacity(3);
         for which in ["query", "key", "value"] {
-            let y =
-                b.linear(x, &lp(&format!("attention.self.{which}.weight")), &lp(&format!("attention.self.{which}.bias")), h, h)?;
+            let y = b.linear(
+                x,
+                &lp(&format!("attention.self.{which}.weight")),
+                &lp(&format!("attention.self.{which}.bias")),
+                h,
+                h,
+            )?;
             let y = b.op(heads.clone(), &[y])?;
             qkv.push(b.op(to_heads.clone(), &[y])?);
         }
         let (q, k, v) = (qkv[0], qkv[1], qkv[2]);
-        let a = b.op(Op::Attention { causal: false, scale }, &[q, k, v, mask])?;
+        let a = b.op(
+            Op::Attention {
+                causal: false,
+                scale,
+            },
+            &[q, k, v, mask],
+        )?;
         let a = b.op(to_heads.clone(), &[a])?;
-        let a = b.op(Op::Reshape { shape: Some(vec![0, 0, h as i64]) }, &[a])?;
-        let a = b.linear(a, &lp("attention.output.dense.weight"), &lp("attention.output.dense.bias"), h, h)?;
+        let a = b.op(
+            Op::Reshape {
+                shape: Some(vec![0, 0, h as i64]),
+            },
+            &[a],
+        )?;
+        let a = b.linear(
+            a,
+            &lp("attention.output.dense.weight"),
+            &lp("attention.output.dense.bias"),
+            h,
+            h,
+        )?;
         let a = b.op(Op::Binary(BinaryOp::Add), &[a, x])?;
-        let a = layer_norm(&mut b, a, &lp("attention.output.LayerNorm"), h, cfg.layer_norm_eps)?;
+        let a = layer_norm(
+            &mut b,
+            a,
+            &lp("attention.output.LayerNorm"),
+            h,
+            cfg.layer_norm_eps,
+        )?;
 
-        let f = b.linear(a, &lp("intermediate.dense.weight"), &lp("intermediate.dense.bias"), cfg.intermediate, h)?;
+        let f = b.linear(
+            a,
+            &lp("intermediate.dense.weight"),
+            &lp("intermediate.dense.bias"),
+            cfg.intermediate,
+            h,
+        )?;
         let f = b.op(Op::Unary(cfg.activation), &[f])?;
-        let f = b.linear(f, &lp("output.dense.weight"), &lp("output.dense.bias"), h, cfg.intermediate)?;
+        let f = b.linear(
+            f,
+            &lp("output.dense.weight"),
+            &lp("output.dense.bias"),
+            h,
+            cfg.intermediate,
+        )?;
         let f = b.op(Op::Binary(BinaryOp::Add), &[f, a])?;
         x = layer_norm(&mut b, f, &lp("output.LayerNorm"), h, cfg.layer_norm_eps)?;
     }
@@ -151,7 +235,9 @@ fn layer_norm(b: &mut Builder, x: ValueId, module: &str, h: usize, eps: f32) -> 
             Some(w) => Ok(w),
             None => b
                 .optional_weight(&format!("{module}.{old}"), &[h])?
-                .ok_or_else(|| FrontendError::bad(b.path, format!("tensor '{module}.{new}' is missing"))),
+                .ok_or_else(|| {
+                    FrontendError::bad(b.path, format!("tensor '{module}.{new}' is missing"))
+                }),
         }
     };
     let scale = param("weight", "gamma")?;

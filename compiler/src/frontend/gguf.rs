@@ -129,7 +129,10 @@ impl TensorInfo {
 
     /// The IR type: the shape and the encoding equivalent to the GGML type.
     pub fn ir_type(&self) -> TensorType {
-        TensorType { shape: self.shape(), enc: self.ggml.encoding() }
+        TensorType {
+            shape: self.shape(),
+            enc: self.ggml.encoding(),
+        }
     }
 }
 
@@ -163,15 +166,29 @@ impl GgufFile {
 
     /// Parses a mapped file; `path` names it in errors.
     pub fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
-        let mut r = Reader { buf: &map[..], pos: 0, path };
+        let mut r = Reader {
+            buf: &map[..],
+            pos: 0,
+            path,
+        };
         let magic = r.take(4, || "the magic bytes".into())?;
         if magic != b"GGUF" {
-            return Err(FrontendError::bad(path, format!("bad magic {magic:02x?}: a GGUF file starts with \"GGUF\"")));
+            return Err(FrontendError::bad(
+                path,
+                format!("bad magic {magic:02x?}: a GGUF file starts with \"GGUF\""),
+            ));
         }
         let version = r.u32(|| "the version".into())?;
         if !(2..=3).contains(&version) {
-            let hint = if version.swap_bytes() <= 3 { " (a big-endian file?)" } else { "" };
-            return Err(FrontendError::unsupported(path, format!("GGUF version {version}{hint}: llmc reads versions 2 and 3")));
+            let hint = if version.swap_bytes() <= 3 {
+                " (a big-endian file?)"
+            } else {
+                ""
+            };
+            return Err(FrontendError::unsupported(
+                path,
+                format!("GGUF version {version}{hint}: llmc reads versions 2 and 3"),
+            ));
         }
         let n_tensors = r.u64(|| "the tensor count".into())?;
         let n_kv = r.u64(|| "the metadata count".into())?;
@@ -186,7 +203,10 @@ impl GgufFile {
             let ty = r.u32(|| format!("the type of metadata '{key}'"))?;
             let value = r.value(ty, &key, 0)?;
             if meta_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(FrontendError::bad(path, format!("metadata key '{key}' appears twice")));
+                return Err(FrontendError::bad(
+                    path,
+                    format!("metadata key '{key}' appears twice"),
+                ));
             }
             metadata.push((key, value));
         }
@@ -226,12 +246,17 @@ impl GgufFile {
             }
             let type_id = r.u32(|| format!("the type of tensor '{name}'"))?;
             let offset = r.u64(|| format!("the data offset of tensor '{name}'"))?;
-            raw.push(RawInfo { name, dims, type_id, offset });
+            raw.push(RawInfo {
+                name,
+                dims,
+                type_id,
+                offset,
+            });
         }
 
         let file_len = map.len() as u64;
-        let data_offset =
-            align_up(r.pos as u64, alignment).ok_or_else(|| FrontendError::bad(path, "the data section's offset overflows"))?;
+        let data_offset = align_up(r.pos as u64, alignment)
+            .ok_or_else(|| FrontendError::bad(path, "the data section's offset overflows"))?;
         let data_len = file_len.checked_sub(data_offset);
         let mut tensors = Vec::with_capacity(raw.len());
         let mut tensor_index = HashMap::with_capacity(raw.len());
@@ -249,9 +274,17 @@ impl GgufFile {
             };
             let shape: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
             let shape = shape.join("x");
-            let numel = t.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= i64::MAX as u64).ok_or_else(
-                || FrontendError::bad(path, format!("tensor '{name}' has dimensions {shape} whose product overflows")),
-            )?;
+            let numel = t
+                .dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .filter(|&n| n <= i64::MAX as u64)
+                .ok_or_else(|| {
+                    FrontendError::bad(
+                        path,
+                        format!("tensor '{name}' has dimensions {shape} whose product overflows"),
+                    )
+                })?;
             let block = ggml.block_len() as u64;
             if t.dims[0] % block != 0 {
                 return Err(FrontendError::bad(
@@ -264,7 +297,9 @@ impl GgufFile {
             }
             let size = (numel / block)
                 .checked_mul(ggml.block_bytes() as u64)
-                .ok_or_else(|| FrontendError::bad(path, format!("tensor '{name}' is too large ({shape})")))?;
+                .ok_or_else(|| {
+                    FrontendError::bad(path, format!("tensor '{name}' is too large ({shape})"))
+                })?;
             if t.offset % alignment != 0 {
                 return Err(FrontendError::bad(
                     path,
@@ -286,10 +321,19 @@ impl GgufFile {
                 }
             }
             if tensor_index.insert(t.name.clone(), tensors.len()).is_some() {
-                return Err(FrontendError::bad(path, format!("tensor '{name}' appears twice")));
+                return Err(FrontendError::bad(
+                    path,
+                    format!("tensor '{name}' appears twice"),
+                ));
             }
             // data_offset + offset + size <= file_len was checked above
-            tensors.push(TensorInfo { name: t.name, dims: t.dims, ggml, offset: data_offset + t.offset, size });
+            tensors.push(TensorInfo {
+                name: t.name,
+                dims: t.dims,
+                ggml,
+                offset: data_offset + t.offset,
+                size,
+            });
         }
         let mut by_offset: Vec<&TensorInfo> = tensors.iter().collect();
         by_offset.sort_by_key(|t| t.offset);
@@ -297,7 +341,10 @@ impl GgufFile {
             if w[0].offset + w[0].size > w[1].offset && w[0].size > 0 && w[1].size > 0 {
                 return Err(FrontendError::bad(
                     path,
-                    format!("tensor '{}' overlaps tensor '{}' in the data section", w[1].name, w[0].name),
+                    format!(
+                        "tensor '{}' overlaps tensor '{}' in the data section",
+                        w[1].name, w[0].name
+                    ),
                 ));
             }
         }
@@ -316,27 +363,43 @@ impl GgufFile {
 
     /// A metadata value by key.
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
-        self.meta_index.get(key).and_then(|&i| self.metadata.get(i)).map(|(_, v)| v)
+        self.meta_index
+            .get(key)
+            .and_then(|&i| self.metadata.get(i))
+            .map(|(_, v)| v)
     }
 
     /// A tensor info by name.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensor_index.get(name).and_then(|&i| self.tensors.get(i))
+        self.tensor_index
+            .get(name)
+            .and_then(|&i| self.tensors.get(i))
     }
 
     /// A tensor's IR type and lazy data (a range of the map in GGML layout).
     pub fn weight(&self, t: &TensorInfo) -> Result<(TensorType, WeightData)> {
-        let range = usize::try_from(t.offset).ok().zip(usize::try_from(t.size).ok());
+        let range = usize::try_from(t.offset)
+            .ok()
+            .zip(usize::try_from(t.size).ok());
         let bytes = range
             .and_then(|(off, len)| Bytes::mapped(&self.map, off, len))
-            .ok_or_else(|| FrontendError::bad(&self.path, format!("tensor '{}' lies outside the file", t.name)))?;
+            .ok_or_else(|| {
+                FrontendError::bad(
+                    &self.path,
+                    format!("tensor '{}' lies outside the file", t.name),
+                )
+            })?;
         let origin = format!("{}: tensor '{}'", self.path.display(), t.name);
-        Ok((t.ir_type(), WeightData::new(bytes, Format::Ggml(t.ggml), origin)))
+        Ok((
+            t.ir_type(),
+            WeightData::new(bytes, Format::Ggml(t.ggml), origin),
+        ))
     }
 
     /// A required non-negative integer.
     pub fn req_u64(&self, key: &str) -> Result<u64> {
-        self.opt_u64(key)?.ok_or_else(|| FrontendError::bad(&self.path, format!("metadata '{key}' is missing")))
+        self.opt_u64(key)?
+            .ok_or_else(|| FrontendError::bad(&self.path, format!("metadata '{key}' is missing")))
     }
 
     /// An optional non-negative integer; present with another type is an error.
@@ -344,7 +407,13 @@ impl GgufFile {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                FrontendError::bad(&self.path, format!("metadata '{key}' must be a non-negative integer, got {}", describe(v)))
+                FrontendError::bad(
+                    &self.path,
+                    format!(
+                        "metadata '{key}' must be a non-negative integer, got {}",
+                        describe(v)
+                    ),
+                )
             }),
         }
     }
@@ -353,10 +422,12 @@ impl GgufFile {
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| FrontendError::bad(&self.path, format!("metadata '{key}' must be a number, got {}", describe(v)))),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                FrontendError::bad(
+                    &self.path,
+                    format!("metadata '{key}' must be a number, got {}", describe(v)),
+                )
+            }),
         }
     }
 
@@ -364,10 +435,12 @@ impl GgufFile {
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| FrontendError::bad(&self.path, format!("metadata '{key}' must be a string, got {}", describe(v)))),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| {
+                FrontendError::bad(
+                    &self.path,
+                    format!("metadata '{key}' must be a string, got {}", describe(v)),
+                )
+            }),
         }
     }
 
@@ -377,18 +450,32 @@ impl GgufFile {
         let arch = "llama";
         let key = |k: &str| format!("{arch}.{k}");
         let size = |k: &str, v: u64| -> Result<usize> {
-            usize::try_from(v).map_err(|_| FrontendError::bad(path, format!("metadata '{}' = {v} is too large", key(k))))
+            usize::try_from(v).map_err(|_| {
+                FrontendError::bad(path, format!("metadata '{}' = {v} is too large", key(k)))
+            })
         };
         let layers = size("block_count", self.req_u64(&key("block_count"))?)?;
         let hidden = size("embedding_length", self.req_u64(&key("embedding_length"))?)?;
-        let ffn = size("feed_forward_length", self.req_u64(&key("feed_forward_length"))?)?;
-        let heads = size("attention.head_count", self.req_u64(&key("attention.head_count"))?)?;
+        let ffn = size(
+            "feed_forward_length",
+            self.req_u64(&key("feed_forward_length"))?,
+        )?;
+        let heads = size(
+            "attention.head_count",
+            self.req_u64(&key("attention.head_count"))?,
+        )?;
         let kv_heads = match self.opt_u64(&key("attention.head_count_kv"))? {
             Some(v) => size("attention.head_count_kv", v)?,
             None => heads,
         };
         if heads == 0 {
-            return Err(FrontendError::bad(path, format!("metadata '{}' must be positive", key("attention.head_count"))));
+            return Err(FrontendError::bad(
+                path,
+                format!(
+                    "metadata '{}' must be positive",
+                    key("attention.head_count")
+                ),
+            ));
         }
         let head_dim = match self.opt_u64(&key("attention.key_length"))? {
             Some(v) => size("attention.key_length", v)?,
@@ -404,27 +491,41 @@ impl GgufFile {
         };
         if let Some(v) = self.opt_u64(&key("attention.value_length"))? {
             if v as usize != head_dim {
-                return Err(FrontendError::unsupported(path, format!("value heads of {v} differ from key heads of {head_dim}")));
+                return Err(FrontendError::unsupported(
+                    path,
+                    format!("value heads of {v} differ from key heads of {head_dim}"),
+                ));
             }
         }
         if let Some(rd) = self.opt_u64(&key("rope.dimension_count"))? {
             if rd as usize != head_dim {
                 return Err(FrontendError::unsupported(
                     path,
-                    format!("RoPE over {rd} of {head_dim} head dimensions ('{}')", key("rope.dimension_count")),
+                    format!(
+                        "RoPE over {rd} of {head_dim} head dimensions ('{}')",
+                        key("rope.dimension_count")
+                    ),
                 ));
             }
         }
         match self.opt_str(&key("rope.scaling.type"))? {
             None | Some("none") => {}
             Some(s) => {
-                return Err(FrontendError::unsupported(path, format!("RoPE scaling '{s}' ('{}')", key("rope.scaling.type"))))
+                return Err(FrontendError::unsupported(
+                    path,
+                    format!("RoPE scaling '{s}' ('{}')", key("rope.scaling.type")),
+                ))
             }
         }
         if self.tensor("rope_freqs.weight").is_some() {
-            return Err(FrontendError::unsupported(path, "RoPE frequency factors (tensor 'rope_freqs.weight')"));
+            return Err(FrontendError::unsupported(
+                path,
+                "RoPE frequency factors (tensor 'rope_freqs.weight')",
+            ));
         }
-        let rms_eps = self.opt_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5) as f32;
+        let rms_eps = self
+            .opt_f64(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5) as f32;
         let rope_base = self.opt_f64(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
         let max_context = match self.opt_u64(&key("context_length"))? {
             Some(v) => size("context_length", v)?,
@@ -448,9 +549,18 @@ impl GgufFile {
         let token_id = |k: &str| -> Result<Option<u32>> {
             match self.opt_u64(k)? {
                 None => Ok(None),
-                Some(v) => u32::try_from(v).ok().filter(|&id| (id as usize) < vocab).map(Some).ok_or_else(|| {
-                    FrontendError::bad(path, format!("metadata '{k}' = {v} is not a token id (vocabulary of {vocab})"))
-                }),
+                Some(v) => u32::try_from(v)
+                    .ok()
+                    .filter(|&id| (id as usize) < vocab)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        FrontendError::bad(
+                            path,
+                            format!(
+                                "metadata '{k}' = {v} is not a token id (vocabulary of {vocab})"
+                            ),
+                        )
+                    }),
             }
         };
         Ok(LlamaConfig {
@@ -502,7 +612,12 @@ impl<'a> Reader<'a> {
         if n > self.remaining() {
             return Err(FrontendError::bad(
                 self.path,
-                format!("truncated: {} needs {n} bytes at offset {} but the file ends at {}", what(), self.pos, self.buf.len()),
+                format!(
+                    "truncated: {} needs {n} bytes at offset {} but the file ends at {}",
+                    what(),
+                    self.pos,
+                    self.buf.len()
+                ),
             ));
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
@@ -527,10 +642,16 @@ impl<'a> Reader<'a> {
 
     /// Rejects a count of entries of at least `min_size` bytes each that cannot fit in the rest of the file.
     fn check_count(&self, count: u64, min_size: u64, what: &str) -> Result<()> {
-        if count.checked_mul(min_size).is_none_or(|n| n > self.remaining()) {
+        if count
+            .checked_mul(min_size)
+            .is_none_or(|n| n > self.remaining())
+        {
             return Err(FrontendError::bad(
                 self.path,
-                format!("the header claims {count} {what} but only {} bytes follow it", self.remaining()),
+                format!(
+                    "the header claims {count} {what} but only {} bytes follow it",
+                    self.remaining()
+                ),
             ));
         }
         Ok(())
@@ -539,7 +660,8 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: impl Fn() -> String) -> Result<String> {
         let len = self.u64(|| format!("the length of {}", what()))?;
         let bytes = self.take(len, || format!("{} ({len} bytes)", what()))?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| FrontendError::bad(self.path, format!("{} is not UTF-8: {e}", what())))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| FrontendError::bad(self.path, format!("{} is not UTF-8: {e}", what())))
     }
 
     /// A value of GGUF type `ty` for metadata `key`.
@@ -556,7 +678,12 @@ impl<'a> Reader<'a> {
             7 => match self.array::<1>(what)?[0] {
                 0 => MetaValue::Bool(false),
                 1 => MetaValue::Bool(true),
-                b => return Err(FrontendError::bad(self.path, format!("metadata '{key}' is a bool of value {b}, not 0 or 1"))),
+                b => {
+                    return Err(FrontendError::bad(
+                        self.path,
+                        format!("metadata '{key}' is a bool of value {b}, not 0 or 1"),
+                    ))
+                }
             },
             8 => MetaValue::Str(self.string(what)?),
             9 => {
@@ -575,9 +702,17 @@ impl<'a> Reader<'a> {
                     8 => 8,
                     9 => 12,
                     10..=12 => 8,
-                    t => return Err(FrontendError::bad(self.path, format!("metadata '{key}' is an array of unknown type {t}"))),
+                    t => {
+                        return Err(FrontendError::bad(
+                            self.path,
+                            format!("metadata '{key}' is an array of unknown type {t}"),
+                        ))
+                    }
                 };
-                if count.checked_mul(min_size).is_none_or(|n| n > self.remaining()) {
+                if count
+                    .checked_mul(min_size)
+                    .is_none_or(|n| n > self.remaining())
+                {
                     return Err(FrontendError::bad(
                         self.path,
                         format!(
@@ -589,7 +724,9 @@ impl<'a> Reader<'a> {
                 let mut items = Vec::with_capacity(count as usize);
                 for i in 0..count {
                     let v = match elem {
-                        8 => MetaValue::Str(self.string(|| format!("element {i} of metadata '{key}'"))?),
+                        8 => MetaValue::Str(
+                            self.string(|| format!("element {i} of metadata '{key}'"))?,
+                        ),
                         _ => self.value(elem, key, depth + 1)?,
                     };
                     items.push(v);
@@ -599,7 +736,12 @@ impl<'a> Reader<'a> {
             10 => MetaValue::U64(u64::from_le_bytes(self.array(what)?)),
             11 => MetaValue::I64(i64::from_le_bytes(self.array(what)?)),
             12 => MetaValue::F64(f64::from_le_bytes(self.array(what)?)),
-            t => return Err(FrontendError::bad(self.path, format!("metadata '{key}' has unknown value type {t}"))),
+            t => {
+                return Err(FrontendError::bad(
+                    self.path,
+                    format!("metadata '{key}' has unknown value type {t}"),
+                ))
+            }
         })
     }
 }
@@ -625,8 +767,14 @@ pub fn load(path: &Path) -> Result<Model> {
         }
     };
     let mut graph = build_llama(&cfg, NameScheme::Gguf, path, &mut source)?;
-    graph.meta.insert("general.source".into(), format!("gguf v{}", file.version));
-    for key in ["general.name", "general.quantization_version", "general.file_type"] {
+    graph
+        .meta
+        .insert("general.source".into(), format!("gguf v{}", file.version));
+    for key in [
+        "general.name",
+        "general.quantization_version",
+        "general.file_type",
+    ] {
         if let Some(v) = file.get(key) {
             let s = match v {
                 MetaValue::Str(s) => s.clone(),
@@ -640,13 +788,22 @@ pub fn load(path: &Path) -> Result<Model> {
         if t.vocab_size() > cfg.vocab {
             return Err(FrontendError::bad(
                 path,
-                format!("the tokenizer has {} tokens but the model's vocabulary has {}", t.vocab_size(), cfg.vocab),
+                format!(
+                    "the tokenizer has {} tokens but the model's vocabulary has {}",
+                    t.vocab_size(),
+                    cfg.vocab
+                ),
             ));
         }
     }
     Ok(Model {
         graph,
-        kind: ModelKind::CausalLm { vocab: cfg.vocab, max_context: cfg.max_context, bos: cfg.bos, eos: cfg.eos },
+        kind: ModelKind::CausalLm {
+            vocab: cfg.vocab,
+            max_context: cfg.max_context,
+            bos: cfg.bos,
+            eos: cfg.eos,
+        },
         tokenizer,
         architecture: arch,
         path: path.to_path_buf(),
@@ -706,7 +863,8 @@ mod tests {
                 b.push(0);
             }
             b.extend(&self.data);
-            let p = std::env::temp_dir().join(format!("llmc-gguf-unit-{}-{name}.gguf", std::process::id()));
+            let p = std::env::temp_dir()
+                .join(format!("llmc-gguf-unit-{}-{name}.gguf", std::process::id()));
             std::fs::write(&p, b).expect("write a test GGUF");
             p
         }
@@ -716,7 +874,9 @@ mod tests {
     fn every_value_type_and_tensor_reads_back() {
         let mut arr = 5u32.to_le_bytes().to_vec(); // array of int32
         arr.extend(3u64.to_le_bytes());
-        [-1i32, 0, 7].iter().for_each(|v| arr.extend(v.to_le_bytes()));
+        [-1i32, 0, 7]
+            .iter()
+            .for_each(|v| arr.extend(v.to_le_bytes()));
         let mut strs = 8u32.to_le_bytes().to_vec(); // array of strings
         strs.extend(2u64.to_le_bytes());
         gguf_str(&mut strs, "a b");
@@ -728,8 +888,11 @@ mod tests {
         nested.extend([4u8, 5]);
         let mut s = vec![];
         gguf_str(&mut s, "llama");
-        let q8: Vec<u8> =
-            half::f16::from_f32(0.5).to_le_bytes().into_iter().chain((0..32).map(|i| (i as i8 - 16) as u8)).collect();
+        let q8: Vec<u8> = half::f16::from_f32(0.5)
+            .to_le_bytes()
+            .into_iter()
+            .chain((0..32).map(|i| (i as i8 - 16) as u8))
+            .collect();
         let f32s: Vec<u8> = (0..64).flat_map(|i| (i as f32).to_le_bytes()).collect();
         let path = Writer::default()
             .kv("u8", 0, &[200])
@@ -763,15 +926,37 @@ mod tests {
         assert_eq!(f.opt_f64("f32").unwrap(), Some(1.5));
         assert_eq!(f.get("bool").and_then(MetaValue::as_bool), Some(true));
         assert_eq!(f.opt_str("general.architecture").unwrap(), Some("llama"));
-        assert_eq!(f.get("ints"), Some(&MetaValue::Array(vec![MetaValue::I32(-1), MetaValue::I32(0), MetaValue::I32(7)])));
+        assert_eq!(
+            f.get("ints"),
+            Some(&MetaValue::Array(vec![
+                MetaValue::I32(-1),
+                MetaValue::I32(0),
+                MetaValue::I32(7)
+            ]))
+        );
         assert_eq!(f.opt_u64("u64").unwrap(), Some(1 << 40));
         assert_eq!(f.get("i64"), Some(&MetaValue::I64(-5)));
         assert_eq!(f.get("f64").and_then(MetaValue::as_f64), Some(2.25));
         let strings = f.get("strings").and_then(MetaValue::as_array).unwrap();
-        assert_eq!(strings.iter().filter_map(MetaValue::as_str).collect::<Vec<_>>(), ["a b", "ü"]);
-        assert_eq!(f.get("nested"), Some(&MetaValue::Array(vec![MetaValue::Array(vec![MetaValue::U8(4), MetaValue::U8(5)])])));
+        assert_eq!(
+            strings
+                .iter()
+                .filter_map(MetaValue::as_str)
+                .collect::<Vec<_>>(),
+            ["a b", "ü"]
+        );
+        assert_eq!(
+            f.get("nested"),
+            Some(&MetaValue::Array(vec![MetaValue::Array(vec![
+                MetaValue::U8(4),
+                MetaValue::U8(5)
+            ])]))
+        );
         let err = f.req_u64("f64").unwrap_err().to_string();
-        assert!(err.contains("metadata 'f64' must be a non-negative integer"), "{err}");
+        assert!(
+            err.contains("metadata 'f64' must be a non-negative integer"),
+            "{err}"
+        );
 
         let w = f.tensor("w").unwrap();
         assert_eq!(w.shape(), Shape::fixed(&[2, 32]));
@@ -781,23 +966,37 @@ mod tests {
         assert_eq!(t.as_f32().unwrap()[33], 33.0);
         let (ty, data) = f.weight(f.tensor("q").unwrap()).unwrap();
         assert_eq!(ty.to_string(), "tensor<32x!q8<g32,f16,sym>>");
-        assert_eq!(data.decode_f32(&ty).unwrap().as_f32().unwrap()[..3], [-8.0, -7.5, -7.0]);
+        assert_eq!(
+            data.decode_f32(&ty).unwrap().as_f32().unwrap()[..3],
+            [-8.0, -7.5, -7.0]
+        );
     }
 
     #[test]
     fn bad_alignment_and_duplicates_are_named() {
-        let path = Writer::default().kv("general.alignment", 4, &3u32.to_le_bytes()).write("align", 3);
+        let path = Writer::default()
+            .kv("general.alignment", 4, &3u32.to_le_bytes())
+            .write("align", 3);
         let err = GgufFile::open(&path).err().expect("an error").to_string();
         let _ = std::fs::remove_file(&path);
-        assert!(err.contains("general.alignment") && err.contains("power of two"), "{err}");
+        assert!(
+            err.contains("general.alignment") && err.contains("power of two"),
+            "{err}"
+        );
 
-        let path = Writer::default().kv("k", 0, &[1]).kv("k", 0, &[2]).write("dup-key", 3);
+        let path = Writer::default()
+            .kv("k", 0, &[1])
+            .kv("k", 0, &[2])
+            .write("dup-key", 3);
         let err = GgufFile::open(&path).err().expect("an error").to_string();
         let _ = std::fs::remove_file(&path);
         assert!(err.contains("metadata key 'k' appears twice"), "{err}");
 
         let f32s: Vec<u8> = (0..32).flat_map(|i| (i as f32).to_le_bytes()).collect();
-        let path = Writer::default().tensor("t", &[32], 0, &f32s).tensor("t", &[32], 0, &f32s).write("dup-tensor", 3);
+        let path = Writer::default()
+            .tensor("t", &[32], 0, &f32s)
+            .tensor("t", &[32], 0, &f32s)
+            .write("dup-tensor", 3);
         let err = GgufFile::open(&path).err().expect("an error").to_string();
         let _ = std::fs::remove_file(&path);
         assert!(err.contains("tensor 't' appears twice"), "{err}");
@@ -808,9 +1007,14 @@ mod tests {
         assert!(err.contains("metadata 'b' is a bool of value 2"), "{err}");
 
         let q4: Vec<u8> = vec![0; 20];
-        let path = Writer::default().tensor("odd", &[16, 2], 3, &q4).write("block", 3);
+        let path = Writer::default()
+            .tensor("odd", &[16, 2], 3, &q4)
+            .write("block", 3);
         let err = GgufFile::open(&path).err().expect("an error").to_string();
         let _ = std::fs::remove_file(&path);
-        assert!(err.contains("tensor 'odd'") && err.contains("block of 32"), "{err}");
+        assert!(
+            err.contains("tensor 'odd'") && err.contains("block of 32"),
+            "{err}"
+        );
     }
 }

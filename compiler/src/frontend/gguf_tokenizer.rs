@@ -19,8 +19,7 @@ const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 
 /// Llama 3's pre-tokenizer pattern (`tokenizer.ggml.pre` = `llama-bpe`).
-const LLAMA3_PATTERN: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The tokenizer a GGUF file describes; `None` when it has no `tokenizer.ggml.model`.
 ///
@@ -46,7 +45,10 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>> {
     if u32::try_from(tokens.len()).is_err() {
         return Err(FrontendError::bad(
             path,
-            format!("metadata 'tokenizer.ggml.tokens' holds {} tokens; ids are 32-bit", tokens.len()),
+            format!(
+                "metadata 'tokenizer.ggml.tokens' holds {} tokens; ids are 32-bit",
+                tokens.len()
+            ),
         ));
     }
     let mut vocab = Vocab::default();
@@ -57,7 +59,10 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>> {
     let mut pairs = Vec::with_capacity(merges.len());
     for (i, m) in merges.iter().enumerate() {
         let Some((a, b)) = m.split_once(' ') else {
-            return Err(FrontendError::bad(path, format!("merge {i} of 'tokenizer.ggml.merges' ({m:?}) is not two tokens")));
+            return Err(FrontendError::bad(
+                path,
+                format!("merge {i} of 'tokenizer.ggml.merges' ({m:?}) is not two tokens"),
+            ));
         };
         pairs.push((a.to_string(), b.to_string()));
     }
@@ -68,16 +73,25 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>> {
     let mut t = tokenizers::Tokenizer::new(bpe);
 
     let pre = file.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
-    let byte_level = |regex: bool| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, regex));
+    let byte_level =
+        |regex: bool| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, regex));
     let pre_tokenizer = match pre {
-        "smollm" => {
-            PreTokenizerWrapper::Sequence(Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level(true)]))
-        }
+        "smollm" => PreTokenizerWrapper::Sequence(Sequence::new(vec![
+            PreTokenizerWrapper::Digits(Digits::new(true)),
+            byte_level(true),
+        ])),
         "default" | "gpt2" | "gpt-2" => byte_level(true),
         "llama-bpe" | "llama3" => {
-            let split = Split::new(SplitPattern::Regex(LLAMA3_PATTERN.into()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| FrontendError::bad(path, format!("tokenizer pattern: {e}")))?;
-            PreTokenizerWrapper::Sequence(Sequence::new(vec![PreTokenizerWrapper::Split(split), byte_level(false)]))
+            let split = Split::new(
+                SplitPattern::Regex(LLAMA3_PATTERN.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| FrontendError::bad(path, format!("tokenizer pattern: {e}")))?;
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Split(split),
+                byte_level(false),
+            ]))
         }
         other => {
             return Err(FrontendError::unsupported(
@@ -90,8 +104,12 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>> {
     t.with_decoder(Some(ByteLevelDecoder::default()));
 
     if let Some(types) = file.get("tokenizer.ggml.token_type") {
-        let types =
-            types.as_array().ok_or_else(|| FrontendError::bad(path, "metadata 'tokenizer.ggml.token_type' must be an array"))?;
+        let types = types.as_array().ok_or_else(|| {
+            FrontendError::bad(
+                path,
+                "metadata 'tokenizer.ggml.token_type' must be an array",
+            )
+        })?;
         let mut special = Vec::new();
         for (i, ty) in types.iter().enumerate() {
             let ty = match ty {
@@ -107,16 +125,29 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>> {
         t.add_special_tokens(&special);
     }
 
-    let add_bos = file.get("tokenizer.ggml.add_bos_token").and_then(MetaValue::as_bool).unwrap_or(false);
+    let add_bos = file
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(MetaValue::as_bool)
+        .unwrap_or(false);
     if add_bos {
         if let Some(bos) = file.opt_u64("tokenizer.ggml.bos_token_id")? {
-            let name = usize::try_from(bos).ok().and_then(|i| tokens.get(i)).ok_or_else(|| {
-                FrontendError::bad(path, format!("metadata 'tokenizer.ggml.bos_token_id' = {bos} is not a token id"))
-            })?;
+            let name = usize::try_from(bos)
+                .ok()
+                .and_then(|i| tokens.get(i))
+                .ok_or_else(|| {
+                    FrontendError::bad(
+                        path,
+                        format!("metadata 'tokenizer.ggml.bos_token_id' = {bos} is not a token id"),
+                    )
+                })?;
             let mut builder = TemplateProcessing::builder();
-            builder.try_single(format!("{name} $A")).map_err(|e| FrontendError::bad(path, format!("BOS template: {e}")))?;
+            builder
+                .try_single(format!("{name} $A"))
+                .map_err(|e| FrontendError::bad(path, format!("BOS template: {e}")))?;
             builder.special_tokens(vec![(name.to_string(), bos as u32)]);
-            let template = builder.build().map_err(|e| FrontendError::bad(path, format!("BOS template: {e}")))?;
+            let template = builder
+                .build()
+                .map_err(|e| FrontendError::bad(path, format!("BOS template: {e}")))?;
             t.with_post_processor(Some(template));
         }
     }
@@ -125,15 +156,27 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>> {
 
 /// An array of strings from the metadata, or `None` when the key is absent.
 fn string_array<'f>(file: &'f GgufFile, key: &str) -> Result<Option<Vec<&'f str>>> {
-    let Some(v) = file.get(key) else { return Ok(None) };
-    let items =
-        v.as_array().ok_or_else(|| FrontendError::bad(&file.path, format!("metadata '{key}' must be an array of strings")))?;
+    let Some(v) = file.get(key) else {
+        return Ok(None);
+    };
+    let items = v.as_array().ok_or_else(|| {
+        FrontendError::bad(
+            &file.path,
+            format!("metadata '{key}' must be an array of strings"),
+        )
+    })?;
     items
         .iter()
         .enumerate()
         .map(|(i, s)| {
             s.as_str().ok_or_else(|| {
-                FrontendError::bad(&file.path, format!("element {i} of metadata '{key}' is a {}, not a string", s.type_name()))
+                FrontendError::bad(
+                    &file.path,
+                    format!(
+                        "element {i} of metadata '{key}' is a {}, not a string",
+                        s.type_name()
+                    ),
+                )
             })
         })
         .collect::<Result<Vec<_>>>()

@@ -2,7 +2,9 @@
 //! built from a configuration and a source of weights; shared by the GGUF and safetensors frontends.
 
 use super::{FrontendError, Result};
-use llmc_ir::{BinaryOp, DType, Dim, Graph, Op, RopeMode, Shape, TensorType, UnaryOp, ValueId, WeightData};
+use llmc_ir::{
+    BinaryOp, DType, Dim, Graph, Op, RopeMode, Shape, TensorType, UnaryOp, ValueId, WeightData,
+};
 use std::path::Path;
 
 /// Hyper-parameters of a Llama-architecture decoder.
@@ -65,16 +67,25 @@ impl LlamaConfig {
             return Err(format!("{name} = {v} is beyond what llmc accepts ({max})"));
         }
         if self.heads % self.kv_heads != 0 {
-            return Err(format!("{} query heads are not a multiple of {} key/value heads", self.heads, self.kv_heads));
+            return Err(format!(
+                "{} query heads are not a multiple of {} key/value heads",
+                self.heads, self.kv_heads
+            ));
         }
         if self.head_dim % 2 != 0 {
             return Err(format!("head size {} must be even for RoPE", self.head_dim));
         }
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
-            return Err(format!("rms_eps = {} must be a non-negative number", self.rms_eps));
+            return Err(format!(
+                "rms_eps = {} must be a non-negative number",
+                self.rms_eps
+            ));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
-            return Err(format!("rope_base = {} must be a positive number", self.rope_base));
+            return Err(format!(
+                "rope_base = {} must be a positive number",
+                self.rope_base
+            ));
         }
         Ok(())
     }
@@ -90,7 +101,10 @@ impl LlamaConfig {
             ("llama.attention.key_length", self.head_dim.to_string()),
             ("llama.feed_forward_length", self.ffn.to_string()),
             ("llama.vocab_size", self.vocab.to_string()),
-            ("llama.attention.layer_norm_rms_epsilon", format!("{:?}", self.rms_eps)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                format!("{:?}", self.rms_eps),
+            ),
             ("llama.rope.freq_base", format!("{:?}", self.rope_base)),
             (
                 "llama.rope.mode",
@@ -198,29 +212,51 @@ pub type WeightSource<'a> = dyn FnMut(&str) -> Result<Option<(TensorType, Weight
 /// a run with `S` tokens after `T` cached ones sees keys `0..T+S` causally. Weight names are the
 /// file's names under `names`; every tensor's shape is checked against `cfg` and a missing or
 /// misshapen tensor is a [`FrontendError::BadInput`] naming it. `path` is the model file, for errors.
-pub fn build_llama(cfg: &LlamaConfig, names: NameScheme, path: &Path, source: &mut WeightSource<'_>) -> Result<Graph> {
-    cfg.validate().map_err(|m| FrontendError::bad(path, format!("Llama configuration: {m}")))?;
+pub fn build_llama(
+    cfg: &LlamaConfig,
+    names: NameScheme,
+    path: &Path,
+    source: &mut WeightSource<'_>,
+) -> Result<Graph> {
+    cfg.validate()
+        .map_err(|m| FrontendError::bad(path, format!("Llama configuration: {m}")))?;
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-    let mut b = Builder { g: Graph::new(name), path, source };
+    let mut b = Builder {
+        g: Graph::new(name),
+        path,
+        source,
+    };
     let n = |t: LlamaTensor| names.name(t);
     for (k, v) in cfg.meta() {
         b.g.meta.insert(k, v);
     }
     let (d, hd, nh, nkv) = (cfg.hidden, cfg.head_dim, cfg.heads, cfg.kv_heads);
     let seq = Shape(vec![Dim::sym("batch"), Dim::sym("seq")]);
-    let tokens = b.g.add_input("tokens", TensorType::new(seq.clone(), DType::I64));
+    let tokens =
+        b.g.add_input("tokens", TensorType::new(seq.clone(), DType::I64));
     let positions = b.g.add_input("positions", TensorType::new(seq, DType::I64));
 
     let embed = b.weight(&n(LlamaTensor::TokenEmbedding), &[cfg.vocab, d])?;
     // f16/bf16 checkpoints: activations and the KV cache are f32
     let mut x = b.embed(embed, tokens)?;
     let norm = |eps: f32| Op::RmsNorm { axis: -1, eps };
-    let rope = Op::Rope { base: cfg.rope_base, mode: cfg.rope_mode, dims: None };
-    let to_heads = Op::Transpose { perm: vec![0, 2, 1, 3] };
+    let rope = Op::Rope {
+        base: cfg.rope_base,
+        mode: cfg.rope_mode,
+        dims: None,
+    };
+    let to_heads = Op::Transpose {
+        perm: vec![0, 2, 1, 3],
+    };
     let scale = 1.0 / (hd as f32).sqrt();
     for l in 0..cfg.layers {
         let state_ty = TensorType::new(
-            Shape(vec![Dim::sym("batch"), Dim::Fixed(nkv as u64), Dim::sym("ctx"), Dim::Fixed(hd as u64)]),
+            Shape(vec![
+                Dim::sym("batch"),
+                Dim::Fixed(nkv as u64),
+                Dim::sym("ctx"),
+                Dim::Fixed(hd as u64),
+            ]),
             DType::F32,
         );
         let k_state = b.g.add_state(&format!("k.{l}"), state_ty.clone());
@@ -228,22 +264,78 @@ pub fn build_llama(cfg: &LlamaConfig, names: NameScheme, path: &Path, source: &m
 
         let w = b.weight(&n(LlamaTensor::AttnNorm(l)), &[d])?;
         let h = b.op(norm(cfg.rms_eps), &[x, w])?;
-        let q = b.linear(h, &n(LlamaTensor::Query(l)), &n(LlamaTensor::QueryBias(l)), nh * hd, d)?;
-        let k = b.linear(h, &n(LlamaTensor::Key(l)), &n(LlamaTensor::KeyBias(l)), nkv * hd, d)?;
-        let v = b.linear(h, &n(LlamaTensor::Value(l)), &n(LlamaTensor::ValueBias(l)), nkv * hd, d)?;
-        let q = b.op(Op::Reshape { shape: Some(vec![0, 0, nh as i64, hd as i64]) }, &[q])?;
-        let k = b.op(Op::Reshape { shape: Some(vec![0, 0, nkv as i64, hd as i64]) }, &[k])?;
-        let v = b.op(Op::Reshape { shape: Some(vec![0, 0, nkv as i64, hd as i64]) }, &[v])?;
+        let q = b.linear(
+            h,
+            &n(LlamaTensor::Query(l)),
+            &n(LlamaTensor::QueryBias(l)),
+            nh * hd,
+            d,
+        )?;
+        let k = b.linear(
+            h,
+            &n(LlamaTensor::Key(l)),
+            &n(LlamaTensor::KeyBias(l)),
+            nkv * hd,
+            d,
+        )?;
+        let v = b.linear(
+            h,
+            &n(LlamaTensor::Value(l)),
+            &n(LlamaTensor::ValueBias(l)),
+            nkv * hd,
+            d,
+        )?;
+        let q = b.op(
+            Op::Reshape {
+                shape: Some(vec![0, 0, nh as i64, hd as i64]),
+            },
+            &[q],
+        )?;
+        let k = b.op(
+            Op::Reshape {
+                shape: Some(vec![0, 0, nkv as i64, hd as i64]),
+            },
+            &[k],
+        )?;
+        let v = b.op(
+            Op::Reshape {
+                shape: Some(vec![0, 0, nkv as i64, hd as i64]),
+            },
+            &[v],
+        )?;
         let q = b.op(rope.clone(), &[q, positions])?;
         let k = b.op(rope.clone(), &[k, positions])?;
         let q = b.op(to_heads.clone(), &[q])?;
         let k = b.op(to_heads.clone(), &[k])?;
         let v = b.op(to_heads.clone(), &[v])?;
-        let k = b.op(Op::CacheConcat { state: k_state, axis: 2 }, &[k])?;
-        let v = b.op(Op::CacheConcat { state: v_state, axis: 2 }, &[v])?;
-        let a = b.op(Op::Attention { causal: true, scale }, &[q, k, v])?;
+        let k = b.op(
+            Op::CacheConcat {
+                state: k_state,
+                axis: 2,
+            },
+            &[k],
+        )?;
+        let v = b.op(
+            Op::CacheConcat {
+                state: v_state,
+                axis: 2,
+            },
+            &[v],
+        )?;
+        let a = b.op(
+            Op::Attention {
+                causal: true,
+                scale,
+            },
+            &[q, k, v],
+        )?;
         let a = b.op(to_heads.clone(), &[a])?;
-        let a = b.op(Op::Reshape { shape: Some(vec![0, 0, (nh * hd) as i64]) }, &[a])?;
+        let a = b.op(
+            Op::Reshape {
+                shape: Some(vec![0, 0, (nh * hd) as i64]),
+            },
+            &[a],
+        )?;
         let wo = b.weight(&n(LlamaTensor::AttnOutput(l)), &[d, nh * hd])?;
         let a = b.op(Op::Linear, &[a, wo])?;
         x = b.op(Op::Binary(BinaryOp::Add), &[x, a])?;
@@ -262,7 +354,11 @@ pub fn build_llama(cfg: &LlamaConfig, names: NameScheme, path: &Path, source: &m
     }
     let w = b.weight(&n(LlamaTensor::OutputNorm), &[d])?;
     x = b.op(norm(cfg.rms_eps), &[x, w])?;
-    let head = if cfg.tied_embeddings { embed } else { b.weight(&n(LlamaTensor::Output), &[cfg.vocab, d])? };
+    let head = if cfg.tied_embeddings {
+        embed
+    } else {
+        b.weight(&n(LlamaTensor::Output), &[cfg.vocab, d])?
+    };
     let logits = b.op(Op::Linear, &[x, head])?;
     b.g.set_output("logits", logits);
     llmc_ir::verify(&b.g).map_err(|e| FrontendError::internal(path, e))?;
@@ -279,7 +375,9 @@ pub(super) struct Builder<'a, 's> {
 impl Builder<'_, '_> {
     /// Appends a node; a type error here is a bug in the frontend.
     pub fn op(&mut self, op: Op, inputs: &[ValueId]) -> Result<ValueId> {
-        self.g.add1(op, inputs).map_err(|e| FrontendError::internal(self.path, e))
+        self.g
+            .add1(op, inputs)
+            .map_err(|e| FrontendError::internal(self.path, e))
     }
 
     /// Declares a tensor the model may lack; its shape must be `shape`.
@@ -290,7 +388,10 @@ impl Builder<'_, '_> {
         if !ty.dtype().is_float() {
             return Err(FrontendError::bad(
                 self.path,
-                format!("tensor '{name}' holds {} values; weights are floats", ty.dtype()),
+                format!(
+                    "tensor '{name}' holds {} values; weights are floats",
+                    ty.dtype()
+                ),
             ));
         }
         if ty.shape != Shape::fixed(shape) {
@@ -312,11 +413,19 @@ impl Builder<'_, '_> {
 
     /// Declares a tensor the model must have.
     pub fn weight(&mut self, name: &str, shape: &[usize]) -> Result<ValueId> {
-        self.optional_weight(name, shape)?.ok_or_else(|| FrontendError::bad(self.path, format!("tensor '{name}' is missing")))
+        self.optional_weight(name, shape)?
+            .ok_or_else(|| FrontendError::bad(self.path, format!("tensor '{name}' is missing")))
     }
 
     /// `x · wᵀ (+ bias)` for a `[n, k]` weight and a bias the model may lack.
-    pub fn linear(&mut self, x: ValueId, w: &str, bias: &str, n: usize, k: usize) -> Result<ValueId> {
+    pub fn linear(
+        &mut self,
+        x: ValueId,
+        w: &str,
+        bias: &str,
+        n: usize,
+        k: usize,
+    ) -> Result<ValueId> {
         let w = self.weight(w, &[n, k])?;
         match self.optional_weight(bias, &[n])? {
             Some(b) => self.op(Op::Linear, &[x, w, b]),

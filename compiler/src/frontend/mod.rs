@@ -22,7 +22,10 @@ pub enum FrontendError {
     #[error("{}: unsupported: {msg}", path.display())]
     Unsupported { path: PathBuf, msg: String },
     #[error("{}: cannot read: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The frontend built a graph the IR rejects: a bug in llmc.
     #[error("{}: internal error while building the graph: {source}", path.display())]
     Internal { path: PathBuf, source: IrError },
@@ -30,19 +33,31 @@ pub enum FrontendError {
 
 impl FrontendError {
     pub fn bad(path: &Path, msg: impl Into<String>) -> FrontendError {
-        FrontendError::BadInput { path: path.to_path_buf(), msg: msg.into() }
+        FrontendError::BadInput {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
 
     pub fn unsupported(path: &Path, msg: impl Into<String>) -> FrontendError {
-        FrontendError::Unsupported { path: path.to_path_buf(), msg: msg.into() }
+        FrontendError::Unsupported {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
 
     pub fn io(path: &Path, source: std::io::Error) -> FrontendError {
-        FrontendError::Io { path: path.to_path_buf(), source }
+        FrontendError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     pub fn internal(path: &Path, source: IrError) -> FrontendError {
-        FrontendError::Internal { path: path.to_path_buf(), source }
+        FrontendError::Internal {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -53,7 +68,12 @@ pub type Result<T, E = FrontendError> = std::result::Result<T, E>;
 pub enum ModelKind {
     /// A decoder language model. Inputs `tokens` and `positions` (`[batch, seq]` i64), output
     /// `logits` (`[batch, seq, vocab]` f32); the KV cache is the graph's state.
-    CausalLm { vocab: usize, max_context: usize, bos: Option<u32>, eos: Option<u32> },
+    CausalLm {
+        vocab: usize,
+        max_context: usize,
+        bos: Option<u32>,
+        eos: Option<u32>,
+    },
     /// A text encoder. Inputs `input_ids`, `attention_mask` (and `token_type_ids` when the
     /// graph takes it), `[batch, seq]` i64; output `last_hidden_state` `[batch, seq, hidden]`.
     Encoder { hidden: usize },
@@ -79,7 +99,10 @@ pub fn load(path: &Path) -> Result<Model> {
         if st.is_file() {
             st
         } else {
-            return Err(FrontendError::bad(path, "this directory holds no model.safetensors; pass the model file itself"));
+            return Err(FrontendError::bad(
+                path,
+                "this directory holds no model.safetensors; pass the model file itself",
+            ));
         }
     } else {
         path.to_path_buf()
@@ -88,12 +111,21 @@ pub fn load(path: &Path) -> Result<Model> {
     {
         use std::io::Read;
         let mut f = std::fs::File::open(&file).map_err(|e| FrontendError::io(&file, e))?;
-        let n = f.read(&mut magic).map_err(|e| FrontendError::io(&file, e))?;
+        let n = f
+            .read(&mut magic)
+            .map_err(|e| FrontendError::io(&file, e))?;
         if n < 4 {
-            return Err(FrontendError::bad(&file, format!("the file has only {n} bytes; no model format is that short")));
+            return Err(FrontendError::bad(
+                &file,
+                format!("the file has only {n} bytes; no model format is that short"),
+            ));
         }
     }
-    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if &magic[..4] == b"GGUF" {
         return gguf::load(&file);
     }

@@ -80,7 +80,9 @@ impl SafetensorsFile {
         let bad = |m: String| FrontendError::bad(path, m);
         let len = map.len() as u64;
         let Some(head) = map.get(..8) else {
-            return Err(bad(format!("the file has {len} bytes; a safetensors file starts with an 8-byte header length")));
+            return Err(bad(format!(
+                "the file has {len} bytes; a safetensors file starts with an 8-byte header length"
+            )));
         };
         let mut n = [0u8; 8];
         n.copy_from_slice(head);
@@ -92,9 +94,10 @@ impl SafetensorsFile {
             )));
         }
         let data_start = 8 + n as usize;
-        let header = std::str::from_utf8(&map[8..data_start]).map_err(|e| bad(format!("the header is not UTF-8: {e}")))?;
-        let header: Map<String, Value> =
-            serde_json::from_str(header).map_err(|e| bad(format!("the header is not a JSON object: {e}")))?;
+        let header = std::str::from_utf8(&map[8..data_start])
+            .map_err(|e| bad(format!("the header is not UTF-8: {e}")))?;
+        let header: Map<String, Value> = serde_json::from_str(header)
+            .map_err(|e| bad(format!("the header is not a JSON object: {e}")))?;
         let data_len = len - n - 8;
 
         let mut tensors = BTreeMap::new();
@@ -105,27 +108,43 @@ impl SafetensorsFile {
                     return Err(bad("the header's __metadata__ is not an object".into()));
                 };
                 for (k, v) in m {
-                    let v = v.as_str().ok_or_else(|| bad(format!("__metadata__ entry '{k}' is not a string")))?;
+                    let v = v
+                        .as_str()
+                        .ok_or_else(|| bad(format!("__metadata__ entry '{k}' is not a string")))?;
                     metadata.insert(k.clone(), v.to_string());
                 }
                 continue;
             }
             let t = parse_info(info, data_len).map_err(|m| bad(format!("tensor '{name}': {m}")))?;
-            tensors.insert(name.clone(), StTensor { offset: t.offset + data_start, ..t });
+            tensors.insert(
+                name.clone(),
+                StTensor {
+                    offset: t.offset + data_start,
+                    ..t
+                },
+            );
         }
-        let mut by_offset: Vec<(&String, &StTensor)> = tensors.iter().filter(|(_, t)| t.size > 0).collect();
+        let mut by_offset: Vec<(&String, &StTensor)> =
+            tensors.iter().filter(|(_, t)| t.size > 0).collect();
         by_offset.sort_by_key(|(_, t)| t.offset);
         for w in by_offset.windows(2) {
             let ((a, ta), (b, tb)) = (w[0], w[1]);
             if ta.offset + ta.size > tb.offset {
-                return Err(bad(format!("tensor '{b}' overlaps tensor '{a}' in the data section")));
+                return Err(bad(format!(
+                    "tensor '{b}' overlaps tensor '{a}' in the data section"
+                )));
             }
         }
         // The crate's own checks (contiguous data that covers the whole buffer) as the last word.
         if let Err(e) = safetensors::SafeTensors::read_metadata(&map[..]) {
             return Err(bad(format!("not a valid safetensors file: {e}")));
         }
-        Ok(SafetensorsFile { path: path.to_path_buf(), tensors, metadata, map })
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            tensors,
+            metadata,
+            map,
+        })
     }
 
     /// Whether the file has a tensor of this name.
@@ -135,46 +154,70 @@ impl SafetensorsFile {
 
     /// A tensor's IR type and lazy data, or `None` when the file has no such tensor.
     pub fn weight(&self, name: &str) -> Result<Option<(TensorType, WeightData)>> {
-        let Some(t) = self.tensors.get(name) else { return Ok(None) };
+        let Some(t) = self.tensors.get(name) else {
+            return Ok(None);
+        };
         let dtype = ir_dtype(&t.dtype).ok_or_else(|| {
             FrontendError::unsupported(
                 &self.path,
-                format!("tensor '{name}' has dtype {}; llmc reads F32, F16 and BF16 weights", t.dtype),
+                format!(
+                    "tensor '{name}' has dtype {}; llmc reads F32, F16 and BF16 weights",
+                    t.dtype
+                ),
             )
         })?;
-        let bytes = Bytes::mapped(&self.map, t.offset, t.size)
-            .ok_or_else(|| FrontendError::bad(&self.path, format!("tensor '{name}' lies outside the file")))?;
+        let bytes = Bytes::mapped(&self.map, t.offset, t.size).ok_or_else(|| {
+            FrontendError::bad(&self.path, format!("tensor '{name}' lies outside the file"))
+        })?;
         let ty = TensorType::new(Shape(t.shape.iter().map(|&d| d.into()).collect()), dtype);
         let origin = format!("{}: tensor '{name}'", self.path.display());
-        Ok(Some((ty, WeightData::new(bytes, Format::Canonical, origin))))
+        Ok(Some((
+            ty,
+            WeightData::new(bytes, Format::Canonical, origin),
+        )))
     }
 }
 
 /// Checks one header entry: dtype, shape and data offsets against the data section's length.
 /// The offset returned is relative to the data section.
 fn parse_info(info: &Value, data_len: u64) -> std::result::Result<StTensor, String> {
-    let obj = info.as_object().ok_or("the header entry is not an object")?;
-    let dtype = obj.get("dtype").and_then(Value::as_str).ok_or("'dtype' is missing or not a string")?;
+    let obj = info
+        .as_object()
+        .ok_or("the header entry is not an object")?;
+    let dtype = obj
+        .get("dtype")
+        .and_then(Value::as_str)
+        .ok_or("'dtype' is missing or not a string")?;
     let bits = dtype_bits(dtype).ok_or_else(|| format!("unknown dtype '{dtype}'"))?;
     let shape_v = obj.get("shape").ok_or("'shape' is missing")?;
     let shape: Vec<u64> = shape_v
         .as_array()
         .ok_or_else(|| format!("'shape' must be a list, got {shape_v}"))?
         .iter()
-        .map(|d| d.as_u64().ok_or_else(|| format!("shape {shape_v} holds {d}, not a dimension")))
+        .map(|d| {
+            d.as_u64()
+                .ok_or_else(|| format!("shape {shape_v} holds {d}, not a dimension"))
+        })
         .collect::<std::result::Result<_, _>>()?;
-    let offs = obj.get("data_offsets").and_then(Value::as_array).ok_or("'data_offsets' is missing or not a list")?;
+    let offs = obj
+        .get("data_offsets")
+        .and_then(Value::as_array)
+        .ok_or("'data_offsets' is missing or not a list")?;
     let [s, e] = offs.as_slice() else {
         return Err(format!("'data_offsets' must be [begin, end], got {offs:?}"));
     };
     let (Some(s), Some(e)) = (s.as_u64(), e.as_u64()) else {
-        return Err(format!("'data_offsets' must be two byte offsets, got {offs:?}"));
+        return Err(format!(
+            "'data_offsets' must be two byte offsets, got {offs:?}"
+        ));
     };
     if s > e {
         return Err(format!("data offsets [{s}, {e}] end before they begin"));
     }
     if e > data_len {
-        return Err(format!("data offsets [{s}, {e}] lie outside the data section of {data_len} bytes"));
+        return Err(format!(
+            "data offsets [{s}, {e}] lie outside the data section of {data_len} bytes"
+        ));
     }
     let need = shape
         .iter()
@@ -183,10 +226,18 @@ fn parse_info(info: &Value, data_len: u64) -> std::result::Result<StTensor, Stri
         .map(|b| b.div_ceil(8))
         .ok_or_else(|| format!("shape {shape:?} is too large"))?;
     if e - s != need {
-        return Err(format!("holds {} bytes but a {dtype} tensor of shape {shape:?} needs {need}", e - s));
+        return Err(format!(
+            "holds {} bytes but a {dtype} tensor of shape {shape:?} needs {need}",
+            e - s
+        ));
     }
     // both fit in the file, hence in usize
-    Ok(StTensor { dtype: dtype.to_string(), shape, offset: s as usize, size: (e - s) as usize })
+    Ok(StTensor {
+        dtype: dtype.to_string(),
+        shape,
+        offset: s as usize,
+        size: (e - s) as usize,
+    })
 }
 
 /// `config.json` with errors that name it and the field at fault.
@@ -198,9 +249,12 @@ struct Config {
 impl Config {
     fn read(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| FrontendError::io(path, e))?;
-        let v: Map<String, Value> =
-            serde_json::from_str(&text).map_err(|e| FrontendError::bad(path, format!("not a JSON object: {e}")))?;
-        Ok(Config { path: path.to_path_buf(), v })
+        let v: Map<String, Value> = serde_json::from_str(&text)
+            .map_err(|e| FrontendError::bad(path, format!("not a JSON object: {e}")))?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            v,
+        })
     }
 
     fn get(&self, key: &str) -> Option<&Value> {
@@ -210,45 +264,57 @@ impl Config {
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => {
-                v.as_u64().and_then(|n| usize::try_from(n).ok()).map(Some).ok_or_else(|| {
-                    FrontendError::bad(&self.path, format!("field '{key}' must be a non-negative integer, got {v}"))
-                })
-            }
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    FrontendError::bad(
+                        &self.path,
+                        format!("field '{key}' must be a non-negative integer, got {v}"),
+                    )
+                }),
         }
     }
 
     fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| FrontendError::bad(&self.path, format!("field '{key}' is missing")))
+        self.opt_usize(key)?
+            .ok_or_else(|| FrontendError::bad(&self.path, format!("field '{key}' is missing")))
     }
 
     fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(|f| Some(f as f32))
-                .ok_or_else(|| FrontendError::bad(&self.path, format!("field '{key}' must be a number, got {v}"))),
+            Some(v) => v.as_f64().map(|f| Some(f as f32)).ok_or_else(|| {
+                FrontendError::bad(
+                    &self.path,
+                    format!("field '{key}' must be a number, got {v}"),
+                )
+            }),
         }
     }
 
     fn opt_str(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| FrontendError::bad(&self.path, format!("field '{key}' must be a string, got {v}"))),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| {
+                FrontendError::bad(
+                    &self.path,
+                    format!("field '{key}' must be a string, got {v}"),
+                )
+            }),
         }
     }
 
     fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| FrontendError::bad(&self.path, format!("field '{key}' must be true or false, got {v}"))),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+                FrontendError::bad(
+                    &self.path,
+                    format!("field '{key}' must be true or false, got {v}"),
+                )
+            }),
         }
     }
 
@@ -265,7 +331,12 @@ impl Config {
         v.as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| FrontendError::bad(&self.path, format!("field '{key}' must be a token id, got {v}")))
+            .ok_or_else(|| {
+                FrontendError::bad(
+                    &self.path,
+                    format!("field '{key}' must be a token id, got {v}"),
+                )
+            })
     }
 
     /// The architecture: the first of `architectures`, else `model_type`.
@@ -273,12 +344,20 @@ impl Config {
         if let Some(a) = self.get("architectures") {
             let first = a.as_array().and_then(|a| a.first()).and_then(Value::as_str);
             return first.map(str::to_string).ok_or_else(|| {
-                FrontendError::bad(&self.path, format!("field 'architectures' must be a list of names, got {a}"))
+                FrontendError::bad(
+                    &self.path,
+                    format!("field 'architectures' must be a list of names, got {a}"),
+                )
             });
         }
         self.opt_str("model_type")?
             .map(str::to_string)
-            .ok_or_else(|| FrontendError::bad(&self.path, "neither 'architectures' nor 'model_type' says what model this is"))
+            .ok_or_else(|| {
+                FrontendError::bad(
+                    &self.path,
+                    "neither 'architectures' nor 'model_type' says what model this is",
+                )
+            })
     }
 }
 
@@ -290,7 +369,10 @@ pub fn load(path: &Path) -> Result<Model> {
     if !config_path.is_file() {
         return Err(FrontendError::bad(
             path,
-            format!("no config.json beside it ({} is missing); llmc needs the model's configuration", config_path.display()),
+            format!(
+                "no config.json beside it ({} is missing); llmc needs the model's configuration",
+                config_path.display()
+            ),
         ));
     }
     let config = Config::read(&config_path)?;
@@ -311,7 +393,10 @@ pub fn load(path: &Path) -> Result<Model> {
     };
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.is_file() {
-        Some(Tokenizer::from_file(&tokenizer_path).map_err(|e| FrontendError::bad(&tokenizer_path, e.to_string()))?)
+        Some(
+            Tokenizer::from_file(&tokenizer_path)
+                .map_err(|e| FrontendError::bad(&tokenizer_path, e.to_string()))?,
+        )
     } else {
         None
     };
@@ -320,16 +405,39 @@ pub fn load(path: &Path) -> Result<Model> {
         Kind::Llama => {
             let cfg = llama_config(&config, &file)?;
             let graph = build_llama(&cfg, NameScheme::HuggingFace, path, &mut source)?;
-            (graph, ModelKind::CausalLm { vocab: cfg.vocab, max_context: cfg.max_context, bos: cfg.bos, eos: cfg.eos })
+            (
+                graph,
+                ModelKind::CausalLm {
+                    vocab: cfg.vocab,
+                    max_context: cfg.max_context,
+                    bos: cfg.bos,
+                    eos: cfg.eos,
+                },
+            )
         }
         Kind::Bert => {
             let cfg = bert_config(&config)?;
-            let prefix = if file.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
-            (build_bert(&cfg, prefix, path, &mut source)?, ModelKind::Encoder { hidden: cfg.hidden })
+            let prefix = if file.contains("bert.embeddings.word_embeddings.weight") {
+                "bert."
+            } else {
+                ""
+            };
+            (
+                build_bert(&cfg, prefix, path, &mut source)?,
+                ModelKind::Encoder { hidden: cfg.hidden },
+            )
         }
     };
-    graph.meta.insert("general.source".into(), "safetensors".into());
-    Ok(Model { graph, kind, tokenizer, architecture: arch, path: path.to_path_buf() })
+    graph
+        .meta
+        .insert("general.source".into(), "safetensors".into());
+    Ok(Model {
+        graph,
+        kind,
+        tokenizer,
+        architecture: arch,
+        path: path.to_path_buf(),
+    })
 }
 
 /// The Llama hyper-parameters of a Hugging Face `config.json`.
@@ -344,7 +452,10 @@ fn llama_config(c: &Config, file: &SafetensorsFile) -> Result<LlamaConfig> {
         }
     }
     if let Some(s) = c.get("rope_scaling") {
-        return Err(FrontendError::unsupported(&c.path, format!("rope_scaling {s}")));
+        return Err(FrontendError::unsupported(
+            &c.path,
+            format!("rope_scaling {s}"),
+        ));
     }
     if c.opt_bool("mlp_bias")? == Some(true) {
         return Err(FrontendError::unsupported(&c.path, "mlp_bias = true"));
@@ -357,7 +468,11 @@ fn llama_config(c: &Config, file: &SafetensorsFile) -> Result<LlamaConfig> {
     let head_dim = match c.opt_usize("head_dim")? {
         Some(d) => d,
         None if hidden % heads == 0 => hidden / heads,
-        None => return Err(bad(format!("hidden_size {hidden} is not a multiple of {heads} heads"))),
+        None => {
+            return Err(bad(format!(
+                "hidden_size {hidden} is not a multiple of {heads} heads"
+            )))
+        }
     };
     let tie = c.opt_bool("tie_word_embeddings")?;
     Ok(LlamaConfig {
@@ -395,7 +510,12 @@ fn bert_config(c: &Config) -> Result<BertConfig> {
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => UnaryOp::GeluTanh,
         "relu" => UnaryOp::Relu,
         "silu" | "swish" => UnaryOp::Silu,
-        other => return Err(FrontendError::unsupported(&c.path, format!("hidden_act '{other}'"))),
+        other => {
+            return Err(FrontendError::unsupported(
+                &c.path,
+                format!("hidden_act '{other}'"),
+            ))
+        }
     };
     Ok(BertConfig {
         layers: c.usize("num_hidden_layers")?,

@@ -67,11 +67,21 @@ pub fn gemm_f32(
 }
 
 /// `x [rows, k] · wᵀ` for `w [n, k]`, plus an optional bias.
-pub fn linear(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+pub fn linear(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let mut out = vec![0f32; rows * n];
-    gemm_f32(rows, n, k, x, k as isize, 1, w, 1, k as isize, &mut out, true);
+    gemm_f32(
+        rows, n, k, x, k as isize, 1, w, 1, k as isize, &mut out, true,
+    );
     if let Some(b) = bias {
-        out.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
+        out.par_chunks_mut(n)
+            .for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
     }
     out
 }
@@ -91,7 +101,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
     let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
     let (k2, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
     if k != k2 {
-        return Err(format!("inner dimensions differ: {:?} times {:?}", a.shape, b.shape));
+        return Err(format!(
+            "inner dimensions differ: {:?} times {:?}",
+            a.shape, b.shape
+        ));
     }
     let ba = &sa[..sa.len() - 2];
     let bb = &sb[..sb.len() - 2];
@@ -103,12 +116,26 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
     let threads = nb == 1;
     let work = |(i, o): (usize, &mut [f32])| {
         let (pa, pb) = (ia[i] * m * k, ib[i] * k * n);
-        gemm_f32(m, n, k, &av[pa..pa + m * k], k as isize, 1, &bv[pb..pb + k * n], n as isize, 1, o, threads);
+        gemm_f32(
+            m,
+            n,
+            k,
+            &av[pa..pa + m * k],
+            k as isize,
+            1,
+            &bv[pb..pb + k * n],
+            n as isize,
+            1,
+            o,
+            threads,
+        );
     };
     if threads {
         out.chunks_mut((m * n).max(1)).enumerate().for_each(work);
     } else {
-        out.par_chunks_mut((m * n).max(1)).enumerate().for_each(work);
+        out.par_chunks_mut((m * n).max(1))
+            .enumerate()
+            .for_each(work);
     }
     let mut shape = batch;
     if !a1 {
@@ -124,8 +151,16 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
     let r = a.len().max(b.len());
     (0..r)
         .map(|i| {
-            let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-            let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+            let da = if i + a.len() >= r {
+                a[i + a.len() - r]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= r {
+                b[i + b.len() - r]
+            } else {
+                1
+            };
             match (da, db) {
                 (x, y) if x == y => Ok(x),
                 (1, y) => Ok(y),
@@ -227,13 +262,16 @@ pub fn unary(op: UnaryOp, t: &Tensor) -> R<Tensor> {
         (Data::F32(v), _) => {
             let mut o = v.clone();
             if o.len() >= PAR_MIN {
-                o.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|x| *x = unary_f32(op, *x)));
+                o.par_chunks_mut(4096)
+                    .for_each(|c| c.iter_mut().for_each(|x| *x = unary_f32(op, *x)));
             } else {
                 o.iter_mut().for_each(|x| *x = unary_f32(op, *x));
             }
             Data::F32(o)
         }
-        (Data::F16(_) | Data::BF16(_), _) => return unary(op, &t.cast(DType::F32)).map(|r| r.cast(t.dtype())),
+        (Data::F16(_) | Data::BF16(_), _) => {
+            return unary(op, &t.cast(DType::F32)).map(|r| r.cast(t.dtype()))
+        }
         (d, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu | UnaryOp::Sign) => {
             let v = d.to_i64();
             let f = |x: i64| match op {
@@ -336,35 +374,57 @@ fn zip_broadcast<A: Copy + Sync, B: Copy + Sync, O: Copy + Send + Default>(
     let mut out = vec![O::default(); n];
     if sa == shape.as_slice() && sb == shape.as_slice() {
         if n >= PAR_MIN {
-            out.par_iter_mut().zip(a.par_iter().zip(b.par_iter())).for_each(|(o, (x, y))| *o = f(*x, *y));
+            out.par_iter_mut()
+                .zip(a.par_iter().zip(b.par_iter()))
+                .for_each(|(o, (x, y))| *o = f(*x, *y));
         } else {
-            out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (x, y))| *o = f(*x, *y));
+            out.iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(o, (x, y))| *o = f(*x, *y));
         }
     } else if sa == shape.as_slice() && (b.len() == 1 || shape.ends_with(sb) && !sb.is_empty()) {
         let m = b.len();
-        let body = |(o, x): (&mut [O], &[A])| o.iter_mut().zip(x).zip(b.iter().cycle()).for_each(|((o, x), y)| *o = f(*x, *y));
+        let body = |(o, x): (&mut [O], &[A])| {
+            o.iter_mut()
+                .zip(x)
+                .zip(b.iter().cycle())
+                .for_each(|((o, x), y)| *o = f(*x, *y))
+        };
         if n >= PAR_MIN && m <= 4096 {
             let c = m * (4096 / m).max(1);
             out.par_chunks_mut(c).zip(a.par_chunks(c)).for_each(body);
         } else {
-            out.chunks_mut(m.max(1)).zip(a.chunks(m.max(1))).for_each(body);
+            out.chunks_mut(m.max(1))
+                .zip(a.chunks(m.max(1)))
+                .for_each(body);
         }
     } else if sb == shape.as_slice() && (a.len() == 1 || shape.ends_with(sa) && !sa.is_empty()) {
         let m = a.len();
         out.chunks_mut(m.max(1))
             .zip(b.chunks(m.max(1)))
-            .for_each(|(o, y)| o.iter_mut().zip(y).zip(a.iter().cycle()).for_each(|((o, y), x)| *o = f(*x, *y)));
+            .for_each(|(o, y)| {
+                o.iter_mut()
+                    .zip(y)
+                    .zip(a.iter().cycle())
+                    .for_each(|((o, y), x)| *o = f(*x, *y))
+            });
     } else {
         let ia = broadcast_index_map(sa, &shape);
         let ib = broadcast_index_map(sb, &shape);
-        out.iter_mut().enumerate().for_each(|(i, o)| *o = f(a[ia[i]], b[ib[i]]));
+        out.iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = f(a[ia[i]], b[ib[i]]));
     }
     Ok((shape, out))
 }
 
 pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> R<Tensor> {
     if a.dtype() != b.dtype() {
-        return Err(format!("operand types differ: {} and {}", a.dtype(), b.dtype()));
+        return Err(format!(
+            "operand types differ: {} and {}",
+            a.dtype(),
+            b.dtype()
+        ));
     }
     let (sa, sb) = (&a.shape, &b.shape);
     if op.is_logical() {
@@ -382,8 +442,12 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> R<Tensor> {
     if op.is_comparison() {
         let (s, v) = match (&a.data, &b.data) {
             (Data::F32(x), Data::F32(y)) => zip_broadcast(x, sa, y, sb, |p, q| compare(op, p, q))?,
-            (Data::Bool(x), Data::Bool(y)) => zip_broadcast(x, sa, y, sb, |p, q| compare(op, p, q))?,
-            (d, e) if d.dtype().is_float() => zip_broadcast(&d.to_f32(), sa, &e.to_f32(), sb, |p, q| compare(op, p, q))?,
+            (Data::Bool(x), Data::Bool(y)) => {
+                zip_broadcast(x, sa, y, sb, |p, q| compare(op, p, q))?
+            }
+            (d, e) if d.dtype().is_float() => {
+                zip_broadcast(&d.to_f32(), sa, &e.to_f32(), sb, |p, q| compare(op, p, q))?
+            }
             (d, e) => zip_broadcast(&d.to_i64(), sa, &e.to_i64(), sb, |p, q| compare(op, p, q))?,
         };
         return Ok(Tensor::new(s, Data::Bool(v)));
@@ -415,7 +479,9 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> R<Tensor> {
 
 /// `cond ? a : b`, broadcast.
 pub fn where_(c: &Tensor, a: &Tensor, b: &Tensor) -> R<Tensor> {
-    let Data::Bool(cv) = &c.data else { return Err("condition must be bool".into()) };
+    let Data::Bool(cv) = &c.data else {
+        return Err("condition must be bool".into());
+    };
     let shape = broadcast_shapes(&broadcast_shapes(&c.shape, &a.shape)?, &b.shape)?;
     let ic = broadcast_index_map(&c.shape, &shape);
     let ia = broadcast_index_map(&a.shape, &shape);
@@ -425,13 +491,27 @@ pub fn where_(c: &Tensor, a: &Tensor, b: &Tensor) -> R<Tensor> {
     let tb = b.data.gather(&ib);
     let pick = |i: usize| cv[ic[i]];
     let data = match (ta, tb) {
-        (Data::F32(x), Data::F32(y)) => Data::F32((0..x.len()).map(|i| if pick(i) { x[i] } else { y[i] }).collect()),
-        (Data::I64(x), Data::I64(y)) => Data::I64((0..x.len()).map(|i| if pick(i) { x[i] } else { y[i] }).collect()),
-        (Data::Bool(x), Data::Bool(y)) => Data::Bool((0..x.len()).map(|i| if pick(i) { x[i] } else { y[i] }).collect()),
+        (Data::F32(x), Data::F32(y)) => Data::F32(
+            (0..x.len())
+                .map(|i| if pick(i) { x[i] } else { y[i] })
+                .collect(),
+        ),
+        (Data::I64(x), Data::I64(y)) => Data::I64(
+            (0..x.len())
+                .map(|i| if pick(i) { x[i] } else { y[i] })
+                .collect(),
+        ),
+        (Data::Bool(x), Data::Bool(y)) => Data::Bool(
+            (0..x.len())
+                .map(|i| if pick(i) { x[i] } else { y[i] })
+                .collect(),
+        ),
         (x, y) => {
             let t = x.dtype();
             let (x, y) = (x.to_f64(), y.to_f64());
-            let v: Vec<f64> = (0..x.len()).map(|i| if pick(i) { x[i] } else { y[i] }).collect();
+            let v: Vec<f64> = (0..x.len())
+                .map(|i| if pick(i) { x[i] } else { y[i] })
+                .collect();
             if t.is_float() {
                 Data::F32(v.iter().map(|&z| z as f32).collect()).cast(t)
             } else {
@@ -444,7 +524,11 @@ pub fn where_(c: &Tensor, a: &Tensor, b: &Tensor) -> R<Tensor> {
 
 /// Splits a shape around an axis: (outer, axis length, inner).
 pub fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
 }
 
 /// Softmax (or log-softmax) over one axis.
@@ -466,26 +550,45 @@ pub fn softmax(t: &Tensor, axis: usize, log: bool) -> Tensor {
             }
             for j in 0..n {
                 let v = &mut o[j * inner + i];
-                *v = if log { xs[j * inner + i] - m - s.ln() } else { *v / s };
+                *v = if log {
+                    xs[j * inner + i] - m - s.ln()
+                } else {
+                    *v / s
+                };
             }
         }
     };
     let chunk = (n * inner).max(1);
     if outer > 1 && x.len() >= PAR_MIN {
-        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, xs)| row(o, xs));
+        out.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(o, xs)| row(o, xs));
     } else {
-        out.chunks_mut(chunk).zip(x.chunks(chunk)).for_each(|(o, xs)| row(o, xs));
+        out.chunks_mut(chunk)
+            .zip(x.chunks(chunk))
+            .for_each(|(o, xs)| row(o, xs));
     }
     Tensor::f32(t.shape.clone(), out).cast(t.dtype())
 }
 
 /// Layer norm (with `center`) or RMS norm over the trailing `cols` elements of each row.
-pub fn norm(t: &Tensor, cols: usize, scale: &[f32], bias: Option<&[f32]>, eps: f32, center: bool) -> Tensor {
+pub fn norm(
+    t: &Tensor,
+    cols: usize,
+    scale: &[f32],
+    bias: Option<&[f32]>,
+    eps: f32,
+    center: bool,
+) -> Tensor {
     let x = t.to_f32_vec();
     let mut out = vec![0f32; x.len()];
     let body = |(o, xs): (&mut [f32], &[f32])| {
         let n = xs.len() as f32;
-        let mean = if center { xs.iter().map(|&v| v as f64).sum::<f64>() as f32 / n } else { 0.0 };
+        let mean = if center {
+            xs.iter().map(|&v| v as f64).sum::<f64>() as f32 / n
+        } else {
+            0.0
+        };
         let var = xs.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() as f32 / n;
         let inv = 1.0 / (var + eps).sqrt();
         for (j, (o, &v)) in o.iter_mut().zip(xs).enumerate() {
@@ -498,7 +601,9 @@ pub fn norm(t: &Tensor, cols: usize, scale: &[f32], bias: Option<&[f32]>, eps: f
     };
     let cols = cols.max(1);
     if x.len() >= PAR_MIN {
-        out.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(body);
+        out.par_chunks_mut(cols)
+            .zip(x.par_chunks(cols))
+            .for_each(body);
     } else {
         out.chunks_mut(cols).zip(x.chunks(cols)).for_each(body);
     }
@@ -537,10 +642,15 @@ pub fn rope(x: &Tensor, pos: &[i64], base: f32, mode: RopeMode, dims: usize) -> 
     let (b, s, h, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let mut v = x.to_f32_vec();
     let half = dims / 2;
-    let inv: Vec<f64> = (0..half).map(|i| (base as f64).powf(-((2 * i) as f64) / dims as f64)).collect();
+    let inv: Vec<f64> = (0..half)
+        .map(|i| (base as f64).powf(-((2 * i) as f64) / dims as f64))
+        .collect();
     v.par_chunks_mut(h * d).enumerate().for_each(|(bs, row)| {
         let p = pos[bs % (b * s)] as f64;
-        let cs: Vec<(f32, f32)> = inv.iter().map(|f| ((p * f).cos() as f32, (p * f).sin() as f32)).collect();
+        let cs: Vec<(f32, f32)> = inv
+            .iter()
+            .map(|f| ((p * f).cos() as f32, (p * f).sin() as f32))
+            .collect();
         for head in row.chunks_mut(d) {
             for (i, &(c, sn)) in cs.iter().enumerate() {
                 let (i0, i1) = match mode {
@@ -558,18 +668,32 @@ pub fn rope(x: &Tensor, pos: &[i64], base: f32, mode: RopeMode, dims: usize) -> 
 
 /// Attention over `q [B, H, S, D]`, `k [B, Hk, T, D]`, `v [B, Hk, T, Dv]` with an optional
 /// additive mask broadcast to `[B, H, S, T]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool, scale: f32) -> R<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    scale: f32,
+) -> R<Tensor> {
     let (b, h, s, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
     let (bk, hk, t, dk) = (k.shape[0], k.shape[1], k.shape[2], k.shape[3]);
     let dv = v.shape[3];
     if bk != b || v.shape[0] != b || dk != d || v.shape[1] != hk || v.shape[2] != t {
-        return Err(format!("q {:?}, k {:?} and v {:?} do not fit together", q.shape, k.shape, v.shape));
+        return Err(format!(
+            "q {:?}, k {:?} and v {:?} do not fit together",
+            q.shape, k.shape, v.shape
+        ));
     }
     if hk == 0 || h % hk != 0 {
-        return Err(format!("{h} query heads are not a multiple of {hk} key/value heads"));
+        return Err(format!(
+            "{h} query heads are not a multiple of {hk} key/value heads"
+        ));
     }
     if causal && t < s {
-        return Err(format!("causal attention needs at least as many keys ({t}) as queries ({s})"));
+        return Err(format!(
+            "causal attention needs at least as many keys ({t}) as queries ({s})"
+        ));
     }
     let (qv, kv, vv) = (q.to_f32_vec(), k.to_f32_vec(), v.to_f32_vec());
     let mask = match mask {
@@ -593,15 +717,25 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, caus
         for i in 0..s {
             let row = &mut p[i * t..(i + 1) * t];
             let limit = if causal { i + t - s + 1 } else { t };
-            let mrow = mask.as_ref().map(|m| &m[(bh * s + i) * t..(bh * s + i + 1) * t]);
+            let mrow = mask
+                .as_ref()
+                .map(|m| &m[(bh * s + i) * t..(bh * s + i + 1) * t]);
             let mut mx = f32::NEG_INFINITY;
             for (j, x) in row.iter_mut().enumerate() {
-                *x = if j < limit { *x * scale + mrow.map_or(0.0, |m| m[j]) } else { f32::NEG_INFINITY };
+                *x = if j < limit {
+                    *x * scale + mrow.map_or(0.0, |m| m[j])
+                } else {
+                    f32::NEG_INFINITY
+                };
                 mx = mx.max(*x);
             }
             let mut sum = 0f32;
             for x in row.iter_mut() {
-                *x = if mx == f32::NEG_INFINITY { 0.0 } else { (*x - mx).exp() };
+                *x = if mx == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (*x - mx).exp()
+                };
                 sum += *x;
             }
             if sum > 0.0 {
@@ -622,12 +756,18 @@ mod tests {
         // x [2, 3] · wᵀ for w [2, 3]
         let x = [1., 2., 3., 4., 5., 6.];
         let w = [1., 0., 0., 0., 1., 1.];
-        assert_eq!(linear(&x, 2, 3, &w, 2, Some(&[10., 20.])), vec![11., 25., 14., 31.]);
+        assert_eq!(
+            linear(&x, 2, 3, &w, 2, Some(&[10., 20.])),
+            vec![11., 25., 14., 31.]
+        );
     }
 
     #[test]
     fn broadcast_map_matches_numpy() {
-        assert_eq!(broadcast_index_map(&[3, 1], &[3, 2]), vec![0, 0, 1, 1, 2, 2]);
+        assert_eq!(
+            broadcast_index_map(&[3, 1], &[3, 2]),
+            vec![0, 0, 1, 1, 2, 2]
+        );
         assert_eq!(broadcast_index_map(&[2], &[3, 2]), vec![0, 1, 0, 1, 0, 1]);
         assert_eq!(broadcast_index_map(&[], &[2]), vec![0, 0]);
     }
@@ -646,7 +786,10 @@ mod tests {
     fn integer_mod_follows_divisor_sign() {
         let a = Tensor::i64(vec![3], vec![-7, 7, 6]);
         let b = Tensor::i64(vec![3], vec![3, -3, 3]);
-        assert_eq!(binary(BinaryOp::Mod, &a, &b).unwrap().as_i64().unwrap(), &[2, -2, 0]);
+        assert_eq!(
+            binary(BinaryOp::Mod, &a, &b).unwrap().as_i64().unwrap(),
+            &[2, -2, 0]
+        );
         assert!(binary(BinaryOp::Div, &a, &Tensor::i64(vec![1], vec![0])).is_err());
     }
 }

@@ -51,7 +51,10 @@ impl<'g> Session<'g> {
     pub fn with_cache(graph: &'g Graph, cache: Arc<WeightCache>) -> Result<Session<'g>, IrError> {
         crate::verify::verify(graph)?;
         if let Some(w) = graph.weights.iter().find(|w| w.data.is_none()) {
-            return Err(IrError::Run(format!("weight @{} has no data (graphs parsed from text carry only hashes)", w.name)));
+            return Err(IrError::Run(format!(
+                "weight @{} has no data (graphs parsed from text carry only hashes)",
+                w.name
+            )));
         }
         let mut last_use = vec![usize::MAX; graph.values.len()];
         for (i, n) in graph.nodes.iter().enumerate() {
@@ -62,7 +65,14 @@ impl<'g> Session<'g> {
         for (_, v) in &graph.outputs {
             last_use[v.0 as usize] = usize::MAX;
         }
-        Ok(Session { graph, cache, states: vec![None; graph.states.len()], last_use, names: graph.value_names(), context: 0 })
+        Ok(Session {
+            graph,
+            cache,
+            states: vec![None; graph.states.len()],
+            last_use,
+            names: graph.value_names(),
+            context: 0,
+        })
     }
 
     pub fn weight_cache(&self) -> Arc<WeightCache> {
@@ -84,12 +94,20 @@ impl<'g> Session<'g> {
         let w = &self.graph.weights[i];
         // dense f32 weights decode the same either way: keep one copy
         let as_f32 = as_f32 || w.ty.enc == Encoding::Dense(DType::F32);
-        let slot = if as_f32 || !w.ty.enc.is_dense() { &self.cache.f32[i] } else { &self.cache.dense[i] };
+        let slot = if as_f32 || !w.ty.enc.is_dense() {
+            &self.cache.f32[i]
+        } else {
+            &self.cache.dense[i]
+        };
         if let Some(t) = slot.get() {
             return Ok(t.clone());
         }
         let data = w.data.as_ref().expect("checked at session start");
-        let t = if as_f32 || !w.ty.enc.is_dense() { data.decode_f32(&w.ty)? } else { data.decode_dense(&w.ty)? };
+        let t = if as_f32 || !w.ty.enc.is_dense() {
+            data.decode_f32(&w.ty)?
+        } else {
+            data.decode_dense(&w.ty)?
+        };
         Ok(slot.get_or_init(|| Arc::new(t)).clone())
     }
 
@@ -98,13 +116,21 @@ impl<'g> Session<'g> {
         let g = self.graph;
         let mut env: Vec<Option<Arc<Tensor>>> = vec![None; g.values.len()];
         let given: HashMap<&str, &Tensor> = inputs.iter().map(|(n, t)| (*n, t)).collect();
-        if let Some((n, _)) = inputs.iter().find(|(n, _)| !g.inputs.iter().any(|(m, _)| m == n)) {
+        if let Some((n, _)) = inputs
+            .iter()
+            .find(|(n, _)| !g.inputs.iter().any(|(m, _)| m == n))
+        {
             let known: Vec<&str> = g.inputs.iter().map(|(m, _)| m.as_str()).collect();
-            return Err(IrError::Run(format!("the graph has no input '{n}' (inputs: {})", known.join(", "))));
+            return Err(IrError::Run(format!(
+                "the graph has no input '{n}' (inputs: {})",
+                known.join(", ")
+            )));
         }
         let mut syms: HashMap<String, u64> = HashMap::new();
         for (name, v) in &g.inputs {
-            let t = given.get(name.as_str()).ok_or_else(|| IrError::Run(format!("input '{name}' is missing")))?;
+            let t = given
+                .get(name.as_str())
+                .ok_or_else(|| IrError::Run(format!("input '{name}' is missing")))?;
             let ty = g.ty(*v);
             if t.dtype() != ty.dtype() || t.rank() != ty.rank() {
                 return Err(IrError::Run(format!(
@@ -135,14 +161,19 @@ impl<'g> Session<'g> {
                 let t = match g.def(*v) {
                     ValueDef::Weight(w) => {
                         // gather keeps a dense table's element type, as inference says it does
-                        let dense_gather = matches!(n.op, Op::Gather { .. }) && g.weights[w as usize].ty.enc.is_dense();
+                        let dense_gather = matches!(n.op, Op::Gather { .. })
+                            && g.weights[w as usize].ty.enc.is_dense();
                         self.weight(w as usize, n.op.accepts_encoded(pos) && !dense_gather)?
                     }
-                    _ => env[v.0 as usize].clone().ok_or_else(|| IrError::Invalid(format!("{} has no value", self.names[v.0 as usize])))?,
+                    _ => env[v.0 as usize].clone().ok_or_else(|| {
+                        IrError::Invalid(format!("{} has no value", self.names[v.0 as usize]))
+                    })?,
                 };
                 args.push(t);
             }
-            let outs = self.eval(&n.op, &args, &mut appended).map_err(|m| IrError::Run(format!("{}: {m}", g.describe_node(&self.names, i))))?;
+            let outs = self
+                .eval(&n.op, &args, &mut appended)
+                .map_err(|m| IrError::Run(format!("{}: {m}", g.describe_node(&self.names, i))))?;
             drop(args);
             for (o, t) in n.outputs.iter().zip(outs) {
                 env[o.0 as usize] = Some(Arc::new(t));
@@ -161,9 +192,14 @@ impl<'g> Session<'g> {
             .map(|(name, v)| {
                 let t = match g.def(*v) {
                     ValueDef::Weight(w) => self.weight(w as usize, false)?,
-                    _ => env[v.0 as usize].clone().ok_or_else(|| IrError::Invalid(format!("output {name} was not computed")))?,
+                    _ => env[v.0 as usize].clone().ok_or_else(|| {
+                        IrError::Invalid(format!("output {name} was not computed"))
+                    })?,
                 };
-                Ok((name.clone(), Arc::try_unwrap(t).unwrap_or_else(|a| (*a).clone())))
+                Ok((
+                    name.clone(),
+                    Arc::try_unwrap(t).unwrap_or_else(|a| (*a).clone()),
+                ))
             })
             .collect()
     }
@@ -182,11 +218,27 @@ impl<'g> Session<'g> {
                 let lo = min.unwrap_or(f32::NEG_INFINITY);
                 let hi = max.unwrap_or(f32::INFINITY);
                 let data = match &x.data {
-                    Data::F32(v) => Data::F32(v.iter().map(|&z| if z.is_nan() { z } else { z.max(lo).min(hi) }).collect()),
-                    d if d.dtype().is_float() => Data::F32(d.to_f32().iter().map(|&z| z.max(lo).min(hi)).collect()).cast(d.dtype()),
+                    Data::F32(v) => Data::F32(
+                        v.iter()
+                            .map(|&z| if z.is_nan() { z } else { z.max(lo).min(hi) })
+                            .collect(),
+                    ),
+                    d if d.dtype().is_float() => {
+                        Data::F32(d.to_f32().iter().map(|&z| z.max(lo).min(hi)).collect())
+                            .cast(d.dtype())
+                    }
                     d => {
-                        let (lo, hi) = (min.map_or(i64::MIN, |m| m as i64), max.map_or(i64::MAX, |m| m as i64));
-                        Data::I64(d.to_i64().iter().map(|&z| z.clamp(lo, hi.max(lo))).collect()).cast(d.dtype())
+                        let (lo, hi) = (
+                            min.map_or(i64::MIN, |m| m as i64),
+                            max.map_or(i64::MAX, |m| m as i64),
+                        );
+                        Data::I64(
+                            d.to_i64()
+                                .iter()
+                                .map(|&z| z.clamp(lo, hi.max(lo)))
+                                .collect(),
+                        )
+                        .cast(d.dtype())
                     }
                 };
                 one(Tensor::new(x.shape.clone(), data))
@@ -197,7 +249,9 @@ impl<'g> Session<'g> {
                 let kdim = *x.shape.last().ok_or("input must have a dimension")?;
                 let (n, kw) = (w.shape[0], w.shape[1]);
                 if kdim != kw {
-                    return Err(format!("input has {kdim} features but the weight takes {kw}"));
+                    return Err(format!(
+                        "input has {kdim} features but the weight takes {kw}"
+                    ));
                 }
                 let rows = x.numel() / kdim.max(1);
                 let xv;
@@ -233,14 +287,26 @@ impl<'g> Session<'g> {
                 let cols: usize = x.shape[ax..].iter().product();
                 let expand = |t: &Tensor| -> R<Vec<f32>> {
                     let full = &x.shape[ax..];
-                    k::broadcast_shapes(&t.shape, full).map_err(|e| format!("scale or bias: {e}"))?;
+                    k::broadcast_shapes(&t.shape, full)
+                        .map_err(|e| format!("scale or bias: {e}"))?;
                     Ok(k::broadcast_to(t, full).to_f32_vec())
                 };
                 let scale = expand(&a[1])?;
                 let bias = a.get(2).map(|b| expand(b)).transpose()?;
-                one(k::norm(x, cols, &scale, bias.as_deref(), *eps, matches!(op, Op::LayerNorm { .. })))
+                one(k::norm(
+                    x,
+                    cols,
+                    &scale,
+                    bias.as_deref(),
+                    *eps,
+                    matches!(op, Op::LayerNorm { .. }),
+                ))
             }
-            Op::Reduce { kind, axes, keepdims } => one(reduce(x.unwrap(), *kind, axes, *keepdims)?),
+            Op::Reduce {
+                kind,
+                axes,
+                keepdims,
+            } => one(reduce(x.unwrap(), *kind, axes, *keepdims)?),
             Op::ArgMax { axis, keepdims } => {
                 let x = x.unwrap();
                 let ax = norm_axis(*axis, x.rank())?;
@@ -284,7 +350,9 @@ impl<'g> Session<'g> {
                 let p: Vec<usize> = if perm.is_empty() {
                     (0..x.rank()).rev().collect()
                 } else {
-                    perm.iter().map(|&p| norm_axis(p, x.rank())).collect::<R<_>>()?
+                    perm.iter()
+                        .map(|&p| norm_axis(p, x.rank()))
+                        .collect::<R<_>>()?
                 };
                 one(k::transpose(x, &p))
             }
@@ -299,8 +367,14 @@ impl<'g> Session<'g> {
                         let n = starts.len();
                         SliceSpec {
                             ends: a[2].to_i64_vec(),
-                            axes: a.get(3).map(|t| t.to_i64_vec()).unwrap_or_else(|| (0..n as i64).collect()),
-                            steps: a.get(4).map(|t| t.to_i64_vec()).unwrap_or_else(|| vec![1; n]),
+                            axes: a
+                                .get(3)
+                                .map(|t| t.to_i64_vec())
+                                .unwrap_or_else(|| (0..n as i64).collect()),
+                            steps: a
+                                .get(4)
+                                .map(|t| t.to_i64_vec())
+                                .unwrap_or_else(|| vec![1; n]),
                             starts,
                         }
                     }
@@ -311,16 +385,28 @@ impl<'g> Session<'g> {
                 let x = x.unwrap();
                 let mut drop = vec![false; x.rank()];
                 if axes.is_empty() {
-                    x.shape.iter().enumerate().for_each(|(i, &d)| drop[i] = d == 1);
+                    x.shape
+                        .iter()
+                        .enumerate()
+                        .for_each(|(i, &d)| drop[i] = d == 1);
                 }
                 for &ax in axes {
                     let ax = norm_axis(ax, x.rank())?;
                     if x.shape[ax] != 1 {
-                        return Err(format!("cannot squeeze dimension {ax} of size {}", x.shape[ax]));
+                        return Err(format!(
+                            "cannot squeeze dimension {ax} of size {}",
+                            x.shape[ax]
+                        ));
                     }
                     drop[ax] = true;
                 }
-                let s = x.shape.iter().zip(&drop).filter(|(_, &d)| !d).map(|(&s, _)| s).collect();
+                let s = x
+                    .shape
+                    .iter()
+                    .zip(&drop)
+                    .filter(|(_, &d)| !d)
+                    .map(|(&s, _)| s)
+                    .collect();
                 one((*x).clone().reshape(s))
             }
             Op::Unsqueeze { axes } => {
@@ -331,7 +417,10 @@ impl<'g> Session<'g> {
                     ins[norm_axis(ax, r)?] = true;
                 }
                 let mut src = x.shape.iter();
-                let s = ins.iter().map(|&i| if i { 1 } else { *src.next().unwrap() }).collect();
+                let s = ins
+                    .iter()
+                    .map(|&i| if i { 1 } else { *src.next().unwrap() })
+                    .collect();
                 one((*x).clone().reshape(s))
             }
             Op::Expand { shape } => {
@@ -364,12 +453,21 @@ impl<'g> Session<'g> {
                 if reps.len() != x.rank() || reps.iter().any(|&r| r < 0) {
                     return Err(format!("repeats {reps:?} do not fit rank {}", x.rank()));
                 }
-                let shape: Vec<usize> = x.shape.iter().zip(&reps).map(|(&d, &r)| d * r as usize).collect();
+                let shape: Vec<usize> = x
+                    .shape
+                    .iter()
+                    .zip(&reps)
+                    .map(|(&d, &r)| d * r as usize)
+                    .collect();
                 let st = strides(&x.shape);
                 let n: usize = shape.iter().product();
                 let ost = strides(&shape);
                 let idx: Vec<usize> = (0..n)
-                    .map(|i| (0..shape.len()).map(|d| (i / ost[d] % shape[d]) % x.shape[d] * st[d]).sum())
+                    .map(|i| {
+                        (0..shape.len())
+                            .map(|d| (i / ost[d] % shape[d]) % x.shape[d] * st[d])
+                            .sum()
+                    })
                     .collect();
                 one(Tensor::new(shape, x.data.gather(&idx)))
             }
@@ -391,7 +489,11 @@ impl<'g> Session<'g> {
                 one(Tensor::new(shape, value.data.gather(&vec![0; n])))
             }
             Op::Range => {
-                let (s, l, d) = (a[0].data.to_f64()[0], a[1].data.to_f64()[0], a[2].data.to_f64()[0]);
+                let (s, l, d) = (
+                    a[0].data.to_f64()[0],
+                    a[1].data.to_f64()[0],
+                    a[2].data.to_f64()[0],
+                );
                 if d == 0.0 {
                     return Err("range delta must not be 0".into());
                 }
@@ -409,13 +511,24 @@ impl<'g> Session<'g> {
                 let (x, p) = (&a[0], &a[1]);
                 let (b, s) = (x.shape[0], x.shape[1]);
                 let pos = p.to_i64_vec();
-                if p.shape != [b, s] && !(p.shape.len() == 2 && p.shape[0] == 1 && p.shape[1] == s) {
-                    return Err(format!("positions {:?} do not fit input {:?}", p.shape, x.shape));
+                if p.shape != [b, s] && !(p.shape.len() == 2 && p.shape[0] == 1 && p.shape[1] == s)
+                {
+                    return Err(format!(
+                        "positions {:?} do not fit input {:?}",
+                        p.shape, x.shape
+                    ));
                 }
                 let d = dims.map_or(x.shape[3], |d| d as usize);
                 one(k::rope(x, &pos, *base, *mode, d))
             }
-            Op::Attention { causal, scale } => one(k::attention(&a[0], &a[1], &a[2], a.get(3).map(|m| m.as_ref()), *causal, *scale)?),
+            Op::Attention { causal, scale } => one(k::attention(
+                &a[0],
+                &a[1],
+                &a[2],
+                a.get(3).map(|m| m.as_ref()),
+                *causal,
+                *scale,
+            )?),
             Op::CacheConcat { state, axis } => {
                 let x = x.unwrap();
                 let ax = norm_axis(*axis, x.rank())?;
@@ -442,7 +555,11 @@ fn resolve_reshape(shape: &[usize], target: &[i64]) -> R<Vec<usize>> {
     let mut infer = None;
     for (i, &d) in target.iter().enumerate() {
         match d {
-            0 => out.push(*shape.get(i).ok_or_else(|| format!("0 at position {i} copies a dimension {shape:?} lacks"))?),
+            0 => {
+                out.push(*shape.get(i).ok_or_else(|| {
+                    format!("0 at position {i} copies a dimension {shape:?} lacks")
+                })?)
+            }
             -1 if infer.is_none() => {
                 infer = Some(i);
                 out.push(1);
@@ -458,7 +575,9 @@ fn resolve_reshape(shape: &[usize], target: &[i64]) -> R<Vec<usize>> {
         }
         out[i] = n / known;
     } else if known != n {
-        return Err(format!("cannot reshape {shape:?} ({n} elements) to {target:?}"));
+        return Err(format!(
+            "cannot reshape {shape:?} ({n} elements) to {target:?}"
+        ));
     }
     Ok(out)
 }
@@ -472,7 +591,9 @@ fn gather(data: &Tensor, idx: &Tensor, axis: i64) -> R<Tensor> {
         for &i in &ids {
             let j = if i < 0 { i + n as i64 } else { i };
             if j < 0 || j >= n as i64 {
-                return Err(format!("index {i} is out of range for dimension {ax} of size {n}"));
+                return Err(format!(
+                    "index {i} is out of range for dimension {ax} of size {n}"
+                ));
             }
             let base = (o * n + j as usize) * inner;
             pick.extend(base..base + inner);
@@ -489,11 +610,20 @@ fn concat(parts: &[Arc<Tensor>], axis: i64) -> R<Tensor> {
     let ax = norm_axis(axis, first.rank())?;
     for p in parts {
         if p.rank() != first.rank() || p.dtype() != first.dtype() {
-            return Err(format!("cannot concatenate {:?} {} with {:?} {}", p.shape, p.dtype(), first.shape, first.dtype()));
+            return Err(format!(
+                "cannot concatenate {:?} {} with {:?} {}",
+                p.shape,
+                p.dtype(),
+                first.shape,
+                first.dtype()
+            ));
         }
         for d in 0..first.rank() {
             if d != ax && p.shape[d] != first.shape[d] {
-                return Err(format!("cannot concatenate {:?} with {:?} along axis {ax}", p.shape, first.shape));
+                return Err(format!(
+                    "cannot concatenate {:?} with {:?} along axis {ax}",
+                    p.shape, first.shape
+                ));
             }
         }
     }
@@ -538,13 +668,21 @@ fn split(x: &Tensor, axis: i64, sizes: &[i64]) -> R<Vec<Tensor>> {
     let ax = norm_axis(axis, x.rank())?;
     let total: i64 = sizes.iter().sum();
     if total != x.shape[ax] as i64 {
-        return Err(format!("split sizes {sizes:?} do not add up to dimension {ax} of {:?}", x.shape));
+        return Err(format!(
+            "split sizes {sizes:?} do not add up to dimension {ax} of {:?}",
+            x.shape
+        ));
     }
     let mut start = 0i64;
     sizes
         .iter()
         .map(|&s| {
-            let spec = SliceSpec { starts: vec![start], ends: vec![start + s], axes: vec![ax as i64], steps: vec![1] };
+            let spec = SliceSpec {
+                starts: vec![start],
+                ends: vec![start + s],
+                axes: vec![ax as i64],
+                steps: vec![1],
+            };
             start += s;
             slice(x, &spec)
         })
@@ -556,7 +694,10 @@ fn slice(x: &Tensor, spec: &SliceSpec) -> R<Tensor> {
     let mut start = vec![0i64; r];
     let mut step = vec![1i64; r];
     let mut len: Vec<i64> = x.shape.iter().map(|&d| d as i64).collect();
-    if spec.ends.len() != spec.starts.len() || spec.axes.len() != spec.starts.len() || spec.steps.len() != spec.starts.len() {
+    if spec.ends.len() != spec.starts.len()
+        || spec.axes.len() != spec.starts.len()
+        || spec.steps.len() != spec.starts.len()
+    {
         return Err("starts, ends, axes and steps must have one length".into());
     }
     for i in 0..spec.starts.len() {
@@ -564,7 +705,12 @@ fn slice(x: &Tensor, spec: &SliceSpec) -> R<Tensor> {
         if spec.steps[i] == 0 {
             return Err("slice step must not be 0".into());
         }
-        let (s, st, n) = slice_range(x.shape[ax] as i64, spec.starts[i], spec.ends[i], spec.steps[i]);
+        let (s, st, n) = slice_range(
+            x.shape[ax] as i64,
+            spec.starts[i],
+            spec.ends[i],
+            spec.steps[i],
+        );
         start[ax] = s;
         step[ax] = st;
         len[ax] = n;
@@ -574,7 +720,11 @@ fn slice(x: &Tensor, spec: &SliceSpec) -> R<Tensor> {
     let st = strides(&x.shape);
     let ost = strides(&shape);
     let idx: Vec<usize> = (0..n)
-        .map(|i| (0..r).map(|d| ((start[d] + (i / ost[d] % shape[d]) as i64 * step[d]) as usize) * st[d]).sum())
+        .map(|i| {
+            (0..r)
+                .map(|d| ((start[d] + (i / ost[d] % shape[d]) as i64 * step[d]) as usize) * st[d])
+                .sum()
+        })
         .collect();
     Ok(Tensor::new(shape, x.data.gather(&idx)))
 }
@@ -587,13 +737,25 @@ fn reduce(x: &Tensor, kind: crate::ops::ReduceKind, axes: &[i64], keepdims: bool
         red[norm_axis(a, r)?] = true;
     }
     // move reduced axes last, then reduce rows
-    let perm: Vec<usize> = (0..r).filter(|&d| !red[d]).chain((0..r).filter(|&d| red[d])).collect();
+    let perm: Vec<usize> = (0..r)
+        .filter(|&d| !red[d])
+        .chain((0..r).filter(|&d| red[d]))
+        .collect();
     let t = k::transpose(x, &perm);
     let cols: usize = (0..r).filter(|&d| red[d]).map(|d| x.shape[d]).product();
     // Counted from the kept dimensions: an empty reduced axis still leaves rows to fill.
     let rows: usize = (0..r).filter(|&d| !red[d]).map(|d| x.shape[d]).product();
-    let out_shape: Vec<usize> =
-        (0..r).filter_map(|d| if !red[d] { Some(x.shape[d]) } else if keepdims { Some(1) } else { None }).collect();
+    let out_shape: Vec<usize> = (0..r)
+        .filter_map(|d| {
+            if !red[d] {
+                Some(x.shape[d])
+            } else if keepdims {
+                Some(1)
+            } else {
+                None
+            }
+        })
+        .collect();
     let is_int = x.dtype().is_int();
     let v = t.data.to_f64();
     let res: Vec<f64> = (0..rows)
@@ -626,14 +788,24 @@ pub fn run_once(g: &Graph, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Ten
 pub fn trace(g: &Graph, inputs: &[(&str, Tensor)]) -> Result<Vec<(ValueId, Tensor)>, IrError> {
     // build a copy of the graph whose outputs are every node result
     let mut t = g.clone();
-    t.outputs = g.nodes.iter().flat_map(|n| n.outputs.iter()).map(|v| (format!("v{}", v.0), *v)).collect();
+    t.outputs = g
+        .nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter())
+        .map(|v| (format!("v{}", v.0), *v))
+        .collect();
     let res = Session::new(&t)?.run(inputs)?;
-    Ok(t.outputs.iter().map(|(_, v)| *v).zip(res.into_iter().map(|(_, t)| t)).collect())
+    Ok(t.outputs
+        .iter()
+        .map(|(_, v)| *v)
+        .zip(res.into_iter().map(|(_, t)| t))
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::ReduceKind;
     use crate::types::TensorType;
     use crate::weights::WeightData;
 
@@ -643,20 +815,23 @@ mod tests {
         let mut g = Graph::new("t");
         let ids = g.add_input("ids", TensorType::fixed(&[2], DType::I64));
         let table = Tensor::f32(vec![3, 2], vec![1., 2., 3., 4., 5., 6.]).cast(DType::BF16);
-        let w = g.add_weight("emb", TensorType::fixed(&[3, 2], DType::BF16), Some(WeightData::from_tensor(&table, "t"))).unwrap();
+        let w = g
+            .add_weight(
+                "emb",
+                TensorType::fixed(&[3, 2], DType::BF16),
+                Some(WeightData::from_tensor(&table, "t")),
+            )
+            .unwrap();
         let y = g.add1(Op::Gather { axis: 0 }, &[w, ids]).unwrap();
         assert_eq!(g.ty(y).dtype(), DType::BF16);
         g.set_output("y", y);
-        let out = Session::new(&g).unwrap().run(&[("ids", Tensor::i64(vec![2], vec![2, 0]))]).unwrap();
+        let out = Session::new(&g)
+            .unwrap()
+            .run(&[("ids", Tensor::i64(vec![2], vec![2, 0]))])
+            .unwrap();
         assert_eq!(out[0].1.dtype(), DType::BF16);
         assert_eq!(out[0].1.to_f32_vec(), vec![5., 6., 1., 2.]);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ops::ReduceKind;
 
     #[test]
     fn reducing_an_empty_axis_gives_the_identity_of_the_reduction() {

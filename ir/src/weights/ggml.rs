@@ -72,7 +72,9 @@ impl GgmlType {
     pub fn block_len(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => 32,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+                32
+            }
             GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
         }
     }
@@ -96,7 +98,14 @@ impl GgmlType {
     /// The encoding that holds this type without loss. K-quants' two-level scales become
     /// one f32 scale (and offset) per sub-block.
     pub fn encoding(self) -> Encoding {
-        let q = |bits, g, scale, zero| Encoding::Quant(QuantSpec { bits, group: Group::Size(g), scale, zero });
+        let q = |bits, g, scale, zero| {
+            Encoding::Quant(QuantSpec {
+                bits,
+                group: Group::Size(g),
+                scale,
+                zero,
+            })
+        };
         match self {
             GgmlType::F32 => Encoding::Dense(DType::F32),
             GgmlType::F16 => Encoding::Dense(DType::F16),
@@ -130,14 +139,21 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
 fn decode_block(t: GgmlType, b: &[u8], out: &mut Block) {
     match t {
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let (d, m, qs) = if t == GgmlType::Q4_0 { (h(b, 0), -8.0 * h(b, 0), &b[2..18]) } else { (h(b, 0), h(b, 2), &b[4..20]) };
+            let (d, m, qs) = if t == GgmlType::Q4_0 {
+                (h(b, 0), -8.0 * h(b, 0), &b[2..18])
+            } else {
+                (h(b, 0), h(b, 2), &b[4..20])
+            };
             for j in 0..16 {
                 out.codes[j] = qs[j] & 0xF;
                 out.codes[j + 16] = qs[j] >> 4;
@@ -146,8 +162,11 @@ fn decode_block(t: GgmlType, b: &[u8], out: &mut Block) {
             out.offsets[0] = m;
         }
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
-            let (d, m, rest) =
-                if t == GgmlType::Q5_0 { (h(b, 0), -16.0 * h(b, 0), &b[2..]) } else { (h(b, 0), h(b, 2), &b[4..]) };
+            let (d, m, rest) = if t == GgmlType::Q5_0 {
+                (h(b, 0), -16.0 * h(b, 0), &b[2..])
+            } else {
+                (h(b, 0), h(b, 2), &b[4..])
+            };
             let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
             let qs = &rest[4..20];
             for j in 0..16 {
@@ -170,7 +189,11 @@ fn decode_block(t: GgmlType, b: &[u8], out: &mut Block) {
         GgmlType::Q4K | GgmlType::Q5K => {
             let (d, dmin) = (h(b, 0), h(b, 2));
             let sc = &b[4..16];
-            let (qh, ql) = if t == GgmlType::Q5K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+            let (qh, ql) = if t == GgmlType::Q5K {
+                (Some(&b[16..48]), &b[48..176])
+            } else {
+                (None, &b[16..144])
+            };
             for chunk in 0..4 {
                 let q = &ql[chunk * 32..chunk * 32 + 32];
                 for half in 0..2 {
@@ -205,7 +228,9 @@ fn decode_block(t: GgmlType, b: &[u8], out: &mut Block) {
                 }
             }
         }
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => unreachable!("dense types have no blocks"),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            unreachable!("dense types have no blocks")
+        }
     }
 }
 
@@ -219,24 +244,45 @@ fn sub_len(t: GgmlType) -> usize {
 /// Decodes a whole GGML tensor to f32 (the length was checked by the caller).
 pub fn decode(t: GgmlType, raw: &[u8]) -> Vec<f32> {
     match t {
-        GgmlType::F32 => return raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        GgmlType::F16 => return raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        GgmlType::BF16 => return raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        GgmlType::F32 => {
+            return raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        }
+        GgmlType::F16 => {
+            return raw
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect()
+        }
+        GgmlType::BF16 => {
+            return raw
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect()
+        }
         _ => {}
     }
     use rayon::prelude::*;
     let (bl, bb, sl) = (t.block_len(), t.block_bytes(), sub_len(t));
     let mut out = vec![0f32; raw.len() / bb * bl];
-    out.par_chunks_mut(bl * 64).zip(raw.par_chunks(bb * 64)).for_each(|(o, r)| {
-        let mut blk = Block { codes: [0; 256], scales: [0.0; 16], offsets: [0.0; 16] };
-        for (o, b) in o.chunks_exact_mut(bl).zip(r.chunks_exact(bb)) {
-            decode_block(t, b, &mut blk);
-            for (i, x) in o.iter_mut().enumerate() {
-                let s = i / sl;
-                *x = blk.scales[s] * blk.codes[i] as f32 + blk.offsets[s];
+    out.par_chunks_mut(bl * 64)
+        .zip(raw.par_chunks(bb * 64))
+        .for_each(|(o, r)| {
+            let mut blk = Block {
+                codes: [0; 256],
+                scales: [0.0; 16],
+                offsets: [0.0; 16],
+            };
+            for (o, b) in o.chunks_exact_mut(bl).zip(r.chunks_exact(bb)) {
+                decode_block(t, b, &mut blk);
+                for (i, x) in o.iter_mut().enumerate() {
+                    let s = i / sl;
+                    *x = blk.scales[s] * blk.codes[i] as f32 + blk.offsets[s];
+                }
             }
-        }
-    });
+        });
     out
 }
 
@@ -251,7 +297,11 @@ pub fn to_canonical(t: GgmlType, raw: &[u8], shape: &[u64]) -> Vec<u8> {
     let mut codes = vec![0u8; n];
     let mut scales = Vec::with_capacity(n / sl);
     let mut zeros = Vec::with_capacity(n / sl);
-    let mut blk = Block { codes: [0; 256], scales: [0.0; 16], offsets: [0.0; 16] };
+    let mut blk = Block {
+        codes: [0; 256],
+        scales: [0.0; 16],
+        offsets: [0.0; 16],
+    };
     let center = (1u32 << (q.bits - 1)) as f32;
     for (o, b) in codes.chunks_exact_mut(bl).zip(raw.chunks_exact(bb)) {
         decode_block(t, b, &mut blk);
@@ -262,7 +312,10 @@ pub fn to_canonical(t: GgmlType, raw: &[u8], shape: &[u64]) -> Vec<u8> {
             if q.zero == Zero::Float {
                 zeros.push(blk.offsets[s]);
             } else {
-                debug_assert!((blk.offsets[s] + center * blk.scales[s]).abs() <= 1e-6 * blk.scales[s].abs().max(1.0));
+                debug_assert!(
+                    (blk.offsets[s] + center * blk.scales[s]).abs()
+                        <= 1e-6 * blk.scales[s].abs().max(1.0)
+                );
             }
         }
     }
@@ -319,7 +372,14 @@ mod tests {
             seed ^= seed << 5;
             seed as u8
         };
-        for t in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+        for t in [
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+        ] {
             let rows = 2u64;
             let cols = 512u64;
             let nblocks = (rows * cols) as usize / t.block_len();
@@ -338,11 +398,19 @@ mod tests {
                 raw.extend(b);
             }
             let direct = decode(t, &raw);
-            let ty = TensorType { shape: Shape::fixed(&[rows as usize, cols as usize]), enc: t.encoding() };
+            let ty = TensorType {
+                shape: Shape::fixed(&[rows as usize, cols as usize]),
+                enc: t.encoding(),
+            };
             let canon = to_canonical(t, &raw, &[rows, cols]);
-            let via = WeightData::new(Bytes::owned(canon), Format::Canonical, "c").decode_f32(&ty).unwrap();
+            let via = WeightData::new(Bytes::owned(canon), Format::Canonical, "c")
+                .decode_f32(&ty)
+                .unwrap();
             for (i, (a, b)) in direct.iter().zip(via.as_f32().unwrap()).enumerate() {
-                assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{t:?} element {i}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                    "{t:?} element {i}: {a} vs {b}"
+                );
             }
         }
     }

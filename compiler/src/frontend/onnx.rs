@@ -1,8 +1,0 @@
-//! onnx frontend (being written).
-
-use super::{FrontendError, Model, Result};
-use std::path::Path;
-
-pub fn load(path: &Path) -> Result<Model> {
-    Err(FrontendError::unsupported(path, "the onnx frontend is not written yet"))
-}

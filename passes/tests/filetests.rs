@@ -1,0 +1,206 @@
+//! Filetests: IR text in `tests/filetests/*.llmc`, the patterns its `// RUN:` line names run to
+//! a fixpoint, the result verified, snapshotted, checked against `// CHECK:` lines, and run in
+//! the interpreter before and after on the same inputs (outputs within 1e-5).
+
+use llmc_ir::{parse, print, verify, DType, Data, Dim, Graph, Tensor, WeightData};
+use llmc_passes::{apply_patterns, patterns_by_name, RewriteConfig};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Deterministic values in [-2, 2).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+    }
+
+    fn tensor(&mut self, shape: Vec<usize>, dtype: DType) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.next()).collect();
+        match dtype {
+            d if d.is_float() => Tensor::f32(shape, v).cast(d),
+            DType::Bool => Tensor::new(shape, Data::Bool(v.iter().map(|x| *x > 0.0).collect())),
+            d => Tensor::i64(shape, v.iter().map(|x| (x.abs() * 1.5) as i64).collect()).cast(d),
+        }
+    }
+}
+
+/// The `// NAME: value` lines of a file.
+fn directives<'a>(src: &'a str, name: &str) -> Vec<&'a str> {
+    let tag = format!("// {name}:");
+    src.lines()
+        .filter_map(|l| l.trim().strip_prefix(tag.as_str()))
+        .map(str::trim)
+        .collect()
+}
+
+fn attach_weights(g: &mut Graph, rng: &mut Rng) {
+    for w in &mut g.weights {
+        let dims = w.ty.shape.as_fixed().expect("weights have fixed shapes");
+        let t = rng.tensor(dims, w.ty.dtype());
+        let data = WeightData::from_tensor(&t, format!("filetest weight @{}", w.name));
+        w.hash = data.hash();
+        w.data = Some(data);
+    }
+}
+
+fn make_inputs(g: &Graph, dims: &HashMap<String, usize>, rng: &mut Rng) -> Vec<(String, Tensor)> {
+    g.inputs
+        .iter()
+        .map(|(name, v)| {
+            let ty = g.ty(*v);
+            let shape: Vec<usize> = ty
+                .shape
+                .0
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n as usize,
+                    Dim::Sym(s) => dims.get(s).copied().unwrap_or(3),
+                    Dim::Any => 3,
+                })
+                .collect();
+            (name.clone(), rng.tensor(shape, ty.dtype()))
+        })
+        .collect()
+}
+
+fn run(g: &Graph, inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    let ins: Vec<(&str, Tensor)> = inputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    llmc_ir::interp::run_once(g, &ins).unwrap_or_else(|e| panic!("interpreter: {e}\n{}", print(g)))
+}
+
+/// Runs one filetest; returns the rewritten graph's text for the snapshot.
+fn run_file(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/filetests")
+        .join(file);
+    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let run_line = directives(&src, "RUN");
+    assert_eq!(
+        run_line.len(),
+        1,
+        "{file}: needs exactly one // RUN: line naming the patterns"
+    );
+    let dims: HashMap<String, usize> = directives(&src, "DIMS")
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.trim().to_string(), v.trim().parse().ok()?))
+        })
+        .collect();
+    let mut g = parse(file, &src).unwrap_or_else(|e| panic!("{e}"));
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    attach_weights(&mut g, &mut rng);
+    verify(&g).unwrap_or_else(|e| panic!("{file} does not verify before the pass: {e}"));
+    let inputs = make_inputs(&g, &dims, &mut rng);
+    let before = run(&g, &inputs);
+    let patterns = patterns_by_name(run_line[0]).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let stats = apply_patterns(&mut g, &patterns, &RewriteConfig::default())
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    verify(&g).unwrap_or_else(|e| {
+        panic!(
+            "{file} does not verify after {}: {e}\n{}",
+            run_line[0],
+            print(&g)
+        )
+    });
+    let text = print(&g);
+    // The printed form is a fixed point of the parser.
+    let reparsed = parse(file, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        print(&reparsed),
+        text,
+        "{file}: print(parse(print(g))) differs"
+    );
+    let after = run(&g, &inputs);
+    assert_eq!(before.len(), after.len());
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        assert_eq!(a.shape, b.shape, "{file}: output {name} changed shape");
+        let (x, y) = (a.to_f32_vec(), b.to_f32_vec());
+        let worst = x
+            .iter()
+            .zip(&y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= 1e-5,
+            "{file}: output {name} differs by {worst} after {}",
+            run_line[0]
+        );
+    }
+    let hist = g.op_histogram();
+    for op in directives(&src, "CHECK") {
+        assert!(hist.contains_key(op), "{file}: CHECK: no '{op}' in\n{text}");
+    }
+    for op in directives(&src, "CHECK-NOT") {
+        assert!(
+            !hist.contains_key(op),
+            "{file}: CHECK-NOT: '{op}' is still in\n{text}"
+        );
+    }
+    for line in directives(&src, "CHECK-COUNT") {
+        let (op, n) = line.split_once(' ').expect("CHECK-COUNT: op count");
+        let n: usize = n.trim().parse().expect("a count");
+        assert_eq!(
+            hist.get(op).copied().unwrap_or(0),
+            n,
+            "{file}: CHECK-COUNT: {line}\n{text}"
+        );
+    }
+    let fired: Vec<String> = stats
+        .fired
+        .iter()
+        .map(|(k, v)| format!("{k} x{v}"))
+        .collect();
+    format!("// fired: {}\n{text}", fired.join(", "))
+}
+
+macro_rules! filetest {
+    ($name:ident, $file:expr) => {
+        #[test]
+        fn $name() {
+            insta::assert_snapshot!(stringify!($name), run_file($file));
+        }
+    };
+}
+
+filetest!(layer_norm, "layer_norm.llmc");
+filetest!(
+    layer_norm_square_no_affine,
+    "layer_norm_square_no_affine.llmc"
+);
+filetest!(layer_norm_no_match, "layer_norm_no_match.llmc");
+filetest!(gelu, "gelu.llmc");
+filetest!(gelu_orders, "gelu_orders.llmc");
+filetest!(gelu_tanh, "gelu_tanh.llmc");
+filetest!(attention, "attention.llmc");
+filetest!(attention_scaled_inputs, "attention_scaled_inputs.llmc");
+filetest!(linear, "linear.llmc");
+filetest!(canonicalize, "canonicalize.llmc");
+filetest!(fold_large, "fold_large.llmc");
+filetest!(shape_exprs, "shape_exprs.llmc");
+
+#[test]
+fn every_fixture_has_a_test() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests");
+    let me =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests.rs"))
+            .unwrap();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".llmc") {
+            assert!(
+                me.contains(&format!("\"{name}\"")),
+                "filetests/{name} has no filetest! line"
+            );
+        }
+    }
+}
