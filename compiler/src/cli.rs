@@ -34,6 +34,49 @@ pub enum Command {
     Eval(EvalArgs),
     /// Run a model: generate text from a prompt, embed sentences, or run on .npy inputs.
     Run(RunArgs),
+    /// Compile a model into a bundle: static library, C header, weights, manifest.
+    Build(BuildArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    pub model: PathBuf,
+    /// Output directory.
+    #[arg(short = 'o', long = "output", default_value = "out")]
+    pub output: PathBuf,
+    /// Bundle name: prefix of the C symbols and files (default: from the model's file name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Target triple or short name: host, x86_64, aarch64.
+    #[arg(long, default_value = "host")]
+    pub target: String,
+    /// CPU to tune for and whose features to use (znver4, skylake-avx512, cortex-a76, ...).
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Feature switches, as clang takes them: +avx512vnni,-avx512f,+dotprod.
+    #[arg(long)]
+    pub features: Option<String>,
+    /// Weight/activation scheme: none, f16, w8a16, w8a8, w4a16, w4a8.
+    #[arg(long, default_value = "none")]
+    pub quant: String,
+    /// Group size of 4-bit weights (32, 64, 128); 8-bit weights default to per channel.
+    #[arg(long)]
+    pub group: Option<u32>,
+    /// Tokens the KV cache holds.
+    #[arg(long, default_value_t = 2048)]
+    pub max_context: i64,
+    /// Tokens one prefill call may take.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: i64,
+    /// Largest value of a named input dimension of a non-decoder graph: NAME=MAX (repeatable).
+    #[arg(long = "dim", value_name = "NAME=MAX")]
+    pub dims: Vec<String>,
+    /// Extra outputs: so, llvm-ir, asm (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub emit: Vec<String>,
+    /// Replace an existing bundle in the output directory.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +156,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect(a),
         Command::Eval(a) => eval(a),
         Command::Run(a) => run(a),
+        Command::Build(a) => build(a),
     }
 }
 
@@ -450,4 +494,120 @@ fn run_npy(m: &Model, a: &RunArgs) -> Result<()> {
         .and_then(|mut s| s.run(&refs))
         .map_err(|e| miette!("{e}"))?;
     write_outputs(a, &outs)
+}
+
+/// A C identifier from a model's file name.
+fn default_name(model: &Path) -> String {
+    let stem = model
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model");
+    let stem = if model.is_dir() {
+        model
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model")
+    } else {
+        stem
+    };
+    let mut s: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !s.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        s.insert_str(0, "m_");
+    }
+    s
+}
+
+fn build(a: BuildArgs) -> Result<()> {
+    use llmc_backends::cpu::{BuildOptions, EmitRequest};
+    use llmc_passes::quant::{QuantOptions, Scheme};
+    let scheme = Scheme::parse(&a.quant).ok_or_else(|| {
+        miette!(
+            help = format!("choose one of {}", Scheme::NAMES.join(", ")),
+            "--quant '{}' is not a scheme llmc knows",
+            a.quant
+        )
+    })?;
+    let mut out = crate::bundle::Outputs::default();
+    for e in &a.emit {
+        match e.as_str() {
+            "so" => out.so = true,
+            "llvm-ir" => out.llvm_ir = true,
+            "asm" => out.asm = true,
+            "obj" => {}
+            other => {
+                return Err(miette!(
+                    help = "--emit takes so, llvm-ir, asm, obj",
+                    "--emit '{other}' is not an output llmc writes"
+                ))
+            }
+        }
+    }
+    let mut dims = std::collections::BTreeMap::new();
+    for d in &a.dims {
+        let (n, v) = d
+            .split_once('=')
+            .ok_or_else(|| miette!(help = "write --dim seq=128", "--dim '{d}' must be NAME=MAX"))?;
+        let v: i64 = v
+            .parse()
+            .map_err(|_| miette!("--dim '{d}': '{v}' is not a number"))?;
+        if v < 1 {
+            return Err(miette!("--dim '{d}': the maximum must be at least 1"));
+        }
+        dims.insert(n.to_string(), v);
+    }
+    let spec = llmc_backends::TargetSpec::parse(&a.target, a.cpu.as_deref(), a.features.as_deref())
+        .map_err(|e| miette!("{e}"))?;
+    let start = std::time::Instant::now();
+    let mut m = load(&a.model)?;
+    let qopts = QuantOptions::preset(scheme, a.group);
+    let report = llmc_passes::quant::quantize(&mut m.graph, &qopts).map_err(|e| miette!("{e}"))?;
+    let name = a.name.clone().unwrap_or_else(|| default_name(&a.model));
+    let opts = BuildOptions {
+        name,
+        max_context: a.max_context,
+        max_tokens: a.max_tokens,
+        dims,
+    };
+    let bundle = llmc_backends::cpu::compile(
+        &m.graph,
+        &spec,
+        &opts,
+        EmitRequest {
+            llvm_ir: out.llvm_ir,
+            asm: out.asm,
+        },
+    )
+    .map_err(|e| miette!("{}: {e}", a.model.display()))?;
+    let files = crate::bundle::write_bundle(&bundle, &a.output, &out, a.force)
+        .map_err(|e| miette!("{e}"))?;
+    let (before, after): (u64, u64) = report
+        .iter()
+        .fold((0, 0), |(x, y), r| (x + r.bytes_before, y + r.bytes_after));
+    println!(
+        "built {} for {spec} in {:.1} s",
+        bundle.name,
+        start.elapsed().as_secs_f64()
+    );
+    if !report.is_empty() {
+        let worst = report.iter().map(|r| r.rel_error).fold(0.0, f64::max);
+        println!("quantized {} linear weights to {}: {before} -> {after} bytes, worst relative error {worst:.4}", report.len(), report[0].to);
+    }
+    println!(
+        "state {} bytes, weights {} bytes",
+        bundle.state_bytes,
+        bundle.weights.len()
+    );
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(())
 }

@@ -101,7 +101,7 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
         Op::Cast { to } => one(x.unwrap().shape.clone(), *to),
         Op::Clip { .. } => same(x.unwrap()),
         Op::MatMul => matmul(t[0], t[1]),
-        Op::Linear => {
+        Op::Linear { .. } => {
             let (x, w) = (t[0], t[1]);
             if w.rank() != 2 {
                 return Err(format!("weight must be 2-D [out, in], got {}", w));
@@ -849,14 +849,14 @@ mod tests {
         assert_eq!(r[0].to_string(), "tensor<4xf32>");
         let w = tt("tensor<1536x576x!q4<g32,f16,min>>");
         let r = infer(
-            &Op::Linear,
+            &Op::LINEAR,
             &[&tt("tensor<{b}x{s}x576xf32>"), &w],
             &[None, None],
         )
         .unwrap();
         assert_eq!(r[0].to_string(), "tensor<{b}x{s}x1536xf32>");
         let e = infer(
-            &Op::Linear,
+            &Op::LINEAR,
             &[&tt("tensor<{b}x{s}x512xf32>"), &w],
             &[None, None],
         )

@@ -17,7 +17,7 @@ pub mod weights;
 pub use error::IrError;
 pub use graph::{Graph, Node, StateDecl, ValueDef, ValueId, Weight};
 pub use interp::Session;
-pub use ops::{Attr, BinaryOp, Op, ReduceKind, RopeMode, SliceSpec, UnaryOp};
+pub use ops::{ActQuant, Attr, BinaryOp, Op, ReduceKind, RopeMode, SliceSpec, UnaryOp};
 pub use parse::{parse, parse_type};
 pub use print::print;
 pub use tensor::{Data, Tensor};

@@ -220,6 +220,26 @@ pub enum RopeMode {
     Half,
 }
 
+/// What a linear layer does to its input activations before the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ActQuant {
+    /// Used as they are.
+    #[default]
+    None,
+    /// Each row (token) quantized to int8: `inv = 127 / max|x|`, `q = round_even(x · inv)`,
+    /// used as `q · (max|x| / 127)`; a row of zeros stays zero.
+    I8PerToken,
+}
+
+impl ActQuant {
+    pub fn name(self) -> &'static str {
+        match self {
+            ActQuant::None => "none",
+            ActQuant::I8PerToken => "i8_per_token",
+        }
+    }
+}
+
 /// Static slice parameters, as ONNX Slice after its inputs are known.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SliceSpec {
@@ -248,8 +268,8 @@ pub enum Op {
     /// `(a, b)` with numpy matmul semantics: batched, broadcast, 1-D operands promoted.
     MatMul,
     /// `(x [.., K], w [N, K], bias [N]?) -> [.., N]`: `x · wᵀ + bias`. The weight may be encoded;
-    /// this is the op compression passes rewrite.
-    Linear,
+    /// this is the op compression passes rewrite. `act` says how activations are quantized.
+    Linear { act: ActQuant },
     /// `(x)` softmax over `axis`.
     Softmax { axis: i64 },
     /// `(x)` log-softmax over `axis`.
@@ -324,6 +344,11 @@ pub enum Attr {
 }
 
 impl Op {
+    /// A linear layer on unquantized activations.
+    pub const LINEAR: Op = Op::Linear {
+        act: ActQuant::None,
+    };
+
     /// The op's name in the text form.
     pub fn name(&self) -> &'static str {
         match self {
@@ -334,7 +359,7 @@ impl Op {
             Op::Cast { .. } => "cast",
             Op::Clip { .. } => "clip",
             Op::MatMul => "matmul",
-            Op::Linear => "linear",
+            Op::Linear { .. } => "linear",
             Op::Softmax { .. } => "softmax",
             Op::LogSoftmax { .. } => "log_softmax",
             Op::LayerNorm { .. } => "layer_norm",
@@ -406,7 +431,7 @@ impl Op {
             Op::Unary(_) | Op::Cast { .. } | Op::Clip { .. } => (1, Some(1)),
             Op::Binary(_) | Op::MatMul => (2, Some(2)),
             Op::Where | Op::Range => (3, Some(3)),
-            Op::Linear => (2, Some(3)),
+            Op::Linear { .. } => (2, Some(3)),
             Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::Reduce { .. } | Op::ArgMax { .. } => {
                 (1, Some(1))
             }
@@ -448,7 +473,7 @@ impl Op {
     pub fn accepts_encoded(&self, operand: usize) -> bool {
         matches!(
             (self, operand),
-            (Op::Linear, 1) | (Op::Gather { .. }, 0) | (Op::MatMul, 1)
+            (Op::Linear { .. }, 1) | (Op::Gather { .. }, 0) | (Op::MatMul, 1)
         )
     }
 
@@ -456,7 +481,11 @@ impl Op {
     pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
         let mut a: Vec<(&'static str, Attr)> = match self {
             Op::Constant { value } => vec![("value", Attr::Tensor(value.clone()))],
-            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul | Op::Linear | Op::Range => {
+            Op::Linear { act } => match act {
+                ActQuant::None => vec![],
+                a => vec![("act", Attr::Str(a.name().into()))],
+            },
+            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul | Op::Range => {
                 vec![]
             }
             Op::Cast { to } => vec![("to", Attr::Type(*to))],
@@ -574,7 +603,17 @@ impl Op {
                 max: r.opt_float("max")?,
             },
             "matmul" => Op::MatMul,
-            "linear" => Op::Linear,
+            "linear" => Op::Linear {
+                act: match r.opt_str("act")?.as_deref() {
+                    None | Some("none") => ActQuant::None,
+                    Some("i8_per_token") => ActQuant::I8PerToken,
+                    Some(a) => {
+                        return Err(format!(
+                            "act must be \"i8_per_token\" or \"none\", not {a:?}"
+                        ))
+                    }
+                },
+            },
             "softmax" => Op::Softmax {
                 axis: r.int("axis")?,
             },
@@ -765,6 +804,14 @@ impl<'a> AttrReader<'a> {
         }
     }
 
+    fn opt_str(&mut self, key: &str) -> Result<Option<String>, String> {
+        if self.attrs.contains_key(key) {
+            self.str(key).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     fn ints(&mut self, key: &str) -> Result<Vec<i64>, String> {
         match self.req(key)? {
             Attr::Ints(v) => Ok(v.clone()),
@@ -867,6 +914,10 @@ mod tests {
                 scale: 0.125,
             },
             Op::CacheConcat { state: 3, axis: 2 },
+            Op::Linear {
+                act: ActQuant::I8PerToken,
+            },
+            Op::LINEAR,
         ];
         for op in ops {
             let attrs: BTreeMap<String, Attr> = op

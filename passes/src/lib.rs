@@ -3,6 +3,7 @@
 pub mod canonicalize;
 pub mod fold;
 pub mod fuse;
+pub mod quant;
 pub mod rewrite;
 mod symbolic;
 

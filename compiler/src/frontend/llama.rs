@@ -337,7 +337,7 @@ pub fn build_llama(
             &[a],
         )?;
         let wo = b.weight(&n(LlamaTensor::AttnOutput(l)), &[d, nh * hd])?;
-        let a = b.op(Op::Linear, &[a, wo])?;
+        let a = b.op(Op::LINEAR, &[a, wo])?;
         x = b.op(Op::Binary(BinaryOp::Add), &[x, a])?;
 
         let w = b.weight(&n(LlamaTensor::FfnNorm(l)), &[d])?;
@@ -345,11 +345,11 @@ pub fn build_llama(
         let wg = b.weight(&n(LlamaTensor::Gate(l)), &[cfg.ffn, d])?;
         let wu = b.weight(&n(LlamaTensor::Up(l)), &[cfg.ffn, d])?;
         let wd = b.weight(&n(LlamaTensor::Down(l)), &[d, cfg.ffn])?;
-        let gate = b.op(Op::Linear, &[h, wg])?;
-        let up = b.op(Op::Linear, &[h, wu])?;
+        let gate = b.op(Op::LINEAR, &[h, wg])?;
+        let up = b.op(Op::LINEAR, &[h, wu])?;
         let gate = b.op(Op::Unary(UnaryOp::Silu), &[gate])?;
         let f = b.op(Op::Binary(BinaryOp::Mul), &[gate, up])?;
-        let f = b.op(Op::Linear, &[f, wd])?;
+        let f = b.op(Op::LINEAR, &[f, wd])?;
         x = b.op(Op::Binary(BinaryOp::Add), &[x, f])?;
     }
     let w = b.weight(&n(LlamaTensor::OutputNorm), &[d])?;
@@ -359,7 +359,7 @@ pub fn build_llama(
     } else {
         b.weight(&n(LlamaTensor::Output), &[cfg.vocab, d])?
     };
-    let logits = b.op(Op::Linear, &[x, head])?;
+    let logits = b.op(Op::LINEAR, &[x, head])?;
     b.g.set_output("logits", logits);
     llmc_ir::verify(&b.g).map_err(|e| FrontendError::internal(path, e))?;
     Ok(b.g)
@@ -428,8 +428,8 @@ impl Builder<'_, '_> {
     ) -> Result<ValueId> {
         let w = self.weight(w, &[n, k])?;
         match self.optional_weight(bias, &[n])? {
-            Some(b) => self.op(Op::Linear, &[x, w, b]),
-            None => self.op(Op::Linear, &[x, w]),
+            Some(b) => self.op(Op::LINEAR, &[x, w, b]),
+            None => self.op(Op::LINEAR, &[x, w]),
         }
     }
 

@@ -86,6 +86,22 @@ pub fn linear(
     out
 }
 
+/// Quantizes each row of `cols` values to int8 as `act = i8_per_token` says
+/// (`inv = 127 / max|x|`, `q = round_even(x · inv)`), leaving the dequantized values.
+pub fn quantize_rows_i8(v: &mut [f32], cols: usize) {
+    v.par_chunks_mut(cols.max(1)).for_each(|row| {
+        let amax = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+        if amax == 0.0 || !amax.is_finite() {
+            return;
+        }
+        let inv = 127.0f32 / amax;
+        let scale = amax / 127.0f32;
+        for x in row.iter_mut() {
+            *x = (*x * inv).round_ties_even() * scale;
+        }
+    });
+}
+
 /// Numpy matmul of f32 tensors (batched, broadcast, 1-D promotion).
 pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
     let (av, bv) = (a.to_f32_vec(), b.to_f32_vec());

@@ -244,7 +244,7 @@ impl<'g> Session<'g> {
                 one(Tensor::new(x.shape.clone(), data))
             }
             Op::MatMul => one(k::matmul(&a[0], &a[1])?),
-            Op::Linear => {
+            Op::Linear { act } => {
                 let (x, w) = (&a[0], &a[1]);
                 let kdim = *x.shape.last().ok_or("input must have a dimension")?;
                 let (n, kw) = (w.shape[0], w.shape[1]);
@@ -255,10 +255,14 @@ impl<'g> Session<'g> {
                 }
                 let rows = x.numel() / kdim.max(1);
                 let xv;
-                let xs: &[f32] = match x.as_f32() {
-                    Some(v) => v,
-                    None => {
-                        xv = x.to_f32_vec();
+                let xs: &[f32] = match (x.as_f32(), act) {
+                    (Some(v), crate::ops::ActQuant::None) => v,
+                    _ => {
+                        let mut v = x.to_f32_vec();
+                        if *act == crate::ops::ActQuant::I8PerToken {
+                            k::quantize_rows_i8(&mut v, kdim);
+                        }
+                        xv = v;
                         &xv
                     }
                 };

@@ -136,7 +136,7 @@ impl RewritePattern for FuseLinear {
                 return Ok(None);
             }
         }
-        let lin = p.add(Op::Linear, &args);
+        let lin = p.add(Op::LINEAR, &args);
         p.replace(result, lin);
         Ok(Some(p))
     }

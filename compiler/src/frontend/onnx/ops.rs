@@ -1186,9 +1186,11 @@ impl<'a, 'b> Cx<'a, 'b> {
                 let v = self.ints(name)?.unwrap_or_default();
                 Tensor::i64(vec![v.len()], v)
             }
-            other => return Err(self.unsupported(format!(
+            other => {
+                return Err(self.unsupported(format!(
                 "a constant given as '{other}' (llmc reads value, value_float(s) and value_int(s))"
-            ))),
+            )))
+            }
         };
         Ok(vec![self.imp.tensor_value_from(&out, t, "constant")?])
     }

@@ -1,0 +1,666 @@
+//! Module assembly: the schedule becomes `forward`, wrapped by the C entry points (`init`,
+//! and `prefill`/`decode`/`reset`/`context` for decoders or `run` for other graphs), with
+//! the weights check and the dispatch through the host's `parallel_for` hook.
+//!
+//! State layout: a 64-byte header — `[0]` the model hash once initialized, `[8]` the weights
+//! pointer, `[16]` the `parallel_for` hook, `[24]` its pool, `[32]` tokens in the KV cache,
+//! `[40]` the index-error flag — then the KV regions, the decoder's token and position
+//! buffers, and the arena.
+
+use super::kb::{no_builtins, Kb};
+use super::kernels::Kernels;
+use super::lower::{Arg, Lowered, StepKind, STATUS_OFFSET};
+use super::plan::Base;
+use super::size::Size;
+use inkwell::context::Context;
+use inkwell::module::{Linkage, Module};
+use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, IntPredicate};
+use llmc_runtime::weights::Status;
+
+/// What kind of entry points a bundle has.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    /// `tokens`/`positions` in, `logits` out, KV cache in the state.
+    Decoder {
+        vocab: i64,
+        max_tokens: i64,
+        max_context: i64,
+        tokens_input: usize,
+        positions_input: usize,
+    },
+    /// Named inputs and outputs, run-time dimensions by symbol.
+    Graph,
+}
+
+pub struct Layout {
+    pub arena_offset: u64,
+    pub buf_offsets: Vec<u64>,
+    pub state_bytes: u64,
+    /// Decoder token and position buffers in the state.
+    pub tokens_offset: u64,
+    pub positions_offset: u64,
+}
+
+pub struct Emitted<'ctx> {
+    pub module: Module<'ctx>,
+}
+
+const H_MAGIC: i64 = 0;
+const H_WEIGHTS: i64 = 8;
+const H_PF: i64 = 16;
+const H_POOL: i64 = 24;
+const H_POS: i64 = 32;
+
+pub fn emit<'ctx>(
+    cx: &'ctx Context,
+    name: &str,
+    low: &Lowered,
+    layout: &Layout,
+    entry: &Entry,
+    kernels: &mut Kernels<'ctx>,
+    model_hash: u64,
+) -> Module<'ctx> {
+    let m = cx.create_module(name);
+    let dispatch = emit_dispatch(cx, &m);
+    let globals: Vec<PointerValue<'ctx>> = low
+        .globals
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let arr = cx.i8_type().const_array(
+                &bytes
+                    .iter()
+                    .map(|&b| cx.i8_type().const_int(b as u64, false))
+                    .collect::<Vec<_>>(),
+            );
+            let g = m.add_global(arr.get_type(), None, &format!("llmc.const.{i}"));
+            g.set_initializer(&arr);
+            g.set_constant(true);
+            g.set_linkage(Linkage::Private);
+            g.set_alignment(64);
+            g.as_pointer_value()
+        })
+        .collect();
+    let forward = emit_forward(cx, &m, low, layout, kernels, dispatch, &globals);
+    emit_init(cx, &m, name, layout, low.weights_size, model_hash);
+    let state_fn = |suffix: &str, v: u64| {
+        let f = m.add_function(
+            &format!("{name}_{suffix}"),
+            cx.i64_type().fn_type(&[], false),
+            Some(Linkage::External),
+        );
+        no_builtins(cx, f);
+        let b = cx.create_builder();
+        b.position_at_end(cx.append_basic_block(f, "entry"));
+        b.build_return(Some(&cx.i64_type().const_int(v, false)))
+            .expect("ret");
+    };
+    state_fn("state_bytes", layout.state_bytes);
+    state_fn("weights_bytes", low.weights_size);
+    match entry {
+        Entry::Decoder {
+            vocab,
+            max_tokens,
+            max_context,
+            tokens_input,
+            positions_input,
+        } => {
+            emit_decoder(
+                cx,
+                &m,
+                name,
+                layout,
+                forward,
+                model_hash,
+                (*vocab, *max_tokens, *max_context),
+                (*tokens_input, *positions_input),
+                low.inputs.len(),
+            );
+        }
+        Entry::Graph => emit_run(cx, &m, name, low, forward, model_hash),
+    }
+    m
+}
+
+fn ptr_at<'ctx>(kb: &Kb<'_, 'ctx>, base: PointerValue<'ctx>, bytes: i64) -> PointerValue<'ctx> {
+    kb.gep(kb.i8t().into(), base, kb.i64c(bytes))
+}
+
+fn load_ptr<'ctx>(kb: &Kb<'_, 'ctx>, base: PointerValue<'ctx>, bytes: i64) -> PointerValue<'ctx> {
+    kb.b.build_load(kb.ptrt(), ptr_at(kb, base, bytes), "")
+        .expect("load")
+        .into_pointer_value()
+}
+
+fn load_i64_at<'ctx>(kb: &Kb<'_, 'ctx>, base: PointerValue<'ctx>, bytes: i64) -> IntValue<'ctx> {
+    kb.b.build_load(kb.i64t(), ptr_at(kb, base, bytes), "")
+        .expect("load")
+        .into_int_value()
+}
+
+fn store_at<'ctx>(
+    kb: &Kb<'_, 'ctx>,
+    base: PointerValue<'ctx>,
+    bytes: i64,
+    v: impl inkwell::values::BasicValue<'ctx>,
+) {
+    kb.b.build_store(ptr_at(kb, base, bytes), v).expect("store");
+}
+
+/// `void dispatch(state, task, args, n)`: through the host's hook when it has one and there
+/// is more than one work item, else inline.
+fn emit_dispatch<'ctx>(cx: &'ctx Context, m: &Module<'ctx>) -> FunctionValue<'ctx> {
+    let p = cx.ptr_type(AddressSpace::default());
+    let ty = cx
+        .void_type()
+        .fn_type(&[p.into(), p.into(), p.into(), cx.i64_type().into()], false);
+    let mut kb = Kb::new_fn(cx, m, "llmc.dispatch", ty, Linkage::Internal);
+    let (state, task, args, n) = (
+        kb.param_ptr(0),
+        kb.param_ptr(1),
+        kb.param_ptr(2),
+        kb.param_int(3),
+    );
+    let pf = load_ptr(&kb, state, H_PF);
+    let has_pf = kb.b.build_is_not_null(pf, "").expect("null");
+    let many = kb.icmp(IntPredicate::SGT, n, kb.i64c(1));
+    let via = kb.b.build_and(has_pf, many, "").expect("and");
+    let task_ty = cx.void_type().fn_type(
+        &[p.into(), cx.i64_type().into(), cx.i64_type().into()],
+        false,
+    );
+    let pf_ty = cx
+        .void_type()
+        .fn_type(&[p.into(), p.into(), p.into(), cx.i64_type().into()], false);
+    kb.if_else(
+        via,
+        |kb| {
+            let pool = load_ptr(kb, state, H_POOL);
+            kb.b.build_indirect_call(
+                pf_ty,
+                pf,
+                &[pool.into(), task.into(), args.into(), n.into()],
+                "",
+            )
+            .expect("call");
+        },
+        |kb| {
+            kb.b.build_indirect_call(
+                task_ty,
+                task,
+                &[args.into(), kb.i64c(0).into(), n.into()],
+                "",
+            )
+            .expect("call");
+        },
+    );
+    kb.finish()
+}
+
+fn size_value<'ctx>(kb: &Kb<'_, 'ctx>, s: &Size, syms: &[IntValue<'ctx>]) -> IntValue<'ctx> {
+    let mut acc = kb.i64c(0);
+    for (mono, &c) in s.terms() {
+        let mut t = kb.i64c(c);
+        for &sym in mono {
+            t = kb.mul(t, syms[sym as usize]);
+        }
+        acc = kb.add(acc, t);
+    }
+    acc
+}
+
+/// `i32 forward(state, inputs, outputs, syms)`: the schedule.
+fn emit_forward<'ctx>(
+    cx: &'ctx Context,
+    m: &Module<'ctx>,
+    low: &Lowered,
+    layout: &Layout,
+    kernels: &mut Kernels<'ctx>,
+    dispatch: FunctionValue<'ctx>,
+    globals: &[PointerValue<'ctx>],
+) -> FunctionValue<'ctx> {
+    let p = cx.ptr_type(AddressSpace::default());
+    let ty = cx
+        .i32_type()
+        .fn_type(&[p.into(), p.into(), p.into(), p.into()], false);
+    let mut kb = Kb::new_fn(cx, m, "llmc.forward", ty, Linkage::Internal);
+    let (state, inputs, outputs, symp) = (
+        kb.param_ptr(0),
+        kb.param_ptr(1),
+        kb.param_ptr(2),
+        kb.param_ptr(3),
+    );
+    let syms: Vec<IntValue> = (0..low.syms.names.len())
+        .map(|k| load_i64_at(&kb, symp, 8 * k as i64))
+        .collect();
+    let weights = load_ptr(&kb, state, H_WEIGHTS);
+    let arena = ptr_at(&kb, state, layout.arena_offset as i64);
+    let status = ptr_at(&kb, state, STATUS_OFFSET as i64);
+    kb.b.build_store(status, kb.i64c(0)).expect("store");
+    let max_args = low
+        .steps
+        .iter()
+        .map(|s| match &s.kind {
+            StepKind::Kernel { args, .. } => args.len(),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let args_buf = {
+        let here = kb.b.get_insert_block().expect("block");
+        let a =
+            kb.b.build_array_alloca(kb.i64t(), kb.i64c(max_args as i64), "args")
+                .expect("alloca");
+        kb.b.position_at_end(here);
+        a
+    };
+    let place_ptr = |kb: &Kb<'_, 'ctx>, base: Base, off: &Size| -> PointerValue<'ctx> {
+        let b = match base {
+            Base::Buf(id) => ptr_at(kb, arena, layout.buf_offsets[id as usize] as i64),
+            Base::Weights => weights,
+            Base::State => state,
+            Base::Input(k) => load_ptr(kb, inputs, 8 * k as i64),
+            Base::Output(k) => load_ptr(kb, outputs, 8 * k as i64),
+            Base::Global(k) => globals[k as usize],
+        };
+        kb.gep(kb.i8t().into(), b, size_value(kb, off, &syms))
+    };
+    for step in &low.steps {
+        match &step.kind {
+            StepKind::Store {
+                place,
+                values,
+                dtype,
+            } => {
+                let ptr = place_ptr(&kb, place.base, &place.offset);
+                for (k, v) in values.iter().enumerate() {
+                    let x = size_value(&kb, v, &syms);
+                    super::kernels::store_i64(&kb, *dtype, ptr, kb.i64c(k as i64), x);
+                }
+            }
+            StepKind::Kernel {
+                kernel,
+                args,
+                tasks,
+                status: checks,
+            } => {
+                for (k, a) in args.iter().enumerate() {
+                    let v: IntValue = match a {
+                        Arg::Ptr(pl) => {
+                            let ptr = place_ptr(&kb, pl.base, &pl.offset);
+                            kb.b.build_ptr_to_int(ptr, kb.i64t(), "").expect("ptrtoint")
+                        }
+                        Arg::Size(s) => size_value(&kb, s, &syms),
+                        Arg::I(i) => kb.i64c(*i),
+                        Arg::F32(f) => kb.i64c(f.to_bits() as i64),
+                    };
+                    kb.store(args_buf, kb.i64c(k as i64), v);
+                }
+                let n = size_value(&kb, &tasks.n, &syms);
+                let per = kb.i64c(tasks.per);
+                let items = kb.sdiv(kb.add(n, kb.i64c(tasks.per - 1)), per);
+                let f = kernels.get(cx, m, kernel);
+                let fptr = f.as_global_value().as_pointer_value();
+                let go = kb.icmp(IntPredicate::SGT, items, kb.i64c(0));
+                kb.if_then(go, |kb| {
+                    kb.call(
+                        dispatch,
+                        &[state.into(), fptr.into(), args_buf.into(), items.into()],
+                    );
+                });
+                if *checks {
+                    let st =
+                        kb.b.build_load(kb.i64t(), status, "")
+                            .expect("load")
+                            .into_int_value();
+                    let bad = kb.icmp(IntPredicate::NE, st, kb.i64c(0));
+                    let code = kb.i32c(Status::TokenOutOfRange as i32);
+                    kb.return_if(bad, Some(&code));
+                }
+            }
+        }
+    }
+    kb.b.build_return(Some(&kb.i32c(0))).expect("ret");
+    kb.f
+}
+
+/// `int init(state, state_bytes, weights, weights_bytes, parallel_for, pool)`.
+fn emit_init<'ctx>(
+    cx: &'ctx Context,
+    m: &Module<'ctx>,
+    name: &str,
+    layout: &Layout,
+    weights_size: u64,
+    model_hash: u64,
+) {
+    let p = cx.ptr_type(AddressSpace::default());
+    let i64t = cx.i64_type();
+    let ty = cx.i32_type().fn_type(
+        &[
+            p.into(),
+            i64t.into(),
+            p.into(),
+            i64t.into(),
+            p.into(),
+            p.into(),
+        ],
+        false,
+    );
+    let mut kb = Kb::new_fn(cx, m, &format!("{name}_init"), ty, Linkage::External);
+    let (state, sbytes, w, wbytes, pf, pool) = (
+        kb.param_ptr(0),
+        kb.param_int(1),
+        kb.param_ptr(2),
+        kb.param_int(3),
+        kb.param_ptr(4),
+        kb.param_ptr(5),
+    );
+    let ret = |kb: &mut Kb<'_, 'ctx>, cond: IntValue<'ctx>, s: Status| {
+        let code = kb.i32c(s as i32);
+        kb.return_if(cond, Some(&code));
+    };
+    let null_s = kb.b.build_is_null(state, "").expect("null");
+    let null_w = kb.b.build_is_null(w, "").expect("null");
+    let either = kb.b.build_or(null_s, null_w, "").expect("or");
+    ret(&mut kb, either, Status::BadArgument);
+    // both buffers hold 8-byte fields
+    let align = |kb: &Kb<'_, 'ctx>, ptr: PointerValue<'ctx>| {
+        let a = kb.b.build_ptr_to_int(ptr, kb.i64t(), "").expect("ptrtoint");
+        kb.icmp(
+            IntPredicate::NE,
+            kb.b.build_and(a, kb.i64c(7), "").expect("and"),
+            kb.i64c(0),
+        )
+    };
+    let mis =
+        kb.b.build_or(align(&kb, state), align(&kb, w), "")
+            .expect("or");
+    ret(&mut kb, mis, Status::BadArgument);
+    let small = kb.icmp(
+        IntPredicate::ULT,
+        sbytes,
+        kb.i64c(layout.state_bytes as i64),
+    );
+    ret(&mut kb, small, Status::StateTooSmall);
+    // mark uninitialized until every check passes
+    store_at(&kb, state, H_MAGIC, kb.i64c(0));
+    let short = kb.icmp(
+        IntPredicate::ULT,
+        wbytes,
+        kb.i64c(llmc_runtime::weights::HEADER_SIZE as i64),
+    );
+    ret(&mut kb, short, Status::BadWeightsSize);
+    let magic = i64::from_le_bytes(llmc_runtime::weights::MAGIC);
+    let mg = kb.icmp(IntPredicate::NE, load_i64_at(&kb, w, 0), kb.i64c(magic));
+    ret(&mut kb, mg, Status::BadMagic);
+    let ver =
+        kb.b.build_load(kb.i32t(), ptr_at(&kb, w, 8), "")
+            .expect("load")
+            .into_int_value();
+    let bad_ver = kb.icmp(
+        IntPredicate::NE,
+        ver,
+        kb.i32c(llmc_runtime::weights::VERSION as i32),
+    );
+    ret(&mut kb, bad_ver, Status::BadVersion);
+    let total = load_i64_at(&kb, w, 16);
+    let size_bad = kb.b.build_or(
+        kb.icmp(IntPredicate::NE, total, wbytes),
+        kb.icmp(IntPredicate::NE, total, kb.i64c(weights_size as i64)),
+        "",
+    );
+    ret(&mut kb, size_bad.expect("or"), Status::BadWeightsSize);
+    let mh = kb.icmp(
+        IntPredicate::NE,
+        load_i64_at(&kb, w, 24),
+        kb.i64c(model_hash as i64),
+    );
+    ret(&mut kb, mh, Status::WrongModel);
+    // the checksum of the data region, 8 lanes over 64-byte blocks (as the runtime crate)
+    let lanes: Vec<_> = (0..8).map(|i| kb.var(kb.i64c(i + 1))).collect();
+    let blocks = kb.i64c(((weights_size - llmc_runtime::weights::HEADER_SIZE as u64) / 64) as i64);
+    let data = ptr_at(&kb, w, llmc_runtime::weights::HEADER_SIZE as i64);
+    let prime = kb.i64c(0x9e37_79b9_7f4a_7c15u64 as i64);
+    let zero = kb.i64c(0);
+    kb.for_range(zero, blocks, 1, |kb, bi| {
+        for (l, lane) in lanes.iter().enumerate() {
+            let word = kb.load_i64(data, kb.add(kb.mul(bi, kb.i64c(8)), kb.i64c(l as i64)));
+            let a = kb.geti(*lane);
+            let x = kb.b.build_xor(a, word, "").expect("xor");
+            kb.set(*lane, kb.mul(x, prime));
+        }
+    });
+    let mut h = kb.i64c(0);
+    for lane in &lanes {
+        let x = kb.b.build_xor(h, kb.geti(*lane), "").expect("xor");
+        let x = kb.mul(x, prime);
+        // rotate left 29
+        let l = kb.b.build_left_shift(x, kb.i64c(29), "").expect("shl");
+        let r =
+            kb.b.build_right_shift(x, kb.i64c(35), false, "")
+                .expect("shr");
+        h = kb.b.build_or(l, r, "").expect("or");
+    }
+    let cs = kb.icmp(IntPredicate::NE, h, load_i64_at(&kb, w, 32));
+    ret(&mut kb, cs, Status::BadChecksum);
+    store_at(&kb, state, H_WEIGHTS, w);
+    store_at(&kb, state, H_PF, pf);
+    store_at(&kb, state, H_POOL, pool);
+    store_at(&kb, state, H_POS, kb.i64c(0));
+    store_at(&kb, state, STATUS_OFFSET as i64, kb.i64c(0));
+    store_at(&kb, state, H_MAGIC, kb.i64c(model_hash as i64));
+    kb.b.build_return(Some(&kb.i32c(0))).expect("ret");
+}
+
+/// Returns `NotInitialized` unless the state carries this bundle's hash.
+fn check_state<'ctx>(kb: &mut Kb<'_, 'ctx>, state: PointerValue<'ctx>, model_hash: u64) {
+    let null = kb.b.build_is_null(state, "").expect("null");
+    let code = kb.i32c(Status::BadArgument as i32);
+    kb.return_if(null, Some(&code));
+    let mg = kb.icmp(
+        IntPredicate::NE,
+        load_i64_at(kb, state, H_MAGIC),
+        kb.i64c(model_hash as i64),
+    );
+    let code = kb.i32c(Status::NotInitialized as i32);
+    kb.return_if(mg, Some(&code));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emit_decoder<'ctx>(
+    cx: &'ctx Context,
+    m: &Module<'ctx>,
+    name: &str,
+    layout: &Layout,
+    forward: FunctionValue<'ctx>,
+    model_hash: u64,
+    (vocab, max_tokens, max_context): (i64, i64, i64),
+    (tok_in, pos_in): (usize, usize),
+    n_inputs: usize,
+) {
+    let p = cx.ptr_type(AddressSpace::default());
+    let i32t = cx.i32_type();
+    // int prefill(state, const int32_t *tokens, int32_t n, float *logits)
+    let ty = i32t.fn_type(&[p.into(), p.into(), i32t.into(), p.into()], false);
+    let mut kb = Kb::new_fn(cx, m, &format!("{name}_prefill"), ty, Linkage::External);
+    let (state, toks, n32, logits) = (
+        kb.param_ptr(0),
+        kb.param_ptr(1),
+        kb.param_int(2),
+        kb.param_ptr(3),
+    );
+    check_state(&mut kb, state, model_hash);
+    let bad =
+        kb.b.build_or(
+            kb.b.build_is_null(toks, "").expect("null"),
+            kb.b.build_is_null(logits, "").expect("null"),
+            "",
+        )
+        .expect("or");
+    let bad =
+        kb.b.build_or(bad, kb.icmp(IntPredicate::SLT, n32, kb.i32c(1)), "")
+            .expect("or");
+    let code = kb.i32c(Status::BadArgument as i32);
+    kb.return_if(bad, Some(&code));
+    let n = kb.sext(n32, kb.i64t());
+    let many = kb.icmp(IntPredicate::SGT, n, kb.i64c(max_tokens));
+    let code = kb.i32c(Status::TooManyTokens as i32);
+    kb.return_if(many, Some(&code));
+    let past = load_i64_at(&kb, state, H_POS);
+    let full = kb.icmp(IntPredicate::SGT, kb.add(past, n), kb.i64c(max_context));
+    let code = kb.i32c(Status::ContextFull as i32);
+    kb.return_if(full, Some(&code));
+    let tok_buf = ptr_at(&kb, state, layout.tokens_offset as i64);
+    let pos_buf = ptr_at(&kb, state, layout.positions_offset as i64);
+    // check every id before touching the cache
+    let zero = kb.i64c(0);
+    let bad_tok = kb.var(kb.cx.bool_type().const_int(0, false));
+    kb.for_range(zero, n, 1, |kb, i| {
+        let t = kb.load(kb.i32t().into(), toks, i).into_int_value();
+        let t = kb.sext(t, kb.i64t());
+        let out =
+            kb.b.build_or(
+                kb.icmp(IntPredicate::SLT, t, kb.i64c(0)),
+                kb.icmp(IntPredicate::SGE, t, kb.i64c(vocab)),
+                "",
+            )
+            .expect("or");
+        let acc = kb.geti(bad_tok);
+        kb.set(bad_tok, kb.b.build_or(acc, out, "").expect("or"));
+        kb.store(tok_buf, i, t);
+        kb.store(pos_buf, i, kb.add(past, i));
+    });
+    let bt = kb.geti(bad_tok);
+    let code = kb.i32c(Status::TokenOutOfRange as i32);
+    kb.return_if(bt, Some(&code));
+    let inputs =
+        kb.b.build_array_alloca(p, kb.i64c(n_inputs.max(1) as i64), "in")
+            .expect("alloca");
+    kb.store(inputs, kb.i64c(tok_in as i64), tok_buf);
+    kb.store(inputs, kb.i64c(pos_in as i64), pos_buf);
+    let outputs =
+        kb.b.build_array_alloca(p, kb.i64c(1), "out")
+            .expect("alloca");
+    kb.store(outputs, kb.i64c(0), logits);
+    let syms =
+        kb.b.build_array_alloca(kb.i64t(), kb.i64c(2), "syms")
+            .expect("alloca");
+    kb.store(syms, kb.i64c(0), n);
+    kb.store(syms, kb.i64c(1), past);
+    let r = kb
+        .call(
+            forward,
+            &[state.into(), inputs.into(), outputs.into(), syms.into()],
+        )
+        .expect("v")
+        .into_int_value();
+    let failed = kb.icmp(IntPredicate::NE, r, kb.i32c(0));
+    kb.return_if(failed, Some(&r));
+    store_at(&kb, state, H_POS, kb.add(past, n));
+    kb.b.build_return(Some(&kb.i32c(0))).expect("ret");
+    let prefill = kb.f;
+
+    // int decode(state, int32_t token, float *logits)
+    let ty = i32t.fn_type(&[p.into(), i32t.into(), p.into()], false);
+    let kb = Kb::new_fn(cx, m, &format!("{name}_decode"), ty, Linkage::External);
+    let (state, tok, logits) = (kb.param_ptr(0), kb.param_int(1), kb.param_ptr(2));
+    let cell = kb.b.build_alloca(kb.i32t(), "tok").expect("alloca");
+    kb.b.build_store(cell, tok).expect("store");
+    let r = kb
+        .call(
+            prefill,
+            &[state.into(), cell.into(), kb.i32c(1).into(), logits.into()],
+        )
+        .expect("v");
+    kb.b.build_return(Some(&r)).expect("ret");
+
+    // int reset(state)
+    let ty = i32t.fn_type(&[p.into()], false);
+    let mut kb = Kb::new_fn(cx, m, &format!("{name}_reset"), ty, Linkage::External);
+    let state = kb.param_ptr(0);
+    check_state(&mut kb, state, model_hash);
+    store_at(&kb, state, H_POS, kb.i64c(0));
+    kb.b.build_return(Some(&kb.i32c(0))).expect("ret");
+
+    // int64_t context(state): tokens in the cache, or a negative error code
+    let ty = kb.i64t().fn_type(&[p.into()], false);
+    let mut kb = Kb::new_fn(cx, m, &format!("{name}_context"), ty, Linkage::External);
+    let state = kb.param_ptr(0);
+    let null = kb.b.build_is_null(state, "").expect("null");
+    let code = kb.i64c(-(Status::BadArgument as i64));
+    kb.return_if(null, Some(&code));
+    let mg = kb.icmp(
+        IntPredicate::NE,
+        load_i64_at(&kb, state, H_MAGIC),
+        kb.i64c(model_hash as i64),
+    );
+    let code = kb.i64c(-(Status::NotInitialized as i64));
+    kb.return_if(mg, Some(&code));
+    let pos = load_i64_at(&kb, state, H_POS);
+    kb.b.build_return(Some(&pos)).expect("ret");
+}
+
+/// `int run(state, const int64_t *dims, const void *const *inputs, void *const *outputs)`.
+fn emit_run<'ctx>(
+    cx: &'ctx Context,
+    m: &Module<'ctx>,
+    name: &str,
+    low: &Lowered,
+    forward: FunctionValue<'ctx>,
+    model_hash: u64,
+) {
+    let p = cx.ptr_type(AddressSpace::default());
+    let ty = cx
+        .i32_type()
+        .fn_type(&[p.into(), p.into(), p.into(), p.into()], false);
+    let mut kb = Kb::new_fn(cx, m, &format!("{name}_run"), ty, Linkage::External);
+    let (state, dims, inputs, outputs) = (
+        kb.param_ptr(0),
+        kb.param_ptr(1),
+        kb.param_ptr(2),
+        kb.param_ptr(3),
+    );
+    check_state(&mut kb, state, model_hash);
+    let mut bad = kb.b.build_is_null(inputs, "").expect("null");
+    if !low.outputs.is_empty() {
+        bad =
+            kb.b.build_or(bad, kb.b.build_is_null(outputs, "").expect("null"), "")
+                .expect("or");
+    }
+    let nsyms = low.syms.names.len();
+    if nsyms > 0 {
+        bad =
+            kb.b.build_or(bad, kb.b.build_is_null(dims, "").expect("null"), "")
+                .expect("or");
+    }
+    let code = kb.i32c(Status::BadArgument as i32);
+    kb.return_if(bad, Some(&code));
+    for (k, &mx) in low.syms.max.iter().enumerate() {
+        let d = load_i64_at(&kb, dims, 8 * k as i64);
+        let out =
+            kb.b.build_or(
+                kb.icmp(IntPredicate::SLT, d, kb.i64c(0)),
+                kb.icmp(IntPredicate::SGT, d, kb.i64c(mx)),
+                "",
+            )
+            .expect("or");
+        let code = kb.i32c(Status::BadDimension as i32);
+        kb.return_if(out, Some(&code));
+    }
+    let syms: BasicValueEnum = if nsyms > 0 {
+        dims.into()
+    } else {
+        kb.b.build_array_alloca(kb.i64t(), kb.i64c(1), "")
+            .expect("alloca")
+            .into()
+    };
+    let r = kb
+        .call(
+            forward,
+            &[state.into(), inputs.into(), outputs.into(), syms],
+        )
+        .expect("v");
+    kb.b.build_return(Some(&r)).expect("ret");
+}

@@ -1,0 +1,295 @@
+//! The CPU backend: a verified graph becomes one LLVM module (a static memory plan, a schedule
+//! of kernel calls, the kernels themselves) compiled for a target, plus the weights file,
+//! header and manifest of a bundle.
+
+pub mod emit;
+pub mod header;
+pub mod isa;
+pub mod kb;
+pub mod kernels;
+pub mod lower;
+pub mod math;
+pub mod plan;
+pub mod shapes;
+pub mod size;
+
+use crate::llvm::{Codegen, CodegenOptions, LlvmError};
+use crate::target::TargetSpec;
+use emit::{Entry, Layout};
+use inkwell::context::Context;
+use inkwell::passes::PassBuilderOptions;
+use llmc_ir::{Dim, Graph};
+use lower::{LowerOptions, STATE_HEADER};
+use shapes::{Binding, Symbols};
+use size::Size;
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The graph uses something the backend does not compile: names the node.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The model or options are wrong (weights that do not decode, bad limits).
+    #[error("{0}")]
+    BadInput(String),
+    #[error(transparent)]
+    Llvm(#[from] LlvmError),
+    /// A bug in the backend.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Choices of a build that are not part of the target.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Prefix of every symbol and file name (a C identifier).
+    pub name: String,
+    /// Tokens the KV cache holds.
+    pub max_context: i64,
+    /// Tokens one prefill call may take (sizes the arena).
+    pub max_tokens: i64,
+    /// Largest value of each named input dimension of non-decoder graphs (`batch`, `seq`).
+    pub dims: BTreeMap<String, i64>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            name: "model".into(),
+            max_context: 2048,
+            max_tokens: 512,
+            dims: BTreeMap::new(),
+        }
+    }
+}
+
+/// What to produce besides the object.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EmitRequest {
+    pub llvm_ir: bool,
+    pub asm: bool,
+}
+
+/// A compiled bundle, in memory.
+pub struct Bundle {
+    pub name: String,
+    pub object: Vec<u8>,
+    pub weights: Vec<u8>,
+    pub header: String,
+    pub manifest: serde_json::Value,
+    pub llvm_ir: Option<String>,
+    pub asm: Option<String>,
+    pub entry: Entry,
+    pub state_bytes: u64,
+    pub model_hash: u64,
+}
+
+/// Bumped whenever the generated code or weight layouts change meaning.
+const CODEGEN_VERSION: u32 = 1;
+
+fn is_c_ident(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
+        && s.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+/// Compiles a graph for a target.
+pub fn compile(
+    g: &Graph,
+    spec: &TargetSpec,
+    opts: &BuildOptions,
+    req: EmitRequest,
+) -> Result<Bundle, BackendError> {
+    if !is_c_ident(&opts.name) {
+        return Err(BackendError::BadInput(format!(
+            "bundle name '{}' must be a C identifier (letters, digits, _)",
+            opts.name
+        )));
+    }
+    if opts.max_context < 1 || opts.max_tokens < 1 {
+        return Err(BackendError::BadInput(
+            "--max-context and --max-tokens must be at least 1".into(),
+        ));
+    }
+    llmc_ir::verify(g).map_err(|e| BackendError::BadInput(e.to_string()))?;
+    let input = |n: &str| g.inputs.iter().position(|(m, _)| m == n);
+    let decoder = !g.states.is_empty()
+        && input("tokens").is_some()
+        && input("positions").is_some()
+        && g.outputs.iter().any(|(n, _)| n == "logits");
+    if !g.states.is_empty() && !decoder {
+        return Err(BackendError::Unsupported("graphs with a KV cache compile as decoders: inputs 'tokens' and 'positions', output 'logits'".into()));
+    }
+    let (syms, entry, bind_seq) = if decoder {
+        let (syms, t, _) =
+            lower::decoder_symbols(opts.max_tokens.min(opts.max_context), opts.max_context);
+        let logits = g
+            .outputs
+            .iter()
+            .find(|(n, _)| n == "logits")
+            .expect("checked")
+            .1;
+        let vocab = g
+            .ty(logits)
+            .shape
+            .0
+            .last()
+            .and_then(|d| d.fixed())
+            .ok_or_else(|| {
+                BackendError::Unsupported(
+                    "the logits' last dimension (vocabulary) must be fixed".into(),
+                )
+            })? as i64;
+        let entry = Entry::Decoder {
+            vocab,
+            max_tokens: opts.max_tokens.min(opts.max_context),
+            max_context: opts.max_context,
+            tokens_input: input("tokens").expect("checked"),
+            positions_input: input("positions").expect("checked"),
+        };
+        (syms, entry, Some(t))
+    } else {
+        let mut syms = Symbols::default();
+        for (_, v) in &g.inputs {
+            for d in &g.ty(*v).shape.0 {
+                if let Dim::Sym(n) = d {
+                    let mx = opts.dims.get(n).copied().unwrap_or(if n == "batch" {
+                        1
+                    } else {
+                        opts.max_tokens
+                    });
+                    syms.add(n, mx);
+                }
+            }
+        }
+        (syms, Entry::Graph, None)
+    };
+    let syms_for_bind = syms.clone();
+    let dim_fn = move |d: &Dim| -> Option<Size> {
+        match d {
+            Dim::Fixed(n) => Some(Size::c(*n as i64)),
+            Dim::Sym(n) if bind_seq.is_some() => match n.as_str() {
+                "batch" => Some(Size::c(1)),
+                _ => Some(Size::sym(bind_seq.expect("decoder"))),
+            },
+            Dim::Sym(n) => syms_for_bind.find(n).map(Size::sym),
+            Dim::Any => None,
+        }
+    };
+    let bind = Binding {
+        dim: &dim_fn,
+        cache: syms.find("past"),
+    };
+    let sh = shapes::propagate(g, &bind)?;
+    let low = lower::lower(
+        g,
+        sh,
+        syms,
+        &LowerOptions {
+            max_context: opts.max_context,
+        },
+    )?;
+    let (buf_offsets, arena_bytes) = plan::allocate(&low.bufs, 64);
+    let mut end = low.state_end.max(STATE_HEADER);
+    let (tokens_offset, positions_offset) = if let Entry::Decoder { max_tokens, .. } = &entry {
+        let t = end;
+        let p = t + (*max_tokens as u64 * 8).div_ceil(64) * 64;
+        end = p + (*max_tokens as u64 * 8).div_ceil(64) * 64;
+        (t, p)
+    } else {
+        (0, 0)
+    };
+    let arena_offset = end.div_ceil(64) * 64;
+    let layout = Layout {
+        arena_offset,
+        buf_offsets,
+        state_bytes: arena_offset + arena_bytes,
+        tokens_offset,
+        positions_offset,
+    };
+
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(llmc_ir::print(g).as_bytes());
+    hasher.update(
+        format!(
+            "{spec}|{}|{}|{:?}|v{CODEGEN_VERSION}",
+            opts.max_context, opts.max_tokens, opts.dims
+        )
+        .as_bytes(),
+    );
+    let model_hash = hasher.digest();
+
+    let isa = isa::isa_of(spec);
+    let cx = Context::create();
+    let mut kernels = kernels::Kernels::new(isa);
+    let module = emit::emit(
+        &cx,
+        &opts.name,
+        &low,
+        &layout,
+        &entry,
+        &mut kernels,
+        model_hash,
+    );
+    let cg = Codegen::new(spec, CodegenOptions::default())?;
+    cg.configure_module(&module);
+    module
+        .verify()
+        .map_err(|m| BackendError::Internal(format!("generated module does not verify: {m}")))?;
+    module
+        .run_passes(
+            "default<O3>",
+            cg.target_machine(),
+            PassBuilderOptions::create(),
+        )
+        .map_err(|m| BackendError::Internal(format!("LLVM optimization failed: {m}")))?;
+    let llvm_ir = req.llvm_ir.then(|| module.print_to_string().to_string());
+    let asm = if req.asm {
+        Some(cg.emit_assembly(&module)?)
+    } else {
+        None
+    };
+    let object = cg.emit_object(&module)?;
+
+    let tensors: Vec<(usize, &[u8])> = low
+        .packed
+        .iter()
+        .map(|(o, b)| (*o as usize, b.as_slice()))
+        .collect();
+    let weights = llmc_runtime::weights::write_file(model_hash, &tensors);
+    debug_assert_eq!(
+        weights.len() as u64,
+        llmc_runtime::weights::align(low.weights_size as usize) as u64
+    );
+    let header = header::header(&opts.name, &low, &entry, layout.state_bytes, model_hash);
+    let manifest = serde_json::json!({
+        "name": opts.name,
+        "format": 1,
+        "target": { "triple": spec.llvm_triple(), "cpu": spec.cpu(), "features": spec.llvm_features(), "kernels": isa::describe(&isa) },
+        "kind": match &entry { Entry::Decoder { .. } => "decoder", Entry::Graph => "graph" },
+        "model_hash": format!("{model_hash:016x}"),
+        "state_bytes": layout.state_bytes,
+        "arena_bytes": arena_bytes,
+        "weights_bytes": weights.len(),
+        "max_context": opts.max_context,
+        "max_tokens": opts.max_tokens,
+        "vocab": match &entry { Entry::Decoder { vocab, .. } => serde_json::json!(vocab), Entry::Graph => serde_json::Value::Null },
+        "dims": low.syms.names.iter().zip(&low.syms.max).map(|(n, m)| serde_json::json!({"name": n, "max": m})).collect::<Vec<_>>(),
+        "inputs": low.inputs.iter().map(|(n, v)| serde_json::json!({"name": n, "dtype": v.dtype.name(), "dims": format!("{:?}", v.dims)})).collect::<Vec<_>>(),
+        "outputs": low.outputs.iter().map(|(n, v)| serde_json::json!({"name": n, "dtype": v.dtype.name(), "dims": format!("{:?}", v.dims)})).collect::<Vec<_>>(),
+        "kernel_calls": low.steps.len(),
+        "weights": g.weights.len(),
+    });
+    Ok(Bundle {
+        name: opts.name.clone(),
+        object,
+        weights,
+        header,
+        manifest,
+        llvm_ir,
+        asm,
+        entry,
+        state_bytes: layout.state_bytes,
+        model_hash,
+    })
+}

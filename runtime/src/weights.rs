@@ -1,0 +1,256 @@
+//! The weights file of a bundle: a 64-byte header, then every tensor at a 64-byte aligned
+//! offset, with a checksum over the data that generated code checks at init.
+//!
+//! | offset | field |
+//! |---|---|
+//! | 0 | magic `LLMCWGT\0` |
+//! | 8 | format version (u32 LE) |
+//! | 12 | header size (u32 LE, 64) |
+//! | 16 | total file size in bytes (u64 LE) |
+//! | 24 | model hash: ties the file to the code built with it (u64 LE) |
+//! | 32 | checksum of bytes `64..total` (u64 LE, [`checksum`]) |
+//! | 40 | number of tensors (u32 LE) |
+//! | 44 | alignment (u32 LE, 64) |
+//! | 48 | reserved, zero |
+
+pub const MAGIC: [u8; 8] = *b"LLMCWGT\0";
+pub const VERSION: u32 = 1;
+pub const HEADER_SIZE: usize = 64;
+pub const ALIGN: usize = 64;
+
+/// Error codes every generated entry point returns (the C header names them `LLMC_*`).
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok = 0,
+    /// A null pointer or a size of zero where one is needed.
+    BadArgument = 1,
+    /// The state buffer is smaller than the bundle's state size.
+    StateTooSmall = 2,
+    BadMagic = 3,
+    BadVersion = 4,
+    /// The weights buffer's size differs from the size in its header or in the code.
+    BadWeightsSize = 5,
+    /// The weights belong to another model or another build.
+    WrongModel = 6,
+    BadChecksum = 7,
+    /// A token id outside the vocabulary.
+    TokenOutOfRange = 8,
+    /// The KV cache cannot hold the tokens given.
+    ContextFull = 9,
+    /// The state was not initialized (or was initialized for another bundle).
+    NotInitialized = 10,
+    /// More tokens in one call than the bundle was built for.
+    TooManyTokens = 11,
+    /// An input dimension outside what the bundle was built for.
+    BadDimension = 12,
+}
+
+impl Status {
+    pub const ALL: [Status; 13] = [
+        Status::Ok,
+        Status::BadArgument,
+        Status::StateTooSmall,
+        Status::BadMagic,
+        Status::BadVersion,
+        Status::BadWeightsSize,
+        Status::WrongModel,
+        Status::BadChecksum,
+        Status::TokenOutOfRange,
+        Status::ContextFull,
+        Status::NotInitialized,
+        Status::TooManyTokens,
+        Status::BadDimension,
+    ];
+
+    pub fn from_code(code: i32) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| *s as i32 == code)
+    }
+
+    /// The macro name in the C header.
+    pub fn c_name(self) -> &'static str {
+        match self {
+            Status::Ok => "LLMC_OK",
+            Status::BadArgument => "LLMC_ERR_ARGUMENT",
+            Status::StateTooSmall => "LLMC_ERR_STATE_SIZE",
+            Status::BadMagic => "LLMC_ERR_WEIGHTS_MAGIC",
+            Status::BadVersion => "LLMC_ERR_WEIGHTS_VERSION",
+            Status::BadWeightsSize => "LLMC_ERR_WEIGHTS_SIZE",
+            Status::WrongModel => "LLMC_ERR_WEIGHTS_MODEL",
+            Status::BadChecksum => "LLMC_ERR_WEIGHTS_CHECKSUM",
+            Status::TokenOutOfRange => "LLMC_ERR_TOKEN_RANGE",
+            Status::ContextFull => "LLMC_ERR_CONTEXT_FULL",
+            Status::NotInitialized => "LLMC_ERR_NOT_INITIALIZED",
+            Status::TooManyTokens => "LLMC_ERR_TOO_MANY_TOKENS",
+            Status::BadDimension => "LLMC_ERR_DIMENSION",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::BadArgument => "a null pointer or an empty size was passed",
+            Status::StateTooSmall => "the state buffer is smaller than the bundle's state size",
+            Status::BadMagic => "the weights are not an llmc weights file (bad magic)",
+            Status::BadVersion => "the weights file has a format version this bundle does not read",
+            Status::BadWeightsSize => {
+                "the weights file's size is not the one this bundle was built with"
+            }
+            Status::WrongModel => "the weights file belongs to another model or build",
+            Status::BadChecksum => "the weights file is corrupt (checksum mismatch)",
+            Status::TokenOutOfRange => "a token id is outside the vocabulary",
+            Status::ContextFull => {
+                "the KV cache is full: reset, or build with a larger --max-context"
+            }
+            Status::NotInitialized => "the state was not initialized by this bundle's init",
+            Status::TooManyTokens => "more tokens in one call than the bundle's maximum",
+            Status::BadDimension => "an input dimension is outside what the bundle was built for",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.describe(), self.c_name())
+    }
+}
+
+const PRIME: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The checksum of the data region: eight 64-bit lanes over 64-byte blocks, each
+/// `lane = (lane ^ word) · PRIME`, then folded. Every step is a bijection of the lane, so a
+/// change to any one word always changes the result. `data.len()` must be a multiple of 64.
+pub fn checksum(data: &[u8]) -> u64 {
+    assert!(
+        data.len() % 64 == 0,
+        "checksummed data is padded to 64 bytes"
+    );
+    let mut acc: [u64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+    for block in data.chunks_exact(64) {
+        for (i, a) in acc.iter_mut().enumerate() {
+            let w = u64::from_le_bytes(block[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+            *a = (*a ^ w).wrapping_mul(PRIME);
+        }
+    }
+    acc.iter()
+        .fold(0u64, |h, &a| (h ^ a).wrapping_mul(PRIME).rotate_left(29))
+}
+
+/// Rounds up to the alignment.
+pub fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Writes a weights file: `tensors` at their offsets (which must be aligned, ascending and
+/// past the header), padded to a multiple of 64.
+pub fn write_file(model_hash: u64, tensors: &[(usize, &[u8])]) -> Vec<u8> {
+    let end = tensors
+        .iter()
+        .map(|(o, b)| o + b.len())
+        .max()
+        .unwrap_or(HEADER_SIZE)
+        .max(HEADER_SIZE);
+    let total = align(end);
+    let mut out = vec![0u8; total];
+    for (off, bytes) in tensors {
+        assert!(
+            *off >= HEADER_SIZE && off % ALIGN == 0,
+            "tensor offset {off} must be aligned past the header"
+        );
+        out[*off..*off + bytes.len()].copy_from_slice(bytes);
+    }
+    let sum = checksum(&out[HEADER_SIZE..]);
+    out[0..8].copy_from_slice(&MAGIC);
+    out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    out[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+    out[16..24].copy_from_slice(&(total as u64).to_le_bytes());
+    out[24..32].copy_from_slice(&model_hash.to_le_bytes());
+    out[32..40].copy_from_slice(&sum.to_le_bytes());
+    out[40..44].copy_from_slice(&(tensors.len() as u32).to_le_bytes());
+    out[44..48].copy_from_slice(&(ALIGN as u32).to_le_bytes());
+    out
+}
+
+/// What a weights file's header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub version: u32,
+    pub total: u64,
+    pub model_hash: u64,
+    pub checksum: u64,
+    pub tensors: u32,
+}
+
+/// Checks a weights file the way generated code's init does; `expect` gives the size and
+/// model hash the code was built with.
+pub fn check(bytes: &[u8], expect_total: u64, expect_hash: u64) -> Result<Header, Status> {
+    if bytes.len() < HEADER_SIZE {
+        return Err(if bytes.len() >= 8 && bytes[..8] == MAGIC {
+            Status::BadWeightsSize
+        } else {
+            Status::BadMagic
+        });
+    }
+    if bytes[..8] != MAGIC {
+        return Err(Status::BadMagic);
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
+    let h = Header {
+        version: u32_at(8),
+        total: u64_at(16),
+        model_hash: u64_at(24),
+        checksum: u64_at(32),
+        tensors: u32_at(40),
+    };
+    if h.version != VERSION {
+        return Err(Status::BadVersion);
+    }
+    if h.total != bytes.len() as u64 || h.total != expect_total {
+        return Err(Status::BadWeightsSize);
+    }
+    if h.model_hash != expect_hash {
+        return Err(Status::WrongModel);
+    }
+    if checksum(&bytes[HEADER_SIZE..]) != h.checksum {
+        return Err(Status::BadChecksum);
+    }
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_checks_and_each_corruption_is_told_apart() {
+        let a = [7u8; 100];
+        let b = [9u8; 10];
+        let f = write_file(42, &[(64, &a), (192, &b)]);
+        assert_eq!(f.len(), 256);
+        let h = check(&f, 256, 42).unwrap();
+        assert_eq!(h.tensors, 2);
+        let mut flipped = f.clone();
+        flipped[200] ^= 1;
+        assert_eq!(check(&flipped, 256, 42), Err(Status::BadChecksum));
+        assert_eq!(check(&f[..128], 256, 42), Err(Status::BadWeightsSize));
+        assert_eq!(check(&f, 256, 43), Err(Status::WrongModel));
+        let mut v = f.clone();
+        v[8] = 2;
+        assert_eq!(check(&v, 256, 42), Err(Status::BadVersion));
+        let mut m = f;
+        m[0] = b'X';
+        assert_eq!(check(&m, 256, 42), Err(Status::BadMagic));
+    }
+
+    #[test]
+    fn checksum_sees_every_word() {
+        let base = vec![0u8; 64 * 4];
+        let c = checksum(&base);
+        for i in (0..base.len()).step_by(8) {
+            let mut v = base.clone();
+            v[i] = 1;
+            assert_ne!(checksum(&v), c, "word at {i}");
+        }
+    }
+}
