@@ -1,10 +1,16 @@
-//! Writing a bundle to disk: object, static library, shared library on request, header,
-//! weights, manifest, and the intermediate forms `--emit` asks for.
+//! Bundles on disk: writing one (object, static library, shared library on request, header,
+//! weights, tokenizer, manifest, and the intermediate forms `--emit` asks for), and opening a
+//! bundle directory again to run its compiled code on the host.
 
+use crate::frontend::{Model, ModelKind};
+use crate::tokenizer::Tokenizer;
 use llmc_backends::cpu::Bundle;
+use llmc_ir::{DType, Data, Dim, Tensor};
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// What went wrong writing a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("{path}: {msg}")]
@@ -21,6 +27,8 @@ pub struct Outputs {
     pub asm: bool,
     /// Put the weights inside the object (a `<name>_weights` symbol) instead of a file.
     pub embed_weights: bool,
+    /// Write the model's tokenizer as `tokenizer.json`.
+    pub tokenizer: bool,
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
@@ -30,25 +38,133 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     })
 }
 
-/// A `!<arch>` archive holding one member (what `ar rcs` writes, without a symbol table: the
-/// linker reads the object's own).
-pub fn ar_archive(member: &str, data: &[u8]) -> Vec<u8> {
-    let mut out = b"!<arch>\n".to_vec();
-    let name = format!("{member}/");
-    let header = format!(
-        "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
-        name,
-        0,
-        0,
-        0,
-        644,
-        data.len()
-    );
-    out.extend(header.as_bytes());
-    out.extend(data);
-    if data.len() % 2 == 1 {
-        out.push(b'\n');
+/// The global symbols an ELF64 little-endian object defines, in symbol-table order (empty
+/// for anything else).
+pub fn elf_defined_symbols(obj: &[u8]) -> Vec<String> {
+    let u16_at = |o: usize| {
+        obj.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        obj.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+    };
+    let u64_at = |o: usize| {
+        obj.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    };
+    // ELF magic, 64-bit class, little-endian
+    if obj.len() < 64 || &obj[..4] != b"\x7fELF" || obj[4] != 2 || obj[5] != 1 {
+        return Vec::new();
     }
+    let (Some(shoff), Some(shentsize), Some(shnum)) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c))
+    else {
+        return Vec::new();
+    };
+    let section = |i: usize| shoff + i * shentsize;
+    let mut out = Vec::new();
+    for i in 0..shnum {
+        let sh = section(i);
+        if u32_at(sh + 4) != Some(2) {
+            continue; // not SHT_SYMTAB
+        }
+        let (Some(off), Some(size), Some(link), Some(entsize)) = (
+            u64_at(sh + 24),
+            u64_at(sh + 32),
+            u32_at(sh + 40),
+            u64_at(sh + 56),
+        ) else {
+            continue;
+        };
+        let Some(stroff) = u64_at(section(link) + 24) else {
+            continue;
+        };
+        for k in 1..size / entsize.max(1) {
+            let sym = off + k * entsize;
+            let (Some(name), Some(info), Some(shndx)) =
+                (u32_at(sym), obj.get(sym + 4), u16_at(sym + 6))
+            else {
+                break;
+            };
+            let bind = info >> 4;
+            if (bind == 1 || bind == 2) && shndx != 0 {
+                let start = stroff + name;
+                let Some(rest) = obj.get(start..) else {
+                    continue;
+                };
+                let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+                out.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+            }
+        }
+    }
+    out
+}
+
+fn ar_header(name: &str, size: usize) -> Vec<u8> {
+    let h = format!(
+        "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+        name, 0, 0, 0, 644, size
+    );
+    debug_assert_eq!(h.len(), 60);
+    h.into_bytes()
+}
+
+fn pad_even(v: &mut Vec<u8>) {
+    if v.len() % 2 == 1 {
+        v.push(b'\n');
+    }
+}
+
+/// A GNU `!<arch>` archive holding one object, with the symbol index linkers need (what
+/// `ar rcs` writes, with zero timestamps and ids so that it is reproducible). Member names
+/// longer than 15 bytes go through the `//` name table.
+pub fn ar_archive(member: &str, data: &[u8]) -> Vec<u8> {
+    let symbols = elf_defined_symbols(data);
+    let mut symtab = Vec::new();
+    if !symbols.is_empty() {
+        symtab.extend((symbols.len() as u32).to_be_bytes());
+        symtab.extend(std::iter::repeat_n(0u8, 4 * symbols.len())); // offsets, set below
+        for s in &symbols {
+            symtab.extend(s.as_bytes());
+            symtab.push(0);
+        }
+    }
+    let long = member.len() + 1 > 16;
+    let mut names = Vec::new();
+    if long {
+        names.extend(format!("{member}/\n").as_bytes());
+    }
+    let padded = |n: usize| n + n % 2;
+    let mut member_at = 8;
+    if !symtab.is_empty() {
+        member_at += 60 + padded(symtab.len());
+    }
+    if long {
+        member_at += 60 + padded(names.len());
+    }
+    for k in 0..symbols.len() {
+        symtab[4 + 4 * k..8 + 4 * k].copy_from_slice(&(member_at as u32).to_be_bytes());
+    }
+    let mut out = b"!<arch>\n".to_vec();
+    if !symtab.is_empty() {
+        out.extend(ar_header("/", symtab.len()));
+        out.extend(&symtab);
+        pad_even(&mut out);
+    }
+    if long {
+        out.extend(ar_header("//", names.len()));
+        out.extend(&names);
+        pad_even(&mut out);
+    }
+    debug_assert_eq!(out.len(), member_at);
+    let name = if long {
+        "/0".to_string()
+    } else {
+        format!("{member}/")
+    };
+    out.extend(ar_header(&name, data.len()));
+    out.extend(data);
+    pad_even(&mut out);
     out
 }
 
@@ -62,6 +178,9 @@ pub fn file_names(name: &str, o: &Outputs) -> Vec<String> {
     ];
     if !o.embed_weights {
         v.push(format!("{name}.weights"));
+    }
+    if o.tokenizer {
+        v.push(TOKENIZER_FILE.to_string());
     }
     if o.so {
         v.push(format!("lib{name}.so"));
@@ -79,6 +198,183 @@ pub fn file_names(name: &str, o: &Outputs) -> Vec<String> {
 /// with `force`; the error names the first that would be.
 pub fn write_bundle(
     b: &Bundle,
+    dir: &Path,
+    o: &Outputs,
+    force: bool,
+) -> Result<Vec<PathBuf>, WriteError> {
+    write_files(b, &b.manifest, None, dir, o, force)
+}
+
+/// Writes the bundle of a model read by a frontend: as [`write_bundle`], plus the model's
+/// tokenizer (`tokenizer.json`) and what a host needs to drive it in `manifest.json`: its
+/// kind, BOS/EOS tokens, and the graph's inputs and outputs with named dimensions.
+pub fn write_model_bundle(
+    b: &Bundle,
+    model: &Model,
+    dir: &Path,
+    o: &Outputs,
+    force: bool,
+) -> Result<Vec<PathBuf>, WriteError> {
+    let mut o = *o;
+    o.tokenizer = model.tokenizer.is_some();
+    let tok_json = model
+        .tokenizer
+        .as_ref()
+        .map(|t| t.to_json())
+        .transpose()
+        .map_err(|e| WriteError::Io {
+            path: dir.join(TOKENIZER_FILE),
+            msg: e.to_string(),
+        })?;
+    let manifest = model_manifest(&b.manifest, model);
+    write_files(b, &manifest, tok_json.as_deref(), dir, &o, force)
+}
+
+/// The name of the tokenizer file in a bundle.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// A dimension as the backend's manifest prints it (`384`, `s1`: the bundle's run-time
+/// dimension 1), as a number or a dimension name; `None` for anything else.
+fn backend_dim(text: &str, names: &[String]) -> Option<Value> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return Some(json!(n));
+    }
+    let k: usize = t.strip_prefix('s')?.parse().ok()?;
+    names.get(k).map(|n| json!(n))
+}
+
+/// The shape of a graph input or output: the model's dimensions, with those it leaves
+/// unknown (`?`) taken from the backend's, which shape inference resolved.
+fn shape_json(
+    g: &llmc_ir::Graph,
+    v: llmc_ir::ValueId,
+    backend: Option<&str>,
+    names: &[String],
+) -> Value {
+    let t = g.ty(v);
+    let resolved: Vec<&str> = backend
+        .map(|b| {
+            b.trim_start_matches('[')
+                .trim_end_matches(']')
+                .split(", ")
+                .collect()
+        })
+        .unwrap_or_default();
+    let dims: Vec<Value> = t
+        .shape
+        .0
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Dim::Fixed(n) => json!(n),
+            Dim::Sym(s) => json!(s),
+            Dim::Any if resolved.len() == t.shape.0.len() => {
+                backend_dim(resolved[i], names).unwrap_or(Value::Null)
+            }
+            Dim::Any => Value::Null,
+        })
+        .collect();
+    json!(dims)
+}
+
+/// Bytes of weights one decoded token reads, by the weights' encodings: all of every weight
+/// but embedding tables, of which a token reads one row (an output head tied to the table
+/// counts in full).
+pub fn weight_bytes_per_token(g: &llmc_ir::Graph) -> u64 {
+    let users = g.users();
+    g.weights
+        .iter()
+        .map(|w| {
+            let dims: Vec<u64> = w.ty.shape.0.iter().filter_map(|d| d.fixed()).collect();
+            let bytes = w.ty.enc.byte_size(&dims).unwrap_or(0);
+            let uses = &users[w.value.0 as usize];
+            let table_only = !uses.is_empty()
+                && uses.iter().all(|&n| {
+                    matches!(g.nodes[n].op, llmc_ir::Op::Gather { .. })
+                        && g.nodes[n].inputs[0] == w.value
+                });
+            match (table_only, dims.first()) {
+                (true, Some(&rows)) if rows > 0 => bytes / rows,
+                _ => bytes,
+            }
+        })
+        .sum()
+}
+
+/// The backend's manifest with what the compiler knows about the model added.
+fn model_manifest(base: &Value, m: &Model) -> Value {
+    let mut man = base.clone();
+    let g = &m.graph;
+    let (kind, extra) = match &m.kind {
+        ModelKind::CausalLm {
+            vocab,
+            max_context,
+            bos,
+            eos,
+        } => (
+            "causal-lm",
+            json!({"vocab": vocab, "max_context": max_context, "bos": bos, "eos": eos}),
+        ),
+        ModelKind::Encoder { hidden } => ("encoder", json!({ "hidden": hidden })),
+        ModelKind::Generic => ("graph", json!({})),
+    };
+    let mut model = json!({ "kind": kind, "architecture": m.architecture });
+    if let (Some(o), Some(e)) = (model.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    let names: Vec<String> = base["dims"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| d["name"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let io = |list: &[(String, llmc_ir::ValueId)], which: &str| -> Value {
+        list.iter()
+            .map(|(n, v)| {
+                let dtype = match &g.ty(*v).enc {
+                    llmc_ir::Encoding::Dense(d) => d.name().to_string(),
+                    other => other.to_string(),
+                };
+                let backend = base[which].as_array().and_then(|a| {
+                    a.iter()
+                        .find(|e| e["name"].as_str() == Some(n))
+                        .and_then(|e| e["dims"].as_str())
+                });
+                json!({"name": n, "dtype": dtype, "shape": shape_json(g, *v, backend, &names)})
+            })
+            .collect()
+    };
+    if let Some(o) = man.as_object_mut() {
+        if let ModelKind::CausalLm { bos, eos, .. } = &m.kind {
+            o.insert("bos".into(), json!(bos));
+            o.insert("eos".into(), json!(eos));
+        }
+        o.insert("model".into(), model);
+        o.insert(
+            "weight_bytes_per_token".into(),
+            json!(weight_bytes_per_token(g)),
+        );
+        o.insert(
+            "tokenizer".into(),
+            m.tokenizer
+                .as_ref()
+                .map_or(Value::Null, |_| json!(TOKENIZER_FILE)),
+        );
+        o.insert(
+            "signature".into(),
+            json!({"inputs": io(&g.inputs, "inputs"), "outputs": io(&g.outputs, "outputs")}),
+        );
+    }
+    man
+}
+
+fn write_files(
+    b: &Bundle,
+    manifest: &Value,
+    tokenizer: Option<&str>,
     dir: &Path,
     o: &Outputs,
     force: bool,
@@ -106,7 +402,11 @@ pub fn write_bundle(
     if !o.embed_weights {
         write(&dir.join(format!("{}.weights", b.name)), &b.weights)?;
     }
-    let manifest = serde_json::to_string_pretty(&b.manifest).expect("json");
+    if let (true, Some(t)) = (o.tokenizer, tokenizer) {
+        write(&dir.join(TOKENIZER_FILE), t.as_bytes())?;
+    }
+    let mut manifest = serde_json::to_string_pretty(manifest).expect("json");
+    manifest.push('\n');
     write(&dir.join("manifest.json"), manifest.as_bytes())?;
     if let Some(ir) = &b.llvm_ir {
         write(&dir.join(format!("{}.ll", b.name)), ir.as_bytes())?;
@@ -142,6 +442,423 @@ pub fn link_shared(obj: &Path, out: &Path) -> Result<(), WriteError> {
     }
 }
 
+/// What is wrong with a bundle directory, or with a call into it.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleDirError {
+    /// A file the command needs is not in the bundle.
+    #[error("{path}: missing ({fix})")]
+    Missing { path: PathBuf, fix: String },
+    /// The manifest or a file of the bundle cannot be read or makes no sense.
+    #[error("{path}: {msg}")]
+    Bad { path: PathBuf, msg: String },
+    /// The bundle is of another kind or for another machine than the command needs.
+    #[error("{0}")]
+    Unsuitable(String),
+    #[error(transparent)]
+    Runtime(#[from] llmc_runtime::BundleError),
+}
+
+/// Whether the bundle is a decoder (`prefill`/`decode`) or a graph (`run`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleKind {
+    Decoder,
+    Graph,
+}
+
+/// One input or output of a graph bundle: dimensions are numbers or named run-time
+/// dimensions (`seq`), as in the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IoSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<DimSpec>,
+}
+
+/// A dimension of an [`IoSpec`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum DimSpec {
+    Fixed(usize),
+    Named(String),
+}
+
+/// A bundle directory (one with a `manifest.json`), read back to run its compiled code.
+#[derive(Clone, Debug)]
+pub struct BundleDir {
+    pub dir: PathBuf,
+    pub name: String,
+    pub kind: BundleKind,
+    pub manifest: Value,
+    /// The model's kind as the compiler recorded it: `causal-lm`, `encoder`, `graph`.
+    pub model_kind: String,
+    pub vocab: Option<usize>,
+    /// Tokens the bundle's KV cache holds (decoders).
+    pub max_context: usize,
+    /// Tokens one prefill call may take (decoders).
+    pub max_tokens: usize,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// The target triple the code was built for.
+    pub triple: String,
+    /// Bytes of the weights file (header included).
+    pub weights_bytes: u64,
+    pub weights_embedded: bool,
+}
+
+impl BundleDir {
+    /// Whether `path` is a bundle directory (it holds a `manifest.json`).
+    pub fn is_bundle(path: &Path) -> bool {
+        path.is_dir() && path.join("manifest.json").is_file()
+    }
+
+    /// Reads a bundle directory's manifest.
+    pub fn open(dir: &Path) -> Result<BundleDir, BundleDirError> {
+        let mpath = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&mpath).map_err(|e| BundleDirError::Bad {
+            path: mpath.clone(),
+            msg: format!("{e} (is {} a bundle written by llmc build?)", dir.display()),
+        })?;
+        let manifest: Value = serde_json::from_str(&text).map_err(|e| BundleDirError::Bad {
+            path: mpath.clone(),
+            msg: format!("not valid JSON: {e}"),
+        })?;
+        let bad = |msg: String| BundleDirError::Bad {
+            path: mpath.clone(),
+            msg,
+        };
+        let name = manifest["name"]
+            .as_str()
+            .ok_or_else(|| bad("no bundle name".into()))?
+            .to_string();
+        let kind = match manifest["kind"].as_str() {
+            Some("decoder") => BundleKind::Decoder,
+            Some("graph") => BundleKind::Graph,
+            other => return Err(bad(format!("unknown bundle kind {other:?}"))),
+        };
+        let u = |k: &str| manifest[k].as_u64();
+        let id = |v: &Value| v.as_u64().map(|x| x as u32);
+        Ok(BundleDir {
+            dir: dir.to_path_buf(),
+            kind,
+            model_kind: manifest["model"]["kind"]
+                .as_str()
+                .unwrap_or(match kind {
+                    BundleKind::Decoder => "causal-lm",
+                    BundleKind::Graph => "graph",
+                })
+                .to_string(),
+            vocab: u("vocab").map(|v| v as usize),
+            max_context: u("max_context").unwrap_or(0) as usize,
+            max_tokens: u("max_tokens").unwrap_or(0) as usize,
+            bos: id(&manifest["bos"]),
+            eos: id(&manifest["eos"]),
+            triple: manifest["target"]["triple"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            weights_bytes: u("weights_bytes").unwrap_or(0),
+            weights_embedded: manifest["weights_embedded"].as_bool().unwrap_or(false),
+            name,
+            manifest,
+        })
+    }
+
+    /// Bytes of the weights file's tensors (the file without its header).
+    pub fn tensor_bytes(&self) -> u64 {
+        self.weights_bytes
+            .saturating_sub(llmc_runtime::weights::HEADER_SIZE as u64)
+    }
+
+    /// Bytes of weights one decoded token reads: the manifest's count (every weight, the
+    /// output head included, and one row of an embedding table), else every tensor of the
+    /// weights file.
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.manifest["weight_bytes_per_token"]
+            .as_u64()
+            .unwrap_or_else(|| self.tensor_bytes())
+    }
+
+    /// The bundle's tokenizer (`tokenizer.json`).
+    pub fn tokenizer(&self) -> Result<Tokenizer, BundleDirError> {
+        let p = self.dir.join(TOKENIZER_FILE);
+        if !p.is_file() {
+            return Err(BundleDirError::Missing {
+                path: p,
+                fix: "the model had no tokenizer when the bundle was built; rebuild from a model that carries one".into(),
+            });
+        }
+        Tokenizer::from_file(&p).map_err(|e| BundleDirError::Bad {
+            path: p,
+            msg: e.to_string(),
+        })
+    }
+
+    /// Fails unless the bundle is of `kind`, naming what `command` needs.
+    pub fn expect_kind(&self, kind: BundleKind, command: &str) -> Result<(), BundleDirError> {
+        if self.kind == kind {
+            return Ok(());
+        }
+        let what = |k: BundleKind| match k {
+            BundleKind::Decoder => "a decoder (language model) bundle",
+            BundleKind::Graph => "a graph bundle",
+        };
+        Err(BundleDirError::Unsuitable(format!(
+            "{}: {command} needs {}, and this is {} (model kind '{}')",
+            self.dir.display(),
+            what(kind),
+            what(self.kind),
+            self.model_kind
+        )))
+    }
+
+    /// Loads the compiled code with `threads` threads (1: none) and initializes a state.
+    pub fn load(&self, threads: usize) -> Result<llmc_runtime::Bundle, BundleDirError> {
+        let host = std::env::consts::ARCH;
+        let arch = self.triple.split('-').next().unwrap_or("");
+        if !arch.is_empty() && arch != host {
+            return Err(BundleDirError::Unsuitable(format!(
+                "{}: the bundle was built for {}; this machine is {host} (build it with --target host to run it here)",
+                self.dir.display(),
+                self.triple
+            )));
+        }
+        let so = self.dir.join(format!("lib{}.so", self.name));
+        if !so.is_file() {
+            return Err(BundleDirError::Missing {
+                path: so,
+                fix: "llmc runs bundles through their shared library: rebuild with --emit so"
+                    .into(),
+            });
+        }
+        let w = self.dir.join(format!("{}.weights", self.name));
+        if !self.weights_embedded && !w.is_file() {
+            return Err(BundleDirError::Missing {
+                path: w,
+                fix: "the weights file belongs beside the library; rebuild the bundle or copy it back".into(),
+            });
+        }
+        Ok(llmc_runtime::Bundle::open(&self.dir, &self.name, threads)?)
+    }
+
+    /// The run-time dimensions of a graph bundle and their maxima, in the order `run` takes
+    /// them.
+    pub fn dims(&self) -> Vec<(String, i64)> {
+        self.manifest["dims"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|d| {
+                        (
+                            d["name"].as_str().unwrap_or("").to_string(),
+                            d["max"].as_i64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn io(&self, which: &str) -> Result<Vec<IoSpec>, BundleDirError> {
+        let path = self.dir.join("manifest.json");
+        let list = self.manifest["signature"][which]
+            .as_array()
+            .ok_or_else(|| BundleDirError::Bad {
+                path: path.clone(),
+                msg: format!(
+                    "no signature.{which}: the bundle was written by an older llmc; rebuild it"
+                ),
+            })?;
+        list.iter()
+            .map(|e| {
+                let bad = |msg: String| BundleDirError::Bad {
+                    path: path.clone(),
+                    msg,
+                };
+                let name = e["name"]
+                    .as_str()
+                    .ok_or_else(|| bad("an unnamed input or output".into()))?;
+                let dtype = e["dtype"]
+                    .as_str()
+                    .and_then(DType::from_name)
+                    .ok_or_else(|| bad(format!("'{name}' has no dense dtype")))?;
+                let shape = e["shape"]
+                    .as_array()
+                    .ok_or_else(|| bad(format!("'{name}' has no shape")))?
+                    .iter()
+                    .map(|d| match d {
+                        Value::Number(n) => n
+                            .as_u64()
+                            .map(|n| DimSpec::Fixed(n as usize))
+                            .ok_or_else(|| bad(format!("'{name}': bad dimension {n}"))),
+                        Value::String(s) => Ok(DimSpec::Named(s.clone())),
+                        _ => Err(bad(format!("'{name}' has a dimension of unknown size"))),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(IoSpec {
+                    name: name.to_string(),
+                    dtype,
+                    shape,
+                })
+            })
+            .collect()
+    }
+
+    /// The inputs of a graph bundle, in the order `run` takes them.
+    pub fn inputs(&self) -> Result<Vec<IoSpec>, BundleDirError> {
+        self.io("inputs")
+    }
+
+    /// The outputs of a graph bundle, in the order `run` writes them.
+    pub fn outputs(&self) -> Result<Vec<IoSpec>, BundleDirError> {
+        self.io("outputs")
+    }
+
+    /// Runs a graph bundle on named tensors: binds the run-time dimensions from the inputs'
+    /// shapes (checked against the bundle's maxima), converts each input to the dtype the code
+    /// takes, and returns every output.
+    pub fn run_graph(
+        &self,
+        rt: &mut llmc_runtime::Bundle,
+        given: &[(String, Tensor)],
+    ) -> Result<Vec<(String, Tensor)>, BundleDirError> {
+        self.expect_kind(BundleKind::Graph, "running named inputs")?;
+        let inputs = self.inputs()?;
+        let outputs = self.outputs()?;
+        let dims = self.dims();
+        for (n, _) in given {
+            if !inputs.iter().any(|i| &i.name == n) {
+                let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(BundleDirError::Unsuitable(format!(
+                    "the bundle has no input '{n}'; its inputs are {}",
+                    names.join(", ")
+                )));
+            }
+        }
+        let mut values: Vec<Option<i64>> = vec![None; dims.len()];
+        let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(inputs.len());
+        for spec in &inputs {
+            let t = given
+                .iter()
+                .find(|(n, _)| n == &spec.name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| {
+                    BundleDirError::Unsuitable(format!(
+                        "input '{}' is missing (give it with --input {}=FILE.npy)",
+                        spec.name, spec.name
+                    ))
+                })?;
+            if t.shape.len() != spec.shape.len() {
+                return Err(BundleDirError::Unsuitable(format!(
+                    "input '{}' has shape {:?}; the bundle takes {} dimensions ({})",
+                    spec.name,
+                    t.shape,
+                    spec.shape.len(),
+                    show_shape(&spec.shape)
+                )));
+            }
+            for (&have, want) in t.shape.iter().zip(&spec.shape) {
+                match want {
+                    DimSpec::Fixed(n) if *n != have => {
+                        return Err(BundleDirError::Unsuitable(format!(
+                            "input '{}' has shape {:?}; the bundle takes ({})",
+                            spec.name,
+                            t.shape,
+                            show_shape(&spec.shape)
+                        )))
+                    }
+                    DimSpec::Fixed(_) => {}
+                    DimSpec::Named(s) => {
+                        let k = dims.iter().position(|(d, _)| d == s).ok_or_else(|| {
+                            BundleDirError::Unsuitable(format!(
+                                "input '{}': dimension '{s}' is not one the bundle binds at run time",
+                                spec.name
+                            ))
+                        })?;
+                        let max = dims[k].1;
+                        if have as i64 > max {
+                            return Err(BundleDirError::Unsuitable(format!(
+                                "input '{}': dimension '{s}' is {have}, more than the {max} the bundle was built for (rebuild with --dim {s}={have})",
+                                spec.name
+                            )));
+                        }
+                        match values[k] {
+                            Some(v) if v != have as i64 => {
+                                return Err(BundleDirError::Unsuitable(format!(
+                                    "dimension '{s}' is {v} in one input and {have} in '{}'",
+                                    spec.name
+                                )))
+                            }
+                            _ => values[k] = Some(have as i64),
+                        }
+                    }
+                }
+            }
+            bytes.push(t.data.cast(spec.dtype).to_le_bytes());
+        }
+        let values: Vec<i64> = values
+            .iter()
+            .zip(&dims)
+            .map(|(v, (n, _))| {
+                v.ok_or_else(|| {
+                    BundleDirError::Unsuitable(format!(
+                        "no input sets the run-time dimension '{n}'"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut outs: Vec<(Vec<usize>, Vec<u8>)> = Vec::with_capacity(outputs.len());
+        for spec in &outputs {
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .map(|d| match d {
+                    DimSpec::Fixed(n) => Ok(*n),
+                    DimSpec::Named(s) => dims
+                        .iter()
+                        .position(|(d, _)| d == s)
+                        .map(|k| values[k] as usize)
+                        .ok_or_else(|| {
+                            BundleDirError::Unsuitable(format!(
+                                "output '{}': dimension '{s}' is not bound by any input",
+                                spec.name
+                            ))
+                        }),
+                })
+                .collect::<Result<_, _>>()?;
+            let n: usize = shape.iter().product();
+            outs.push((shape, vec![0u8; n * spec.dtype.size()]));
+        }
+        {
+            let ins: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
+            let mut outb: Vec<&mut [u8]> = outs.iter_mut().map(|(_, b)| b.as_mut_slice()).collect();
+            rt.run(&values, &ins, &mut outb)?;
+        }
+        outputs
+            .iter()
+            .zip(outs)
+            .map(|(spec, (shape, b))| {
+                let data = Data::from_le_bytes(spec.dtype, &b).ok_or_else(|| {
+                    BundleDirError::Unsuitable(format!(
+                        "output '{}' has dtype {} that llmc cannot read back",
+                        spec.name,
+                        spec.dtype.name()
+                    ))
+                })?;
+                Ok((spec.name.clone(), Tensor::new(shape, data)))
+            })
+            .collect()
+    }
+}
+
+fn show_shape(s: &[DimSpec]) -> String {
+    s.iter()
+        .map(|d| match d {
+            DimSpec::Fixed(n) => n.to_string(),
+            DimSpec::Named(n) => n.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(" x ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +869,8 @@ mod tests {
         assert!(a.starts_with(b"!<arch>\nm.o/"));
         assert_eq!(a.len(), 8 + 60 + 4);
         assert_eq!(&a[8 + 58..8 + 60], b"`\n");
+        let long = ar_archive("a_rather_long_bundle_name.o", b"abcd");
+        assert!(long.starts_with(b"!<arch>\n//  "));
+        assert!(long.ends_with(b"abcd"));
     }
 }

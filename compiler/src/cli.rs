@@ -1,9 +1,10 @@
 //! The `llmc` command line: argument definitions and the commands behind them.
 
-use crate::eval::{evaluate, join_texts, Protocol};
+use crate::bundle::{BundleDir, BundleKind};
+use crate::eval::{evaluate_with, join_texts, BundleScorer, Protocol, Scorer, WindowScorer};
 use crate::frontend::{self, Model, ModelKind};
 use crate::npy;
-use crate::tokenizer::StreamDecoder;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
 use clap::{Args, Parser, Subcommand};
 use llmc_ir::{Session, Tensor};
 use llmc_runtime::{Sampler, SamplerConfig};
@@ -19,9 +20,9 @@ use std::path::{Path, PathBuf};
     about = "Ahead-of-time compiler for compressed transformer models"
 )]
 pub struct Cli {
-    /// Worker threads (default: one per core).
-    #[arg(long, global = true)]
-    pub threads: Option<usize>,
+    /// Worker threads (default: one per core); `bench` takes a list to compare (1,2).
+    #[arg(long, global = true, value_delimiter = ',', value_name = "N")]
+    pub threads: Vec<usize>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -30,12 +31,70 @@ pub struct Cli {
 pub enum Command {
     /// Describe a model: architecture, parameters, ops, weight bytes by encoding.
     Inspect(InspectArgs),
-    /// Measure a language model on text: perplexity, and KL / top-1 against a reference.
+    /// Measure a language model (a bundle, or a model file in the interpreter) on text:
+    /// perplexity, and KL / top-1 against a reference.
     Eval(EvalArgs),
-    /// Run a model: generate text from a prompt, embed sentences, or run on .npy inputs.
+    /// Run a bundle's compiled code, or a model file in the interpreter: generate text from a
+    /// prompt, embed sentences, or run on .npy inputs.
     Run(RunArgs),
     /// Compile a model into a bundle: static library, C header, weights, manifest.
     Build(BuildArgs),
+    /// Time a decoder bundle: prefill and decode tokens/s, and the decode's weight bandwidth.
+    Bench(BenchArgs),
+    /// List the targets llmc compiles for and the kernels each CPU's features select.
+    Targets(TargetsArgs),
+    /// Print the token ids of a text (with a bundle's or a model's tokenizer).
+    Tokenize(TokenizeArgs),
+    /// Print the text of token ids (with a bundle's or a model's tokenizer).
+    Detokenize(DetokenizeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Bundle directory (a decoder built for the host with --emit so).
+    pub bundle: PathBuf,
+    /// Tokens of the timed prefill, from an empty cache.
+    #[arg(long, default_value_t = 128)]
+    pub prefill: usize,
+    /// Tokens in the cache when decode steps are timed.
+    #[arg(long, default_value_t = 128)]
+    pub context: usize,
+    /// Decode steps timed per run.
+    #[arg(long, default_value_t = 16)]
+    pub decode: usize,
+    /// Timed runs per measurement (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TargetsArgs {
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    /// A bundle directory, a model file, or a tokenizer.json.
+    pub tokenizer: PathBuf,
+    /// The text to tokenize.
+    pub text: String,
+    /// Add the special tokens the tokenizer's post-processor adds ([CLS]/[SEP]).
+    #[arg(long)]
+    pub special: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DetokenizeArgs {
+    /// A bundle directory, a model file, or a tokenizer.json.
+    pub tokenizer: PathBuf,
+    /// Token ids (separated by spaces or commas).
+    #[arg(required = true, value_delimiter = ',')]
+    pub ids: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +133,9 @@ pub struct BuildArgs {
     /// Extra outputs: so, llvm-ir, asm (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     pub emit: Vec<String>,
+    /// Put the weights into the object (`<name>_weights`) instead of a `<name>.weights` file.
+    #[arg(long)]
+    pub embed_weights: bool,
     /// Replace an existing bundle in the output directory.
     #[arg(long)]
     pub force: bool,
@@ -93,13 +155,18 @@ pub struct InspectArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
+    /// A decoder bundle directory (compiled code), or a model file (interpreter).
     pub model: PathBuf,
     /// Text files, joined in the order given (each stripped, separated by a blank line).
     #[arg(long, num_args = 1.., required = true)]
     pub text: Vec<PathBuf>,
-    /// A reference model for KL divergence and top-1 agreement (same tokenizer).
+    /// A reference model or bundle for KL divergence and top-1 agreement (same tokenizer).
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// Run model files in the reference interpreter (what a model file always does; bundle
+    /// directories run their compiled code).
+    #[arg(long)]
+    pub interp: bool,
     /// Tokens per window.
     #[arg(long, default_value_t = 512)]
     pub window: usize,
@@ -113,7 +180,12 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// A bundle directory (compiled code), or a model file (interpreter).
     pub model: PathBuf,
+    /// Run a model file in the reference interpreter (what a model file always does; bundle
+    /// directories run their compiled code).
+    #[arg(long)]
+    pub interp: bool,
     /// Text to continue (language models) or to embed (encoders; repeat for a batch).
     #[arg(long)]
     pub prompt: Vec<String>,
@@ -143,10 +215,20 @@ pub struct RunArgs {
 }
 
 pub fn main_with(cli: Cli) -> Result<()> {
-    if let Some(t) = cli.threads {
-        if t == 0 {
-            return Err(miette!("--threads must be at least 1"));
+    if cli.threads.contains(&0) {
+        return Err(miette!("--threads must be at least 1"));
+    }
+    let threads = match (&cli.command, cli.threads.as_slice()) {
+        (Command::Bench(_), _) | (_, []) => None,
+        (_, [t]) => Some(*t),
+        (_, _) => {
+            return Err(miette!(
+                help = "only llmc bench compares thread counts",
+                "--threads takes one number here"
+            ))
         }
+    };
+    if let Some(t) = threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build_global()
@@ -154,9 +236,13 @@ pub fn main_with(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Inspect(a) => inspect(a),
-        Command::Eval(a) => eval(a),
-        Command::Run(a) => run(a),
+        Command::Eval(a) => eval(a, threads),
+        Command::Run(a) => run(a, threads),
         Command::Build(a) => build(a),
+        Command::Bench(a) => bench(a, cli.threads),
+        Command::Targets(a) => targets(a),
+        Command::Tokenize(a) => tokenize(a),
+        Command::Detokenize(a) => detokenize(a),
     }
 }
 
@@ -168,7 +254,40 @@ fn load(path: &Path) -> Result<Model> {
             path.display()
         ));
     }
+    if path.is_dir() && !path.join("model.safetensors").is_file() {
+        return Err(miette!(
+            help = "pass a bundle directory written by llmc build, or a model file",
+            "{}: neither a bundle (no manifest.json) nor a model directory (no model.safetensors)",
+            path.display()
+        ));
+    }
     frontend::load(path).map_err(|e| miette!("{e}"))
+}
+
+/// Reads a bundle directory's manifest.
+fn open_bundle(path: &Path) -> Result<BundleDir> {
+    BundleDir::open(path).map_err(|e| miette!("{e}"))
+}
+
+/// Threads for compiled code: `--threads`, else one per core.
+fn bundle_threads(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
+/// Refuses `--interp` on a bundle directory.
+fn no_interp_on_bundle(path: &Path, interp: bool) -> Result<()> {
+    if interp {
+        return Err(miette!(
+            help = "pass the model file to run it in the interpreter, or drop --interp",
+            "{}: --interp runs a model file in the interpreter, and this is a compiled bundle",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 fn inspect(a: InspectArgs) -> Result<()> {
@@ -252,15 +371,69 @@ fn inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn eval(a: EvalArgs) -> Result<()> {
-    let m = load(&a.model)?;
-    let r = a.reference.as_ref().map(|p| load(p)).transpose()?;
-    let tok = m
-        .tokenizer
+/// A language model to score text with: a model file in the interpreter, or a bundle.
+enum Lm {
+    Model(Box<Model>),
+    Bundle(Box<BundleDir>, Box<llmc_runtime::Bundle>),
+}
+
+impl Lm {
+    fn open(path: &Path, interp: bool, threads: Option<usize>) -> Result<Lm> {
+        if BundleDir::is_bundle(path) {
+            no_interp_on_bundle(path, interp)?;
+            let bd = open_bundle(path)?;
+            bd.expect_kind(BundleKind::Decoder, "eval")
+                .map_err(|e| miette!("{e}"))?;
+            let rt = bd
+                .load(bundle_threads(threads))
+                .map_err(|e| miette!("{e}"))?;
+            return Ok(Lm::Bundle(Box::new(bd), Box::new(rt)));
+        }
+        Ok(Lm::Model(Box::new(load(path)?)))
+    }
+
+    fn scorer(&mut self) -> Result<Box<dyn WindowScorer + '_>> {
+        match self {
+            Lm::Model(m) => Ok(Box::new(Scorer::new(m).map_err(|e| miette!("{e}"))?)),
+            Lm::Bundle(bd, rt) => {
+                let vocab = bd.vocab.ok_or_else(|| {
+                    miette!(
+                        "{}: the manifest gives no vocabulary size",
+                        bd.dir.display()
+                    )
+                })?;
+                Ok(Box::new(BundleScorer::new(
+                    rt,
+                    vocab,
+                    bd.max_tokens,
+                    bd.max_context,
+                    bd.dir.display().to_string(),
+                )))
+            }
+        }
+    }
+}
+
+fn eval(a: EvalArgs, threads: Option<usize>) -> Result<()> {
+    let mut m = Lm::open(&a.model, a.interp, threads)?;
+    let mut r = a
+        .reference
         .as_ref()
-        .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
+        .map(|p| Lm::open(p, a.interp, threads))
+        .transpose()?;
     let text = join_texts(&a.text).map_err(|e| miette!("{e}"))?;
-    let ids = tok.encode(&text, false).map_err(|e| miette!("{e}"))?;
+    let ids = match &m {
+        Lm::Model(m) => m
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?
+            .encode(&text, false),
+        Lm::Bundle(bd, _) => bd
+            .tokenizer()
+            .map_err(|e| miette!("{e}"))?
+            .encode(&text, false),
+    }
+    .map_err(|e| miette!("{e}"))?;
     let p = Protocol {
         window: a.window,
         windows: a.windows,
@@ -274,14 +447,27 @@ fn eval(a: EvalArgs) -> Result<()> {
         .progress_chars("=> "),
     );
     bar.set_message("evaluating");
-    let res = evaluate(&m, r.as_ref(), &ids, p, |w| bar.set_position(w as u64))
-        .map_err(|e| miette!("{e}"))?;
+    let mut scorer = m.scorer()?;
+    let mut ref_scorer = match r.as_mut() {
+        Some(r) => Some(r.scorer()?),
+        None => None,
+    };
+    let res = evaluate_with(
+        scorer.as_mut(),
+        ref_scorer
+            .as_deref_mut()
+            .map(|s| s as &mut dyn WindowScorer),
+        &ids,
+        p,
+        |w| bar.set_position(w as u64),
+    )
+    .map_err(|e| miette!("{e}"))?;
     bar.finish_and_clear();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&res).expect("json"));
         return Ok(());
     }
-    println!("model        {}", m.path.display());
+    println!("model        {}", a.model.display());
     println!(
         "text         {} files, {} bytes, {} tokens",
         a.text.len(),
@@ -302,7 +488,11 @@ fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn run(a: RunArgs) -> Result<()> {
+fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
+    if BundleDir::is_bundle(&a.model) {
+        no_interp_on_bundle(&a.model, a.interp)?;
+        return run_bundle(&a, threads);
+    }
     let m = load(&a.model)?;
     match m.kind {
         ModelKind::CausalLm { .. } if a.input.is_empty() => generate(&m, &a),
@@ -311,20 +501,15 @@ fn run(a: RunArgs) -> Result<()> {
     }
 }
 
-fn generate(m: &Model, a: &RunArgs) -> Result<()> {
-    let ModelKind::CausalLm {
-        vocab,
-        max_context,
-        bos,
-        eos,
-    } = m.kind
-    else {
-        unreachable!()
-    };
-    let tok = m
-        .tokenizer
-        .as_ref()
-        .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
+/// The prompt's token ids, checked against the context: BOS alone for an empty prompt.
+fn prompt_ids(
+    tok: &Tokenizer,
+    a: &RunArgs,
+    bos: Option<u32>,
+    max_context: usize,
+    whose: &str,
+    fix: &str,
+) -> Result<(String, Vec<u32>)> {
     let [prompt] = a.prompt.as_slice() else {
         return Err(miette!(
             help = "llmc run MODEL --prompt \"The capital of France is\" -n 16",
@@ -342,13 +527,25 @@ fn generate(m: &Model, a: &RunArgs) -> Result<()> {
     }
     if ids.len() + a.tokens > max_context {
         return Err(miette!(
-            help = "generate fewer tokens with -n, or shorten the prompt",
-            "the prompt ({} tokens) plus {} new tokens exceed the context of {max_context}",
+            help = format!("generate fewer tokens with -n, or shorten the prompt{fix}"),
+            "the prompt ({} tokens) plus {} new tokens exceed the context of {max_context} {whose}",
             ids.len(),
             a.tokens
         ));
     }
-    let mut session = Session::new(&m.graph).map_err(|e| miette!("{e}"))?;
+    Ok((prompt.clone(), ids))
+}
+
+/// Prints the prompt, then samples and prints tokens as they come; `step` takes the tokens
+/// new to the cache and returns the last position's logits.
+fn stream_generate(
+    tok: &Tokenizer,
+    prompt: &str,
+    ids: Vec<u32>,
+    eos: Option<u32>,
+    a: &RunArgs,
+    mut step: impl FnMut(&[u32]) -> Result<Vec<f32>>,
+) -> Result<()> {
     let mut sampler = Sampler::new(SamplerConfig {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -359,9 +556,40 @@ fn generate(m: &Model, a: &RunArgs) -> Result<()> {
     let _ = write!(out, "{prompt}");
     let _ = out.flush();
     let mut stream = StreamDecoder::new();
-    let mut step: Vec<u32> = ids.clone();
-    let mut pos = 0usize;
+    let mut next_in: Vec<u32> = ids;
     for _ in 0..a.tokens {
+        let logits = step(&next_in)?;
+        let next = sampler.sample(&logits);
+        if Some(next) == eos {
+            break;
+        }
+        let piece = stream.push(tok, next).map_err(|e| miette!("{e}"))?;
+        let _ = write!(out, "{piece}");
+        let _ = out.flush();
+        next_in = vec![next];
+    }
+    let _ = writeln!(out);
+    Ok(())
+}
+
+fn generate(m: &Model, a: &RunArgs) -> Result<()> {
+    let ModelKind::CausalLm {
+        vocab,
+        max_context,
+        bos,
+        eos,
+    } = m.kind
+    else {
+        unreachable!()
+    };
+    let tok = m
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
+    let (prompt, ids) = prompt_ids(tok, a, bos, max_context, "of the model", "")?;
+    let mut session = Session::new(&m.graph).map_err(|e| miette!("{e}"))?;
+    let mut pos = 0usize;
+    stream_generate(tok, &prompt, ids, eos, a, |step| {
         let n = step.len();
         let tokens = Tensor::i64(vec![1, n], step.iter().map(|&t| t as i64).collect());
         let positions = Tensor::i64(vec![1, n], (pos as i64..(pos + n) as i64).collect());
@@ -375,17 +603,80 @@ fn generate(m: &Model, a: &RunArgs) -> Result<()> {
             .ok_or_else(|| miette!("the graph has no 'logits' output"))?
             .1;
         let all = logits.to_f32_vec();
-        let next = sampler.sample(&all[(n - 1) * vocab..n * vocab]);
-        if Some(next) == eos {
-            break;
+        Ok(all[(n - 1) * vocab..n * vocab].to_vec())
+    })
+}
+
+fn run_bundle(a: &RunArgs, threads: Option<usize>) -> Result<()> {
+    let bd = open_bundle(&a.model)?;
+    match bd.kind {
+        BundleKind::Decoder => {
+            if !a.input.is_empty() {
+                return Err(miette!(
+                    help = "llmc run BUNDLE --prompt \"The capital of France is\" -n 16",
+                    "{}: a decoder bundle continues a --prompt; --input is for graph bundles",
+                    bd.dir.display()
+                ));
+            }
+            generate_bundle(&bd, a, threads)
         }
-        let piece = stream.push(tok, next).map_err(|e| miette!("{e}"))?;
-        let _ = write!(out, "{piece}");
-        let _ = out.flush();
-        step = vec![next];
+        BundleKind::Graph if !a.input.is_empty() => {
+            let inputs = read_npy_inputs(a)?;
+            let mut rt = bd
+                .load(bundle_threads(threads))
+                .map_err(|e| miette!("{e}"))?;
+            let outs = bd.run_graph(&mut rt, &inputs).map_err(|e| miette!("{e}"))?;
+            write_outputs(a, &outs)
+        }
+        BundleKind::Graph if bd.model_kind == "encoder" => embed_bundle(&bd, a, threads),
+        BundleKind::Graph => {
+            let names: Vec<String> = bd
+                .inputs()
+                .map_err(|e| miette!("{e}"))?
+                .into_iter()
+                .map(|i| format!("--input {}=FILE.npy", i.name))
+                .collect();
+            Err(miette!(
+                help = format!("llmc run {} {}", bd.dir.display(), names.join(" ")),
+                "{}: give the graph's inputs as .npy files",
+                bd.dir.display()
+            ))
+        }
     }
-    let _ = writeln!(out);
-    Ok(())
+}
+
+fn generate_bundle(bd: &BundleDir, a: &RunArgs, threads: Option<usize>) -> Result<()> {
+    let tok = bd.tokenizer().map_err(|e| miette!("{e}"))?;
+    let vocab = bd.vocab.ok_or_else(|| {
+        miette!(
+            "{}: the manifest gives no vocabulary size",
+            bd.dir.display()
+        )
+    })?;
+    let fix = format!(", or rebuild the bundle with a larger --max-context");
+    let (prompt, ids) = prompt_ids(
+        &tok,
+        a,
+        bd.bos,
+        bd.max_context,
+        "the bundle was built for",
+        &fix,
+    )?;
+    let mut rt = bd
+        .load(bundle_threads(threads))
+        .map_err(|e| miette!("{e}"))?;
+    let chunk = bd.max_tokens.max(1);
+    let mut logits = vec![0f32; chunk * vocab];
+    stream_generate(&tok, &prompt, ids, bd.eos, a, |step| {
+        let toks: Vec<i32> = step.iter().map(|&t| t as i32).collect();
+        let mut last = 0;
+        for c in toks.chunks(chunk) {
+            rt.prefill_into(c, &mut logits[..c.len() * vocab])
+                .map_err(|e| miette!("{e}"))?;
+            last = c.len();
+        }
+        Ok(logits[(last - 1) * vocab..last * vocab].to_vec())
+    })
 }
 
 /// Creates the output directory; refuses to replace files unless `force`.
@@ -430,20 +721,21 @@ fn write_outputs(a: &RunArgs, outs: &[(String, Tensor)]) -> Result<()> {
     Ok(())
 }
 
-fn embed(m: &Model, a: &RunArgs) -> Result<()> {
-    let tok = m
-        .tokenizer
-        .as_ref()
-        .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
-    if a.prompt.is_empty() {
+/// The encoder inputs of a batch of sentences, padded to the longest: `input_ids`,
+/// `attention_mask` and, when the graph takes it, zero `token_type_ids`.
+fn encode_sentences(
+    tok: &Tokenizer,
+    prompts: &[String],
+    token_types: bool,
+) -> Result<Vec<(String, Tensor)>> {
+    if prompts.is_empty() {
         return Err(miette!(
             help =
                 "llmc run MODEL --prompt \"first sentence\" --prompt \"second\" --output-dir out/",
             "give the sentences to embed with --prompt"
         ));
     }
-    let enc: Vec<Vec<u32>> = a
-        .prompt
+    let enc: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| tok.encode(p, true))
         .collect::<Result<_, _>>()
@@ -460,21 +752,53 @@ fn embed(m: &Model, a: &RunArgs) -> Result<()> {
         }
     }
     let mut inputs = vec![
-        ("input_ids", Tensor::i64(vec![b, s], ids)),
-        ("attention_mask", Tensor::i64(vec![b, s], mask.clone())),
+        ("input_ids".to_string(), Tensor::i64(vec![b, s], ids)),
+        ("attention_mask".to_string(), Tensor::i64(vec![b, s], mask)),
     ];
-    if m.graph.inputs.iter().any(|(n, _)| n == "token_type_ids") {
-        inputs.push(("token_type_ids", Tensor::i64(vec![b, s], vec![0; b * s])));
+    if token_types {
+        inputs.push((
+            "token_type_ids".to_string(),
+            Tensor::i64(vec![b, s], vec![0; b * s]),
+        ));
     }
-    let outs = Session::new(&m.graph)
-        .and_then(|mut s| s.run(&inputs))
+    Ok(inputs)
+}
+
+fn embed(m: &Model, a: &RunArgs) -> Result<()> {
+    let tok = m
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
+    let token_types = m.graph.inputs.iter().any(|(n, _)| n == "token_type_ids");
+    let inputs = encode_sentences(tok, &a.prompt, token_types)?;
+    let refs: Vec<(&str, Tensor)> = inputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    let mut all = Session::new(&m.graph)
+        .and_then(|mut s| s.run(&refs))
         .map_err(|e| miette!("{e}"))?;
-    let mut all = outs;
-    all.push(("attention_mask".to_string(), Tensor::i64(vec![b, s], mask)));
+    all.push(inputs[1].clone());
     write_outputs(a, &all)
 }
 
-fn run_npy(m: &Model, a: &RunArgs) -> Result<()> {
+fn embed_bundle(bd: &BundleDir, a: &RunArgs, threads: Option<usize>) -> Result<()> {
+    let tok = bd.tokenizer().map_err(|e| miette!("{e}"))?;
+    let wanted = bd.inputs().map_err(|e| miette!("{e}"))?;
+    let token_types = wanted.iter().any(|i| i.name == "token_type_ids");
+    let mut inputs = encode_sentences(&tok, &a.prompt, token_types)?;
+    inputs.retain(|(n, _)| wanted.iter().any(|w| &w.name == n));
+    let mask = inputs.iter().find(|(n, _)| n == "attention_mask").cloned();
+    let mut rt = bd
+        .load(bundle_threads(threads))
+        .map_err(|e| miette!("{e}"))?;
+    let mut all = bd.run_graph(&mut rt, &inputs).map_err(|e| miette!("{e}"))?;
+    all.extend(mask);
+    write_outputs(a, &all)
+}
+
+/// The `--input NAME=FILE.npy` tensors.
+fn read_npy_inputs(a: &RunArgs) -> Result<Vec<(String, Tensor)>> {
     let mut inputs: Vec<(String, Tensor)> = Vec::new();
     for spec in &a.input {
         let (name, file) = spec.split_once('=').ok_or_else(|| {
@@ -486,6 +810,11 @@ fn run_npy(m: &Model, a: &RunArgs) -> Result<()> {
         let t = npy::read(Path::new(file)).map_err(|e| miette!("{e}"))?;
         inputs.push((name.to_string(), t));
     }
+    Ok(inputs)
+}
+
+fn run_npy(m: &Model, a: &RunArgs) -> Result<()> {
+    let inputs = read_npy_inputs(a)?;
     let refs: Vec<(&str, Tensor)> = inputs
         .iter()
         .map(|(n, t)| (n.as_str(), t.clone()))
@@ -536,7 +865,10 @@ fn build(a: BuildArgs) -> Result<()> {
             a.quant
         )
     })?;
-    let mut out = crate::bundle::Outputs::default();
+    let mut out = crate::bundle::Outputs {
+        embed_weights: a.embed_weights,
+        ..Default::default()
+    };
     for e in &a.emit {
         match e.as_str() {
             "so" => out.so = true,
@@ -566,11 +898,34 @@ fn build(a: BuildArgs) -> Result<()> {
     }
     let spec = llmc_backends::TargetSpec::parse(&a.target, a.cpu.as_deref(), a.features.as_deref())
         .map_err(|e| miette!("{e}"))?;
+    if out.so && spec.arch().name() != std::env::consts::ARCH {
+        return Err(miette!(
+            help = "link lib<name>.a into your program with the target's toolchain instead",
+            "--emit so links with this machine's C compiler, which cannot link code for {}",
+            spec.arch()
+        ));
+    }
     let start = std::time::Instant::now();
     let mut m = load(&a.model)?;
+    let name = a.name.clone().unwrap_or_else(|| default_name(&a.model));
+    if !a.force {
+        let names = crate::bundle::file_names(
+            &name,
+            &crate::bundle::Outputs {
+                tokenizer: m.tokenizer.is_some(),
+                ..out
+            },
+        );
+        if let Some(p) = names.iter().map(|n| a.output.join(n)).find(|p| p.exists()) {
+            return Err(miette!(
+                help = "pass --force to replace the bundle, or choose another -o",
+                "{} exists",
+                p.display()
+            ));
+        }
+    }
     let qopts = QuantOptions::preset(scheme, a.group);
     let report = llmc_passes::quant::quantize(&mut m.graph, &qopts).map_err(|e| miette!("{e}"))?;
-    let name = a.name.clone().unwrap_or_else(|| default_name(&a.model));
     let opts = BuildOptions {
         name,
         max_context: a.max_context,
@@ -584,10 +939,11 @@ fn build(a: BuildArgs) -> Result<()> {
         EmitRequest {
             llvm_ir: out.llvm_ir,
             asm: out.asm,
+            embed_weights: out.embed_weights,
         },
     )
     .map_err(|e| miette!("{}: {e}", a.model.display()))?;
-    let files = crate::bundle::write_bundle(&bundle, &a.output, &out, a.force)
+    let files = crate::bundle::write_model_bundle(&bundle, &m, &a.output, &out, a.force)
         .map_err(|e| miette!("{e}"))?;
     let (before, after): (u64, u64) = report
         .iter()
@@ -602,12 +958,205 @@ fn build(a: BuildArgs) -> Result<()> {
         println!("quantized {} linear weights to {}: {before} -> {after} bytes, worst relative error {worst:.4}", report.len(), report[0].to);
     }
     println!(
-        "state {} bytes, weights {} bytes",
+        "state {} bytes, weights {} bytes{}",
         bundle.state_bytes,
-        bundle.weights.len()
+        bundle.weights.len(),
+        if out.embed_weights {
+            " (embedded in the object)"
+        } else {
+            ""
+        }
     );
     for f in files {
         println!("  {}", f.display());
     }
+    Ok(())
+}
+
+fn bench(a: BenchArgs, threads: Vec<usize>) -> Result<()> {
+    if !BundleDir::is_bundle(&a.bundle) {
+        return Err(miette!(
+            help = "llmc build MODEL -o DIR --emit so, then llmc bench DIR",
+            "{}: not a bundle directory (no manifest.json)",
+            a.bundle.display()
+        ));
+    }
+    let bd = open_bundle(&a.bundle)?;
+    let threads = if threads.is_empty() { vec![1] } else { threads };
+    let opts = crate::bench::BenchOptions {
+        threads,
+        prefill: a.prefill,
+        context: a.context,
+        decode: a.decode,
+        runs: a.runs,
+    };
+    let report =
+        crate::bench::bench(&bd, &opts, |msg| eprintln!("{msg}")).map_err(|e| miette!("{e}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+/// A representative target for `llmc targets`.
+struct TargetRow {
+    arch: &'static str,
+    cpu: &'static str,
+    features: Option<&'static str>,
+    examples: &'static str,
+}
+
+const TARGET_ROWS: &[TargetRow] = &[
+    TargetRow {
+        arch: "x86_64",
+        cpu: "x86-64",
+        features: None,
+        examples: "any x86-64 (SSE2 baseline)",
+    },
+    TargetRow {
+        arch: "x86_64",
+        cpu: "x86-64-v3",
+        features: None,
+        examples: "haswell, skylake, znver2, znver3, alderlake",
+    },
+    TargetRow {
+        arch: "x86_64",
+        cpu: "skylake-avx512",
+        features: None,
+        examples: "skylake-avx512, x86-64-v4",
+    },
+    TargetRow {
+        arch: "x86_64",
+        cpu: "znver4",
+        features: None,
+        examples: "znver4, sapphirerapids, cascadelake, icelake-server (VNNI)",
+    },
+    TargetRow {
+        arch: "aarch64",
+        cpu: "generic",
+        features: None,
+        examples: "cortex-a53, cortex-a72, any AArch64 (NEON)",
+    },
+    TargetRow {
+        arch: "aarch64",
+        cpu: "cortex-a76",
+        features: None,
+        examples: "cortex-a76, neoverse-n1, apple-m1 (+dotprod)",
+    },
+    TargetRow {
+        arch: "aarch64",
+        cpu: "neoverse-n2",
+        features: None,
+        examples: "neoverse-n2, neoverse-v1, cortex-a710 (+i8mm)",
+    },
+];
+
+fn targets(a: TargetsArgs) -> Result<()> {
+    use llmc_backends::cpu::isa::{describe, isa_of};
+    use llmc_backends::TargetSpec;
+    let mut rows = Vec::new();
+    for r in TARGET_ROWS {
+        let spec =
+            TargetSpec::parse(r.arch, Some(r.cpu), r.features).map_err(|e| miette!("{e}"))?;
+        rows.push(serde_json::json!({
+            "arch": r.arch,
+            "triple": spec.llvm_triple(),
+            "cpu": r.cpu,
+            "features": r.features,
+            "examples": r.examples,
+            "status": "supported",
+            "kernels": describe(&isa_of(&spec)),
+        }));
+    }
+    let host = TargetSpec::host().ok().map(|h| {
+        serde_json::json!({
+            "triple": h.llvm_triple(),
+            "cpu": h.cpu(),
+            "kernels": describe(&isa_of(&h)),
+        })
+    });
+    let ptx = serde_json::json!({
+        "arch": "nvptx64",
+        "triple": llmc_backends::Arch::Nvptx64.default_triple(),
+        "cpu": llmc_backends::Arch::Nvptx64.default_cpu(),
+        "features": null,
+        "examples": "NVIDIA GPUs (sm_75 and newer)",
+        "status": "not yet",
+        "kernels": "not yet: CUDA code generation is planned",
+    });
+    rows.push(ptx);
+    if a.json {
+        let j = serde_json::json!({"targets": rows, "host": host});
+        println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+        return Ok(());
+    }
+    println!("--target  --cpu            status     kernels");
+    for r in &rows {
+        println!(
+            "{:<9} {:<16} {:<10} {}",
+            r["arch"].as_str().unwrap_or(""),
+            r["cpu"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            r["kernels"].as_str().unwrap_or("")
+        );
+        println!("{:<37}e.g. {}", "", r["examples"].as_str().unwrap_or(""));
+    }
+    if let Some(h) = host {
+        println!(
+            "\nhost: {} cpu={}: {}",
+            h["triple"].as_str().unwrap_or(""),
+            h["cpu"].as_str().unwrap_or(""),
+            h["kernels"].as_str().unwrap_or("")
+        );
+    }
+    println!("\n--target takes host, x86_64, aarch64 or a triple; --cpu and --features (+dotprod,-avx512f) refine it.");
+    Ok(())
+}
+
+/// A tokenizer from a bundle directory, a `tokenizer.json`, or a model file.
+fn tokenizer_at(path: &Path) -> Result<Tokenizer> {
+    if BundleDir::is_bundle(path) {
+        return open_bundle(path)?.tokenizer().map_err(|e| miette!("{e}"));
+    }
+    if path.extension().is_some_and(|e| e == "json") && path.is_file() {
+        return Tokenizer::from_file(path).map_err(|e| miette!("{e}"));
+    }
+    let m = load(path)?;
+    m.tokenizer
+        .ok_or_else(|| miette!("{}: the model carries no tokenizer", path.display()))
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let tok = tokenizer_at(&a.tokenizer)?;
+    let ids = tok.encode(&a.text, a.special).map_err(|e| miette!("{e}"))?;
+    let s: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    println!("{}", s.join(" "));
+    Ok(())
+}
+
+fn detokenize(a: DetokenizeArgs) -> Result<()> {
+    let tok = tokenizer_at(&a.tokenizer)?;
+    let mut ids = Vec::new();
+    for part in &a.ids {
+        for w in part.split_whitespace() {
+            let id: u32 = w.parse().map_err(|_| {
+                miette!(
+                    help = "llmc detokenize BUNDLE 504 3575 282",
+                    "'{w}' is not a token id"
+                )
+            })?;
+            if id as usize >= tok.vocab_size() {
+                return Err(miette!(
+                    "token id {id} is outside the vocabulary of {}",
+                    tok.vocab_size()
+                ));
+            }
+            ids.push(id);
+        }
+    }
+    let text = tok.decode(&ids).map_err(|e| miette!("{e}"))?;
+    println!("{text}");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The evaluation protocol for language models (ASSETS.md): perplexity over non-overlapping
-//! windows, each from an empty KV cache, and KL / top-1 agreement against a reference model.
+//! windows, each from an empty KV cache, and KL / top-1 agreement against a reference model;
+//! the model and the reference run in the interpreter or as compiled bundles.
 
 use crate::frontend::{Model, ModelKind};
 use llmc_ir::interp::WeightCache;
@@ -7,6 +8,7 @@ use llmc_ir::{IrError, Session, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Why an evaluation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error("{path}: {source}")]
@@ -18,6 +20,8 @@ pub enum EvalError {
     Bad(String),
     #[error(transparent)]
     Ir(#[from] IrError),
+    #[error(transparent)]
+    Runtime(#[from] llmc_runtime::BundleError),
 }
 
 /// The protocol's text: each file's content with surrounding whitespace stripped, joined by
@@ -66,15 +70,30 @@ pub struct EvalResult {
     pub seconds: f64,
 }
 
-/// A causal LM ready to score windows.
+/// A language model that scores windows: the log-probabilities of every position of a
+/// window, each window from an empty KV cache.
+pub trait WindowScorer {
+    /// Logits per position.
+    fn vocab(&self) -> usize;
+    /// Fails, saying why and what to do, when it cannot score windows of this length.
+    fn check_window(&self, window: usize) -> Result<(), EvalError>;
+    /// Log-probabilities `[len, vocab]` of every position of one window.
+    fn log_probs(&mut self, ids: &[u32]) -> Result<Vec<f32>, EvalError>;
+}
+
+/// A causal LM in the interpreter, ready to score windows.
 pub struct Scorer<'m> {
     session: Session<'m>,
     vocab: usize,
+    max_context: usize,
 }
 
 impl<'m> Scorer<'m> {
     pub fn new(m: &'m Model) -> Result<Scorer<'m>, EvalError> {
-        let ModelKind::CausalLm { vocab, .. } = m.kind else {
+        let ModelKind::CausalLm {
+            vocab, max_context, ..
+        } = m.kind
+        else {
             return Err(EvalError::Bad(format!(
                 "{}: eval measures language models; this model is {:?}",
                 m.path.display(),
@@ -82,11 +101,30 @@ impl<'m> Scorer<'m> {
             )));
         };
         let session = Session::with_cache(&m.graph, Arc::new(WeightCache::new(&m.graph)))?;
-        Ok(Scorer { session, vocab })
+        Ok(Scorer {
+            session,
+            vocab,
+            max_context,
+        })
+    }
+}
+
+impl WindowScorer for Scorer<'_> {
+    fn vocab(&self) -> usize {
+        self.vocab
     }
 
-    /// Log-probabilities `[len, vocab]` of every position of one window, from an empty cache.
-    pub fn log_probs(&mut self, ids: &[u32]) -> Result<Vec<f32>, EvalError> {
+    fn check_window(&self, window: usize) -> Result<(), EvalError> {
+        if window > self.max_context {
+            return Err(EvalError::Bad(format!(
+                "window {window} exceeds the model's context of {}",
+                self.max_context
+            )));
+        }
+        Ok(())
+    }
+
+    fn log_probs(&mut self, ids: &[u32]) -> Result<Vec<f32>, EvalError> {
         self.session.reset();
         let n = ids.len();
         let tokens = Tensor::i64(vec![1, n], ids.iter().map(|&t| t as i64).collect());
@@ -113,6 +151,66 @@ impl<'m> Scorer<'m> {
     }
 }
 
+/// A compiled decoder bundle scoring windows: each window is prefilled from an empty cache
+/// in calls of at most the bundle's `max_tokens`, keeping every position's logits.
+pub struct BundleScorer<'b> {
+    rt: &'b mut llmc_runtime::Bundle,
+    vocab: usize,
+    max_tokens: usize,
+    max_context: usize,
+    label: String,
+}
+
+impl<'b> BundleScorer<'b> {
+    /// Wraps a loaded bundle; `label` names it in errors (its directory).
+    pub fn new(
+        rt: &'b mut llmc_runtime::Bundle,
+        vocab: usize,
+        max_tokens: usize,
+        max_context: usize,
+        label: String,
+    ) -> BundleScorer<'b> {
+        BundleScorer {
+            rt,
+            vocab,
+            max_tokens: max_tokens.max(1),
+            max_context,
+            label,
+        }
+    }
+}
+
+impl WindowScorer for BundleScorer<'_> {
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    fn check_window(&self, window: usize) -> Result<(), EvalError> {
+        if window > self.max_context {
+            return Err(EvalError::Bad(format!(
+                "{}: a window of {window} tokens does not fit the bundle's KV cache of {} tokens (build eval bundles with --max-context {window} --max-tokens {window}, or pass a smaller --window)",
+                self.label, self.max_context
+            )));
+        }
+        Ok(())
+    }
+
+    fn log_probs(&mut self, ids: &[u32]) -> Result<Vec<f32>, EvalError> {
+        self.check_window(ids.len())?;
+        self.rt.reset()?;
+        let mut v = vec![0f32; ids.len() * self.vocab];
+        let toks: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+        for (k, chunk) in toks.chunks(self.max_tokens).enumerate() {
+            let at = k * self.max_tokens * self.vocab;
+            self.rt
+                .prefill_into(chunk, &mut v[at..at + chunk.len() * self.vocab])?;
+        }
+        use rayon::prelude::*;
+        v.par_chunks_mut(self.vocab).for_each(log_softmax);
+        Ok(v)
+    }
+}
+
 /// In-place log-softmax of one row, accumulating in f64.
 pub fn log_softmax(row: &mut [f32]) {
     let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -121,11 +219,30 @@ pub fn log_softmax(row: &mut [f32]) {
     row.iter_mut().for_each(|x| *x = (*x as f64 - lse) as f32);
 }
 
-/// Runs the protocol on `ids` with an optional reference model; `progress` is told after
-/// each window.
+/// Runs the protocol on `ids` with an optional reference model, both in the interpreter;
+/// `progress` is told after each window.
 pub fn evaluate(
     model: &Model,
     reference: Option<&Model>,
+    ids: &[u32],
+    p: Protocol,
+    progress: impl FnMut(usize),
+) -> Result<EvalResult, EvalError> {
+    let mut scorer = Scorer::new(model)?;
+    let mut ref_scorer = reference.map(Scorer::new).transpose()?;
+    evaluate_with(
+        &mut scorer,
+        ref_scorer.as_mut().map(|r| r as &mut dyn WindowScorer),
+        ids,
+        p,
+        progress,
+    )
+}
+
+/// Runs the protocol on `ids` with any scorers (interpreter or compiled bundles).
+pub fn evaluate_with(
+    scorer: &mut dyn WindowScorer,
+    mut reference: Option<&mut dyn WindowScorer>,
     ids: &[u32],
     p: Protocol,
     mut progress: impl FnMut(usize),
@@ -145,30 +262,27 @@ pub fn evaluate(
             p.windows
         )));
     }
-    if let ModelKind::CausalLm { max_context, .. } = model.kind {
-        if p.window > max_context {
-            return Err(EvalError::Bad(format!(
-                "window {} exceeds the model's context of {max_context}",
-                p.window
-            )));
-        }
-    }
-    let mut scorer = Scorer::new(model)?;
-    let mut ref_scorer = reference.map(Scorer::new).transpose()?;
-    if let Some(r) = &ref_scorer {
-        if r.vocab != scorer.vocab {
+    scorer.check_window(p.window)?;
+    if let Some(r) = &reference {
+        r.check_window(p.window)?;
+        if r.vocab() != scorer.vocab() {
             return Err(EvalError::Bad(format!(
                 "the reference's vocabulary ({}) differs from the model's ({})",
-                r.vocab, scorer.vocab
+                r.vocab(),
+                scorer.vocab()
             )));
         }
     }
-    let v = scorer.vocab;
+    let has_ref = reference.is_some();
+    let v = scorer.vocab();
     let (mut nll, mut kl, mut agree, mut count) = (0f64, 0f64, 0usize, 0usize);
     for w in 0..p.windows {
         let win = &ids[w * p.window..(w + 1) * p.window];
         let lp = scorer.log_probs(win)?;
-        let rp = ref_scorer.as_mut().map(|r| r.log_probs(win)).transpose()?;
+        let rp = match reference.as_mut() {
+            Some(r) => Some(r.log_probs(win)?),
+            None => None,
+        };
         for i in 0..p.window - 1 {
             let row = &lp[i * v..(i + 1) * v];
             let next = win[i + 1] as usize;
@@ -201,14 +315,10 @@ pub fn evaluate(
         predicted: count,
         nll: mean,
         perplexity: mean.exp(),
-        kl: rp_some(reference, kl / count as f64),
-        top1: rp_some(reference, agree as f64 / count as f64),
+        kl: has_ref.then(|| kl / count as f64),
+        top1: has_ref.then(|| agree as f64 / count as f64),
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-fn rp_some(reference: Option<&Model>, x: f64) -> Option<f64> {
-    reference.map(|_| x)
 }
 
 /// The protocol's default test files: names starting with 2016 … 2021 in a directory, sorted.

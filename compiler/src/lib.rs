@@ -1,5 +1,6 @@
 //! llmc compiler library: frontends, tokenizers, the evaluation protocol and the CLI commands.
 
+pub mod bench;
 pub mod bundle;
 pub mod cli;
 pub mod eval;

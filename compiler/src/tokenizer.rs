@@ -50,6 +50,19 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The tokenizer as `tokenizer.json` text (what [`Tokenizer::from_file`] reads back).
+    pub fn to_json(&self) -> Result<String, TokenizerError> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| TokenizerError(e.to_string()))
+    }
+
+    /// Writes the tokenizer as a `tokenizer.json` file.
+    pub fn save(&self, path: &Path) -> Result<(), TokenizerError> {
+        let json = self.to_json()?;
+        std::fs::write(path, json).map_err(|e| TokenizerError(format!("{}: {e}", path.display())))
+    }
+
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }

@@ -196,6 +196,14 @@ impl Graph {
         outputs
     }
 
+    /// Gives result `k` of node `node` a fresh value of type `ty` (the old value is left
+    /// without a producer); returns the new value.
+    pub fn retype_output(&mut self, node: usize, k: usize, ty: TensorType) -> ValueId {
+        let v = self.new_value(ty, ValueDef::Result);
+        self.nodes[node].outputs[k] = v;
+        v
+    }
+
     /// A constant node holding `t`.
     pub fn constant(&mut self, t: Tensor) -> ValueId {
         let ty = TensorType::fixed(&t.shape, t.dtype());

@@ -376,6 +376,33 @@ fn decode_palette(p: &PaletteSpec, rows: u64, cols: u64, raw: &[u8]) -> Vec<f32>
     out
 }
 
+/// The parts of a canonical block quantization: codes `[rows·cols]` (one per byte), and per
+/// group the scale and the zero (`asym`: the integer zero point, `min`: the offset, `sym`: 0).
+pub fn quant_parts(
+    q: &QuantSpec,
+    rows: u64,
+    cols: u64,
+    raw: &[u8],
+) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+    let row_bytes = (cols * q.bits as u64).div_ceil(8) as usize;
+    let groups = q.group.count(rows, cols) as usize;
+    let codes_len = rows as usize * row_bytes;
+    let ssz = q.scale.size();
+    let mut codes = Vec::with_capacity((rows * cols) as usize);
+    for r in 0..rows as usize {
+        let row = &raw[r * row_bytes..(r + 1) * row_bytes];
+        codes.extend((0..cols as usize).map(|c| unpack_code(row, q.bits as u32, c) as u8));
+    }
+    let scales = read_floats(q.scale, &raw[codes_len..codes_len + groups * ssz]);
+    let zoff = codes_len + groups * ssz;
+    let zeros = match q.zero {
+        Zero::Symmetric => vec![0.0; groups],
+        Zero::Int => raw[zoff..zoff + groups].iter().map(|&z| z as f32).collect(),
+        Zero::Float => read_floats(q.scale, &raw[zoff..zoff + groups * ssz]),
+    };
+    (codes, scales, zeros)
+}
+
 /// Encodes codes, scales and zeros of a block quantization into the canonical layout.
 /// `codes` is row-major `[rows, cols]`, `scales`/`zeros` one per group (zeros ignored for `sym`).
 pub fn encode_quant(

@@ -159,10 +159,12 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
                 Some(bits) => {
                     let group = match opts.group {
                         Some(gs) if cols % gs as u64 == 0 => Group::Size(gs),
-                        Some(gs) => return Err(err(format!(
+                        Some(gs) => {
+                            return Err(err(format!(
                             "weight @{} has rows of {cols}, not a multiple of the group size {gs}",
                             w.name
-                        ))),
+                        )))
+                        }
                         None => Group::Channel,
                     };
                     let q = QuantSpec {
@@ -212,11 +214,46 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
         g.values[v.0 as usize].ty = ty;
         reports.push(rep);
     }
+    keep_other_uses(g, &indices);
+    g.sort().map_err(|source| PassError::Ir {
+        pass: "quantize".into(),
+        source,
+    })?;
     llmc_ir::verify(g).map_err(|source| PassError::Ir {
         pass: "quantize".into(),
         source,
     })?;
     Ok(reports)
+}
+
+/// Ops other than linear layers that read a changed weight (an embedding tied to the head)
+/// keep their result type: a weight now f16 is gathered as f16 and cast back.
+fn keep_other_uses(g: &mut Graph, changed: &[usize]) {
+    let values: BTreeSet<llmc_ir::ValueId> = changed.iter().map(|&i| g.weights[i].value).collect();
+    for i in 0..g.nodes.len() {
+        let n = &g.nodes[i];
+        if matches!(n.op, Op::Linear { .. }) || !n.inputs.iter().any(|v| values.contains(v)) {
+            continue;
+        }
+        let Ok(tys) = g.infer_node(&n.op, &n.inputs) else {
+            continue;
+        };
+        for (k, ty) in tys.into_iter().enumerate() {
+            let old = g.nodes[i].outputs[k];
+            let old_ty = g.ty(old).clone();
+            if ty.dtype() == old_ty.dtype() {
+                continue;
+            }
+            let fresh = g.retype_output(i, k, ty);
+            let cast = g.push_node(
+                Op::Cast { to: old_ty.dtype() },
+                &[fresh],
+                vec![old_ty],
+                None,
+            )[0];
+            g.replace_uses(old, cast);
+        }
+    }
 }
 
 fn opts_name(o: &QuantOptions) -> String {

@@ -1,21 +1,36 @@
-//! Loading a host bundle: its shared library, its weights file (memory-mapped), and a state
-//! buffer, with typed calls to the entry points.
+//! Loading a host bundle: its shared library, its weights (the file read into aligned memory,
+//! or the library's embedded copy), and a state buffer, with typed calls to the entry points.
 
 use crate::pool::{ParallelFor, ThreadPool};
 use crate::weights::Status;
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 
+/// What went wrong loading or calling a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// A file of the bundle is missing or cannot be loaded.
     #[error("{path}: {msg}")]
     Load { path: PathBuf, msg: String },
+    /// An entry point returned an error code.
     #[error("{entry}: {status}")]
     Status { entry: String, status: Status },
+    /// An entry point returned a code this runtime does not know.
     #[error("{entry} returned unknown code {code}")]
     Code { entry: String, code: i32 },
+    /// A call that does not fit the bundle (a decoder call on a graph bundle, say).
     #[error("{0}")]
     Bad(String),
+}
+
+impl BundleError {
+    /// The entry point's status, when that is what failed.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            BundleError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 type InitFn = unsafe extern "C" fn(
@@ -44,6 +59,7 @@ pub struct Aligned {
 unsafe impl Send for Aligned {}
 
 impl Aligned {
+    /// `len` zero bytes (at least 64 are allocated).
     pub fn zeroed(len: usize) -> Aligned {
         let layout = std::alloc::Layout::from_size_align(len.max(64), 64).expect("layout");
         // SAFETY: non-zero size.
@@ -97,12 +113,35 @@ fn check(entry: &str, code: i32) -> Result<(), BundleError> {
     }
 }
 
+/// Where a bundle's weights live.
+enum Weights {
+    /// Read from `<name>.weights` into 64-byte aligned memory.
+    Owned(Aligned),
+    /// The library's own `<name>_weights` symbol (`--embed-weights`).
+    Embedded { ptr: *const u8, len: usize },
+}
+
+impl Weights {
+    fn as_ptr(&self) -> *const u8 {
+        match self {
+            Weights::Owned(a) => a.ptr,
+            Weights::Embedded { ptr, .. } => *ptr,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Weights::Owned(a) => a.len(),
+            Weights::Embedded { len, .. } => *len,
+        }
+    }
+}
+
 /// A loaded bundle with its weights and state, ready to call.
 pub struct Bundle {
-    _lib: libloading::Library,
     name: String,
     state: Aligned,
-    weights: Aligned,
+    weights: Weights,
     pool: Option<ThreadPool>,
     init: InitFn,
     prefill: Option<PrefillFn>,
@@ -110,18 +149,50 @@ pub struct Bundle {
     reset: Option<ResetFn>,
     context: Option<ContextFn>,
     run: Option<RunFn>,
+    /// Dropped last: every function pointer above points into it.
+    _lib: libloading::Library,
+}
+
+/// Reads a whole file into 64-byte aligned memory.
+fn read_aligned(path: &Path) -> Result<Aligned, BundleError> {
+    use std::io::Read;
+    let err = |e: std::io::Error| BundleError::Load {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    };
+    let mut f = std::fs::File::open(path).map_err(err)?;
+    let len = f.metadata().map_err(err)?.len() as usize;
+    let mut a = Aligned::zeroed(len);
+    f.read_exact(a.as_mut_slice()).map_err(err)?;
+    Ok(a)
 }
 
 impl Bundle {
     /// Loads `lib<name>.so` and `<name>.weights` from a bundle directory and initializes a
     /// state with `threads` threads (1: no pool).
     pub fn open(dir: &Path, name: &str, threads: usize) -> Result<Bundle, BundleError> {
+        let mut b = Bundle::load(dir, name, threads)?;
+        b.init_state()?;
+        Ok(b)
+    }
+
+    /// Loads a bundle like [`Bundle::open`] but leaves the state uninitialized: every entry
+    /// point but init answers `NotInitialized` until [`Bundle::init_state`] runs. The weights
+    /// come from `<name>.weights`, or from the library's embedded `<name>_weights` symbol
+    /// when the bundle was built with `--embed-weights` and has no weights file.
+    pub fn load(dir: &Path, name: &str, threads: usize) -> Result<Bundle, BundleError> {
         let so = dir.join(format!("lib{name}.so"));
         let wpath = dir.join(format!("{name}.weights"));
         let load_err = |p: &Path, msg: String| BundleError::Load {
             path: p.to_path_buf(),
             msg,
         };
+        if !so.is_file() {
+            return Err(load_err(
+                &so,
+                "no such file (build the bundle for the host with --emit so)".into(),
+            ));
+        }
         // SAFETY: loading a library runs its initializers; llmc bundles have none.
         let lib = unsafe { libloading::Library::new(&so) }
             .map_err(|e| load_err(&so, format!("{e} (build with --emit so for the host)")))?;
@@ -140,27 +211,71 @@ impl Bundle {
         })?;
         let state_bytes = sym!(SizeFn, "state_bytes")
             .ok_or_else(|| load_err(&so, "no state size symbol".into()))?;
-        let wbytes = std::fs::read(&wpath).map_err(|e| load_err(&wpath, e.to_string()))?;
-        let mut weights = Aligned::zeroed(wbytes.len());
-        weights.as_mut_slice().copy_from_slice(&wbytes);
+        let weights = if wpath.is_file() {
+            Weights::Owned(read_aligned(&wpath)?)
+        } else {
+            let n = format!("{name}_weights");
+            let s = format!("{name}_weights_size");
+            // SAFETY: data symbols of the types the header declares.
+            let embedded = unsafe {
+                match (
+                    lib.get::<*const u8>(n.as_bytes()),
+                    lib.get::<*const u64>(s.as_bytes()),
+                ) {
+                    (Ok(p), Ok(len)) => Some((*p, **len as usize)),
+                    _ => None,
+                }
+            };
+            match embedded {
+                Some((ptr, len)) => Weights::Embedded { ptr, len },
+                None => {
+                    return Err(load_err(
+                        &wpath,
+                        "no such file, and the library embeds no weights".into(),
+                    ))
+                }
+            }
+        };
         // SAFETY: a function without arguments.
         let sb = unsafe { state_bytes() } as usize;
-        let state = Aligned::zeroed(sb);
-        let mut b = Bundle {
+        Ok(Bundle {
             init,
             prefill: sym!(PrefillFn, "prefill"),
             decode: sym!(DecodeFn, "decode"),
             reset: sym!(ResetFn, "reset"),
             context: sym!(ContextFn, "context"),
             run: sym!(RunFn, "run"),
-            _lib: lib,
             name: name.to_string(),
-            state,
+            state: Aligned::zeroed(sb),
             weights,
             pool: (threads > 1).then(|| ThreadPool::new(threads)),
-        };
-        b.init_state()?;
-        Ok(b)
+            _lib: lib,
+        })
+    }
+
+    /// The bundle's name (prefix of its symbols).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Threads kernel calls run on (1: the caller's only).
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, ThreadPool::threads)
+    }
+
+    /// Bytes of the state buffer.
+    pub fn state_bytes(&self) -> usize {
+        self.state.len()
+    }
+
+    /// Bytes of the weights (file or embedded).
+    pub fn weights_bytes(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// Whether the weights are the library's embedded ones.
+    pub fn weights_embedded(&self) -> bool {
+        matches!(self.weights, Weights::Embedded { .. })
     }
 
     /// Runs init again (after the weights buffer changed, say).
@@ -174,7 +289,7 @@ impl Bundle {
             (self.init)(
                 self.state.as_mut_ptr() as *mut c_void,
                 self.state.len() as u64,
-                self.weights.as_mut_ptr() as *const c_void,
+                self.weights.as_ptr() as *const c_void,
                 self.weights.len() as u64,
                 hook,
                 pool,
@@ -183,27 +298,39 @@ impl Bundle {
         check(&format!("{}_init", self.name), code)
     }
 
-    /// The weights buffer, to corrupt in tests.
+    /// The weights buffer, to corrupt in tests (embedded weights are copied first). Run
+    /// [`Bundle::init_state`] after changing it.
     pub fn weights_mut(&mut self) -> &mut Aligned {
-        &mut self.weights
+        if let Weights::Embedded { ptr, len } = self.weights {
+            let mut a = Aligned::zeroed(len);
+            // SAFETY: the library's symbol holds len bytes and outlives this call.
+            a.as_mut_slice()
+                .copy_from_slice(unsafe { std::slice::from_raw_parts(ptr, len) });
+            self.weights = Weights::Owned(a);
+        }
+        match &mut self.weights {
+            Weights::Owned(a) => a,
+            Weights::Embedded { .. } => unreachable!("copied above"),
+        }
     }
 
     /// Replaces the weights buffer (a truncated file, say) and runs init.
     pub fn set_weights(&mut self, bytes: &[u8]) -> Result<(), BundleError> {
         let mut w = Aligned::zeroed(bytes.len());
         w.as_mut_slice().copy_from_slice(bytes);
-        self.weights = w;
+        self.weights = Weights::Owned(w);
         self.init_state()
     }
 
-    /// Raw init call with given sizes, for checks of argument handling.
+    /// Raw init call with given sizes (clamped to the buffers'), for checks of argument
+    /// handling; returns the entry point's code.
     pub fn init_raw(&mut self, state_bytes: u64, weights_bytes: u64) -> i32 {
-        // SAFETY: the sizes passed never exceed the buffers' (callers pass smaller ones).
+        // SAFETY: the sizes passed never exceed the buffers'.
         unsafe {
             (self.init)(
                 self.state.as_mut_ptr() as *mut c_void,
                 state_bytes.min(self.state.len() as u64),
-                self.weights.as_mut_ptr() as *const c_void,
+                self.weights.as_ptr() as *const c_void,
                 weights_bytes.min(self.weights.len() as u64),
                 None,
                 std::ptr::null_mut(),
@@ -211,25 +338,43 @@ impl Bundle {
         }
     }
 
-    /// Appends tokens; returns `tokens.len() × vocab` logits.
-    pub fn prefill(&mut self, tokens: &[i32], vocab: usize) -> Result<Vec<f32>, BundleError> {
+    /// Appends tokens into a caller's buffer of `tokens.len() × vocab` logits.
+    ///
+    /// `logits` must hold `tokens.len()` rows of the bundle's vocabulary (its header's
+    /// `VOCAB`); the generated code writes that many.
+    pub fn prefill_into(&mut self, tokens: &[i32], logits: &mut [f32]) -> Result<(), BundleError> {
         let f = self
             .prefill
             .ok_or_else(|| BundleError::Bad("this bundle is not a decoder".into()))?;
-        let mut logits = vec![0f32; tokens.len() * vocab];
-        // SAFETY: buffers sized as the header says.
+        if tokens.is_empty() || logits.len() % tokens.len() != 0 {
+            return Err(BundleError::Bad(format!(
+                "{} logits do not make rows for {} tokens",
+                logits.len(),
+                tokens.len()
+            )));
+        }
+        let n = i32::try_from(tokens.len())
+            .map_err(|_| BundleError::Bad(format!("{} tokens in one call", tokens.len())))?;
+        // SAFETY: buffers sized as the header says (the caller's contract on vocab).
         let code = unsafe {
             f(
                 self.state.as_mut_ptr() as *mut c_void,
                 tokens.as_ptr(),
-                tokens.len() as i32,
+                n,
                 logits.as_mut_ptr(),
             )
         };
-        check(&format!("{}_prefill", self.name), code)?;
+        check(&format!("{}_prefill", self.name), code)
+    }
+
+    /// Appends tokens; returns `tokens.len() × vocab` logits.
+    pub fn prefill(&mut self, tokens: &[i32], vocab: usize) -> Result<Vec<f32>, BundleError> {
+        let mut logits = vec![0f32; tokens.len() * vocab];
+        self.prefill_into(tokens, &mut logits)?;
         Ok(logits)
     }
 
+    /// Appends one token; writes `vocab` logits (the header's `VOCAB`).
     pub fn decode(&mut self, token: i32, logits: &mut [f32]) -> Result<(), BundleError> {
         let f = self
             .decode
@@ -245,6 +390,7 @@ impl Bundle {
         check(&format!("{}_decode", self.name), code)
     }
 
+    /// Empties the KV cache.
     pub fn reset(&mut self) -> Result<(), BundleError> {
         let f = self
             .reset
@@ -255,6 +401,7 @@ impl Bundle {
         })
     }
 
+    /// Tokens in the KV cache.
     pub fn context(&mut self) -> Result<i64, BundleError> {
         let f = self
             .context

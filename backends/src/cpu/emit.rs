@@ -454,6 +454,22 @@ fn emit_init<'ctx>(
     kb.b.build_return(Some(&kb.i32c(0))).expect("ret");
 }
 
+/// Adds the weights file to the module as `const uint8_t <name>_weights[]` (read-only,
+/// 64-byte aligned) and `const uint64_t <name>_weights_size`, both exported.
+pub fn embed_weights<'ctx>(cx: &'ctx Context, m: &Module<'ctx>, name: &str, bytes: &[u8]) {
+    let data = cx.const_string(bytes, false);
+    let g = m.add_global(data.get_type(), None, &format!("{name}_weights"));
+    g.set_initializer(&data);
+    g.set_constant(true);
+    g.set_linkage(Linkage::External);
+    g.set_alignment(64);
+    let size = m.add_global(cx.i64_type(), None, &format!("{name}_weights_size"));
+    size.set_initializer(&cx.i64_type().const_int(bytes.len() as u64, false));
+    size.set_constant(true);
+    size.set_linkage(Linkage::External);
+    size.set_alignment(8);
+}
+
 /// Returns `NotInitialized` unless the state carries this bundle's hash.
 fn check_state<'ctx>(kb: &mut Kb<'_, 'ctx>, state: PointerValue<'ctx>, model_hash: u64) {
     let null = kb.b.build_is_null(state, "").expect("null");

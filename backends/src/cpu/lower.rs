@@ -71,8 +71,18 @@ pub struct StateSlot {
 pub enum Pack {
     /// The canonical layout of the weight's encoding.
     Canonical,
-    /// Decoded to f32, optionally broadcast to `len` elements.
+    /// Decoded to f32, optionally broadcast to `len` elements (zero-padded past a 1-D
+    /// weight's own length when `len` is a multiple of it... see `pack`).
     F32 { len: u64 },
+    /// Dense panels of the weight's own element type (`pack::pack_dense`).
+    DensePanels,
+    /// Dense panels of the weight decoded to f32.
+    F32Panels,
+    /// Quantized panels (`pack::pack_quant`).
+    QuantPanels {
+        layout: super::pack::QLayout,
+        offset: u8,
+    },
 }
 
 /// The result of lowering.
@@ -114,11 +124,14 @@ struct Lowerer<'g> {
     out_index: HashMap<ValueId, u32>,
     node: Option<usize>,
     max_context: i64,
+    isa: super::kernels::Isa,
 }
 
 pub struct LowerOptions {
     /// Capacity of the KV cache along its appended axis.
     pub max_context: i64,
+    /// What the target offers: picks weight layouts.
+    pub isa: super::kernels::Isa,
 }
 
 pub fn lower(
@@ -144,6 +157,7 @@ pub fn lower(
         out_index: HashMap::new(),
         node: None,
         max_context: opts.max_context,
+        isa: opts.isa,
     };
     for (k, (_, v)) in g.outputs.iter().enumerate() {
         l.out_index.entry(*v).or_insert(k as u32);
@@ -353,6 +367,37 @@ impl<'g> Lowerer<'g> {
                     v = (0..*len as usize).map(|i| v[i % n]).collect();
                 }
                 v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            }
+            Pack::DensePanels | Pack::F32Panels | Pack::QuantPanels { .. } => {
+                let (n, k) = (
+                    wt.ty.shape.0[0].fixed().expect("fixed") as usize,
+                    wt.ty.shape.0[1].fixed().expect("fixed") as usize,
+                );
+                match (&how, &wt.ty.enc) {
+                    (Pack::QuantPanels { layout, offset }, Encoding::Quant(q)) => {
+                        let raw = data
+                            .canonical_bytes(&wt.ty)
+                            .map_err(|e| BackendError::BadInput(e.to_string()))?;
+                        super::pack::pack_quant(q, n, k, &raw, *layout, *offset)
+                    }
+                    (Pack::DensePanels, Encoding::Dense(d)) => {
+                        let raw = data
+                            .canonical_bytes(&wt.ty)
+                            .map_err(|e| BackendError::BadInput(e.to_string()))?;
+                        super::pack::pack_dense(&raw, n, k, d.size())
+                    }
+                    _ => {
+                        let t = data
+                            .decode_f32(&wt.ty)
+                            .map_err(|e| BackendError::BadInput(e.to_string()))?;
+                        let raw: Vec<u8> = t
+                            .to_f32_vec()
+                            .iter()
+                            .flat_map(|x| x.to_le_bytes())
+                            .collect();
+                        super::pack::pack_dense(&raw, n, k, 4)
+                    }
+                }
             }
         };
         let off = self.weights_end;
@@ -1111,9 +1156,13 @@ impl<'g> Lowerer<'g> {
     }
 
     fn linear(&mut self, i: usize) -> Result<(), BackendError> {
+        use super::pack::{pack_dense, pack_quant, quant_packable, QLayout, NR};
         let g = self.g;
         let n = &g.nodes[i];
         let out = n.outputs[0];
+        let Op::Linear { act } = n.op else {
+            unreachable!("a linear node")
+        };
         let x = self.view(n.inputs[0])?;
         let x = self.contiguous(&x)?;
         let x = if x.dtype == DType::F32 {
@@ -1127,26 +1176,55 @@ impl<'g> Lowerer<'g> {
             );
         };
         let wt = &g.weights[w as usize];
-        let (fmt, place) = match &wt.ty.enc {
-            Encoding::Dense(d @ (DType::F32 | DType::F16 | DType::BF16)) => (
-                RowFormat::Dense(*d),
-                self.pack(w as usize, Pack::Canonical)?,
-            ),
-            Encoding::Quant(q) => (
-                RowFormat::Quant(*q),
-                self.pack(w as usize, Pack::Canonical)?,
-            ),
-            _ => (
-                RowFormat::Dense(DType::F32),
-                self.pack(w as usize, Pack::F32 { len: 0 })?,
-            ),
-        };
         let nn = wt.ty.shape.0[0].fixed().expect("weights are fixed") as i64;
         let k = wt.ty.shape.0[1].fixed().expect("weights are fixed") as i64;
+        let isa = self.isa;
+        let int8 = act == llmc_ir::ActQuant::I8PerToken;
+        // the weight layout the kernel reads
+        let (layout, pack) = match &wt.ty.enc {
+            Encoding::Dense(d @ (DType::F32 | DType::F16 | DType::BF16)) => {
+                (WeightLayout::DensePanels(*d), Pack::DensePanels)
+            }
+            Encoding::Quant(q) => {
+                let ql = if int8 && isa.i8mm {
+                    QLayout::Mmla
+                } else {
+                    QLayout::Dot4
+                };
+                let signed = int8 && isa.aarch64 && (isa.dotprod || isa.i8mm);
+                let offset = if q.bits == 8 && signed { 128 } else { 0 };
+                if quant_packable(q, k as usize, ql) {
+                    (
+                        WeightLayout::QuantPanels {
+                            q: *q,
+                            layout: ql,
+                            offset,
+                        },
+                        Pack::QuantPanels { layout: ql, offset },
+                    )
+                } else {
+                    (WeightLayout::Rows(RowFormat::Quant(*q)), Pack::Canonical)
+                }
+            }
+            _ => (WeightLayout::DensePanels(DType::F32), Pack::F32Panels),
+        };
+        let place = self.pack(w as usize, pack)?;
+        let panels = (nn as usize).div_ceil(NR) as i64;
+        let padded = panels * NR as i64;
         let bias = match n.inputs.get(2) {
-            Some(b) => Some(self.param_f32(*b, nn as u64)?),
+            // panel kernels read the bias 16 at a time: pad it to whole panels
+            Some(b) if matches!(g.def(*b), ValueDef::Weight(_)) => {
+                Some(self.param_f32(*b, padded as u64)?)
+            }
+            Some(b) => {
+                let p = self.param_f32(*b, nn as u64)?;
+                let dst = self.fresh(None, vec![Size::c(padded)], DType::F32);
+                self.copy(&View::contiguous(p, vec![Size::c(nn)], DType::F32), &dst)?;
+                Some(dst.place)
+            }
             None => None,
         };
+        let _ = (pack_dense, pack_quant);
         let od = self.out_dims(out);
         let odt = g.ty(out).dtype();
         let o = self.fresh(Some(out), od.clone(), DType::F32);
@@ -1154,19 +1232,80 @@ impl<'g> Lowerer<'g> {
             .numel()
             .div(&Size::c(k))
             .ok_or_else(|| self.err("cannot tell the number of rows"))?;
+        let rows_of = |v: &View| v.place.clone();
+        // int8 activations: codes, scales and group sums for the integer kernels; the other
+        // kernels take the quantized values back as f32
+        let (xarg, sx, xqsum, kact) = match (&layout, int8) {
+            (WeightLayout::QuantPanels { q, .. }, true) => {
+                let gl = match q.group {
+                    llmc_ir::Group::Size(gs) => gs as i64,
+                    _ => k,
+                };
+                let xq = self.fresh(None, vec![m.clone(), Size::c(k)], DType::I8);
+                let sx = self.fresh(None, vec![m.clone()], DType::F32);
+                let xs = self.fresh(None, vec![m.clone(), Size::c(k / gl)], DType::I32);
+                let args = vec![
+                    Arg::Ptr(rows_of(&xq)),
+                    Arg::Ptr(rows_of(&sx)),
+                    Arg::Ptr(rows_of(&xs)),
+                    Arg::Ptr(x.place.clone()),
+                    Arg::Size(m.clone()),
+                    Arg::I(k),
+                ];
+                self.kernel(
+                    Kernel::QuantizeRows {
+                        group: gl as u32,
+                        fake: false,
+                    },
+                    args,
+                    m.clone(),
+                    1,
+                );
+                (
+                    xq.place.clone(),
+                    Arg::Ptr(sx.place.clone()),
+                    Arg::Ptr(xs.place.clone()),
+                    ActQuant::I8,
+                )
+            }
+            (_, true) => {
+                let xf = self.fresh(None, vec![m.clone(), Size::c(k)], DType::F32);
+                let args = vec![
+                    Arg::Ptr(xf.place.clone()),
+                    Arg::I(0),
+                    Arg::I(0),
+                    Arg::Ptr(x.place.clone()),
+                    Arg::Size(m.clone()),
+                    Arg::I(k),
+                ];
+                self.kernel(
+                    Kernel::QuantizeRows {
+                        group: 0,
+                        fake: true,
+                    },
+                    args,
+                    m.clone(),
+                    1,
+                );
+                (xf.place.clone(), Arg::I(0), Arg::I(0), ActQuant::F32)
+            }
+            _ => (x.place.clone(), Arg::I(0), Arg::I(0), ActQuant::F32),
+        };
         let lk = LinearKernel {
-            w: WeightLayout::Rows(fmt),
-            act: ActQuant::F32,
+            w: layout,
+            act: kact,
             bias: bias.is_some(),
         };
         let args = vec![
             Arg::Ptr(o.place.clone()),
-            Arg::Ptr(x.place.clone()),
+            Arg::Ptr(xarg),
             Arg::Ptr(place),
             bias.map_or(Arg::I(0), Arg::Ptr),
             Arg::Size(m),
             Arg::I(nn),
             Arg::I(k),
+            sx,
+            xqsum,
         ];
         self.kernel(
             Kernel::Linear(lk),

@@ -8,7 +8,9 @@ pub mod isa;
 pub mod kb;
 pub mod kernels;
 pub mod lower;
+pub mod machine;
 pub mod math;
+pub mod pack;
 pub mod plan;
 pub mod shapes;
 pub mod size;
@@ -68,6 +70,9 @@ impl Default for BuildOptions {
 pub struct EmitRequest {
     pub llvm_ir: bool,
     pub asm: bool,
+    /// Put the weights file into the object as a read-only global `<name>_weights` (64-byte
+    /// aligned) with its size in `<name>_weights_size`; `init` still takes the pointer.
+    pub embed_weights: bool,
 }
 
 /// A compiled bundle, in memory.
@@ -181,12 +186,14 @@ pub fn compile(
         cache: syms.find("past"),
     };
     let sh = shapes::propagate(g, &bind)?;
+    let isa = isa::isa_of(spec);
     let low = lower::lower(
         g,
         sh,
         syms,
         &LowerOptions {
             max_context: opts.max_context,
+            isa,
         },
     )?;
     let (buf_offsets, arena_bytes) = plan::allocate(&low.bufs, 64);
@@ -219,7 +226,17 @@ pub fn compile(
     );
     let model_hash = hasher.digest();
 
-    let isa = isa::isa_of(spec);
+    let tensors: Vec<(usize, &[u8])> = low
+        .packed
+        .iter()
+        .map(|(o, b)| (*o as usize, b.as_slice()))
+        .collect();
+    let weights = llmc_runtime::weights::write_file(model_hash, &tensors);
+    debug_assert_eq!(
+        weights.len() as u64,
+        llmc_runtime::weights::align(low.weights_size as usize) as u64
+    );
+
     let cx = Context::create();
     let mut kernels = kernels::Kernels::new(isa);
     let module = emit::emit(
@@ -231,6 +248,9 @@ pub fn compile(
         &mut kernels,
         model_hash,
     );
+    if req.embed_weights {
+        emit::embed_weights(&cx, &module, &opts.name, &weights);
+    }
     let cg = Codegen::new(spec, CodegenOptions::default())?;
     cg.configure_module(&module);
     module
@@ -251,17 +271,14 @@ pub fn compile(
     };
     let object = cg.emit_object(&module)?;
 
-    let tensors: Vec<(usize, &[u8])> = low
-        .packed
-        .iter()
-        .map(|(o, b)| (*o as usize, b.as_slice()))
-        .collect();
-    let weights = llmc_runtime::weights::write_file(model_hash, &tensors);
-    debug_assert_eq!(
-        weights.len() as u64,
-        llmc_runtime::weights::align(low.weights_size as usize) as u64
+    let header = header::header(
+        &opts.name,
+        &low,
+        &entry,
+        layout.state_bytes,
+        model_hash,
+        req.embed_weights,
     );
-    let header = header::header(&opts.name, &low, &entry, layout.state_bytes, model_hash);
     let manifest = serde_json::json!({
         "name": opts.name,
         "format": 1,
@@ -271,6 +288,7 @@ pub fn compile(
         "state_bytes": layout.state_bytes,
         "arena_bytes": arena_bytes,
         "weights_bytes": weights.len(),
+        "weights_embedded": req.embed_weights,
         "max_context": opts.max_context,
         "max_tokens": opts.max_tokens,
         "vocab": match &entry { Entry::Decoder { vocab, .. } => serde_json::json!(vocab), Entry::Graph => serde_json::Value::Null },

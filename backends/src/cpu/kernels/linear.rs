@@ -1,9 +1,16 @@
-//! Linear layers and matrix products: weight formats as stored in the weights file, the
-//! generic kernels every target has, and the dispatch to ISA-specific ones.
+//! Linear layers and matrix products. Weights come in the layouts of `pack.rs`; the panel
+//! kernels compute `MR` tokens × 16 output rows at a time, as f32 FMAs (f32 activations) or
+//! integer dot products of 4 bytes (int8 activations): AVX-512 VNNI `vpdpbusd`, AVX2
+//! `vpmaddubsw`, NEON `sdot`, i8mm `smmla`, or the generic widening twin every target has.
 
-use super::{load_f32, store_f32};
-use crate::cpu::kb::Kb;
-use inkwell::values::{FloatValue, IntValue, PointerValue};
+use super::{load_f32, Isa};
+use crate::cpu::kb::{vec_of, Kb, Var};
+use crate::cpu::pack::{QLayout, NR};
+use inkwell::types::{BasicTypeEnum, VectorType};
+use inkwell::values::{
+    BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue,
+};
+use inkwell::IntPredicate;
 use llmc_ir::{DType, Group, QuantSpec, Zero};
 
 /// How the rows of a `[rows, cols]` table are stored: the IR's canonical layouts.
@@ -16,19 +23,30 @@ pub enum RowFormat {
 /// How a linear kernel's weight is laid out in the weights file.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum WeightLayout {
-    /// `[N, K]` rows in the canonical layout of the format.
+    /// `[N, K]` rows in the canonical layout of the format (the generic kernel).
     Rows(RowFormat),
+    /// Dense panels of this element type.
+    DensePanels(DType),
+    /// Quantized panels; 8-bit codes stored minus `offset`.
+    QuantPanels {
+        q: QuantSpec,
+        layout: QLayout,
+        offset: u8,
+    },
 }
 
-/// What the kernel does to activations.
+/// What the kernel reads as activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ActQuant {
-    /// f32 activations (w8a16, w4a16, f32, f16 weights).
+    /// f32 activations.
     F32,
+    /// int8 activations from [`quantize_rows`]: `x` points to the codes, plus row scales
+    /// and per-group code sums.
+    I8,
 }
 
-/// `y [M, N] = x [M, K] · wᵀ + bias`: `[out, x, w, bias, m, n, k]` (bias 0 when absent);
-/// x and y are f32; work items: ⌈N / COLS⌉ blocks of output columns.
+/// `y [M, N] = x [M, K] · wᵀ + bias`: `[out, x, w, bias, m, n, k, sx, xqsum]` (bias 0 when
+/// absent; sx and xqsum only for int8 activations); work items: ⌈N / 16⌉ panels.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LinearKernel {
     pub w: WeightLayout,
@@ -37,12 +55,934 @@ pub struct LinearKernel {
 }
 
 /// Output columns per work item.
-pub const COLS: i64 = 16;
+pub const COLS: i64 = NR as i64;
 
-pub fn emit(kb: &mut Kb<'_, '_>, l: &LinearKernel, _isa: &super::Isa) {
-    match &l.w {
-        WeightLayout::Rows(f) => generic_rows(kb, f, l.bias),
+mod arg {
+    pub const OUT: u32 = 0;
+    pub const X: u32 = 1;
+    pub const W: u32 = 2;
+    pub const BIAS: u32 = 3;
+    pub const M: u32 = 4;
+    pub const N: u32 = 5;
+    pub const K: u32 = 6;
+    pub const SX: u32 = 7;
+    pub const XQSUM: u32 = 8;
+}
+
+pub fn emit(kb: &mut Kb<'_, '_>, l: &LinearKernel, isa: &Isa) {
+    match (&l.w, l.act) {
+        (WeightLayout::Rows(f), _) => generic_rows(kb, f, l.bias),
+        (WeightLayout::DensePanels(dt), _) => panels(kb, l, isa, Body::Dense(*dt)),
+        (WeightLayout::QuantPanels { q, .. }, ActQuant::F32) => {
+            panels(kb, l, isa, Body::QuantF32(*q))
+        }
+        (
+            WeightLayout::QuantPanels {
+                q,
+                layout: QLayout::Dot4,
+                offset,
+            },
+            ActQuant::I8,
+        ) => panels(kb, l, isa, Body::Dot4(*q, *offset)),
+        (
+            WeightLayout::QuantPanels {
+                q,
+                layout: QLayout::Mmla,
+                offset,
+            },
+            ActQuant::I8,
+        ) => mmla(kb, l, *q, *offset),
     }
+}
+
+/// Token rows per micro-tile.
+fn tile_rows(isa: &Isa, body: &Body) -> usize {
+    match (isa.avx512, body) {
+        (true, Body::Dot4(..)) => 8,
+        (true, _) => 6,
+        (false, _) if isa.avx2 => 3,
+        _ => 2,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Body {
+    Dense(DType),
+    QuantF32(QuantSpec),
+    Dot4(QuantSpec, u8),
+}
+
+/// Vector helpers over inkwell.
+struct V<'a, 'b, 'ctx> {
+    kb: &'a Kb<'b, 'ctx>,
+}
+
+impl<'a, 'b, 'ctx> V<'a, 'b, 'ctx> {
+    fn f32v(&self, lanes: u32) -> VectorType<'ctx> {
+        self.kb.f32t().vec_type(lanes)
+    }
+    fn i32v(&self, lanes: u32) -> VectorType<'ctx> {
+        self.kb.i32t().vec_type(lanes)
+    }
+    fn splat(&self, x: BasicValueEnum<'ctx>, lanes: u32) -> VectorValue<'ctx> {
+        let ty = vec_of(x.get_type(), lanes);
+        let undef = ty.get_poison();
+        let v = self
+            .kb
+            .b
+            .build_insert_element(undef, x, self.kb.i32c(0), "")
+            .expect("insert");
+        let mask = self.kb.i32t().vec_type(lanes).const_zero();
+        self.kb
+            .b
+            .build_shuffle_vector(v, undef, mask, "splat")
+            .expect("shuffle")
+    }
+    fn zero_f(&self, lanes: u32) -> VectorValue<'ctx> {
+        self.f32v(lanes).const_zero()
+    }
+    fn zero_i(&self, lanes: u32) -> VectorValue<'ctx> {
+        self.i32v(lanes).const_zero()
+    }
+    fn const_i8(&self, v: u8, lanes: u32) -> VectorValue<'ctx> {
+        let c = self.kb.i8t().const_int(v as u64, false);
+        VectorType::const_vector(&vec![c; lanes as usize])
+    }
+    fn shuffle(&self, a: VectorValue<'ctx>, idx: &[u32]) -> VectorValue<'ctx> {
+        let mask = VectorType::const_vector(
+            &idx.iter()
+                .map(|&i| self.kb.i32c(i as i32))
+                .collect::<Vec<_>>(),
+        );
+        self.kb
+            .b
+            .build_shuffle_vector(a, a.get_type().get_poison(), mask, "")
+            .expect("shuffle")
+    }
+    fn fma(
+        &self,
+        a: VectorValue<'ctx>,
+        b: VectorValue<'ctx>,
+        c: VectorValue<'ctx>,
+    ) -> VectorValue<'ctx> {
+        let f = inkwell::intrinsics::Intrinsic::find("llvm.fmuladd")
+            .expect("fmuladd")
+            .get_declaration(self.kb.m, &[a.get_type().into()])
+            .expect("decl");
+        self.kb
+            .b
+            .build_call(f, &[a.into(), b.into(), c.into()], "")
+            .expect("call")
+            .try_as_basic_value()
+            .basic()
+            .expect("v")
+            .into_vector_value()
+    }
+    fn fmul(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> VectorValue<'ctx> {
+        self.kb.b.build_float_mul(a, b, "").expect("fmul")
+    }
+    fn fadd(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> VectorValue<'ctx> {
+        self.kb.b.build_float_add(a, b, "").expect("fadd")
+    }
+    fn fsub(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> VectorValue<'ctx> {
+        self.kb.b.build_float_sub(a, b, "").expect("fsub")
+    }
+    fn uitofp(&self, a: VectorValue<'ctx>, lanes: u32) -> VectorValue<'ctx> {
+        self.kb
+            .b
+            .build_unsigned_int_to_float(a, self.f32v(lanes), "")
+            .expect("uitofp")
+    }
+    fn sitofp(&self, a: VectorValue<'ctx>, lanes: u32) -> VectorValue<'ctx> {
+        self.kb
+            .b
+            .build_signed_int_to_float(a, self.f32v(lanes), "")
+            .expect("sitofp")
+    }
+    fn and(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> VectorValue<'ctx> {
+        self.kb.b.build_and(a, b, "").expect("and")
+    }
+    fn lshr(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> VectorValue<'ctx> {
+        self.kb.b.build_right_shift(a, b, false, "").expect("shr")
+    }
+    fn bitcast(
+        &self,
+        a: impl inkwell::values::BasicValue<'ctx>,
+        ty: VectorType<'ctx>,
+    ) -> VectorValue<'ctx> {
+        self.kb
+            .b
+            .build_bit_cast(a, ty, "")
+            .expect("bitcast")
+            .into_vector_value()
+    }
+    fn load_vec(
+        &self,
+        elem: BasicTypeEnum<'ctx>,
+        lanes: u32,
+        p: PointerValue<'ctx>,
+        byte_off: IntValue<'ctx>,
+    ) -> VectorValue<'ctx> {
+        let ptr = self.kb.gep(self.kb.i8t().into(), p, byte_off);
+        let v = self
+            .kb
+            .b
+            .build_load(vec_of(elem, lanes), ptr, "")
+            .expect("load");
+        let _ = v.as_instruction_value().map(|i| i.set_alignment(1));
+        v.into_vector_value()
+    }
+    /// 16 scale-type floats at a byte offset, as f32.
+    fn load_floats(
+        &self,
+        dt: DType,
+        p: PointerValue<'ctx>,
+        byte_off: IntValue<'ctx>,
+        isa: &Isa,
+    ) -> VectorValue<'ctx> {
+        match dt {
+            DType::F32 => self.load_vec(self.kb.f32t().into(), NR as u32, p, byte_off),
+            DType::BF16 => {
+                let h = self.load_vec(self.kb.cx.i16_type().into(), NR as u32, p, byte_off);
+                let w = self
+                    .kb
+                    .b
+                    .build_int_z_extend(h, self.i32v(NR as u32), "")
+                    .expect("zext");
+                let sh = VectorType::const_vector(&vec![self.kb.i32c(16); NR]);
+                let w = self.kb.b.build_left_shift(w, sh, "").expect("shl");
+                self.bitcast(w, self.f32v(NR as u32))
+            }
+            _ => {
+                let h = self.load_vec(self.kb.cx.i16_type().into(), NR as u32, p, byte_off);
+                half_vec_to_f32(self, h, isa)
+            }
+        }
+    }
+}
+
+/// f16 bits to f32, 16 lanes: the hardware conversion where the target has one (F16C,
+/// AVX-512, AArch64), else integer operations.
+fn half_vec_to_f32<'ctx>(
+    v: &V<'_, '_, 'ctx>,
+    h: VectorValue<'ctx>,
+    isa: &Isa,
+) -> VectorValue<'ctx> {
+    let kb = v.kb;
+    let n = NR as u32;
+    if isa.f16c || isa.avx512 || isa.aarch64 {
+        let hv = v.bitcast(h, kb.cx.f16_type().vec_type(n));
+        return kb.b.build_float_ext(hv, v.f32v(n), "").expect("fpext");
+    }
+    let c = |x: i32| VectorType::const_vector(&vec![kb.i32c(x); NR]);
+    let w = kb.b.build_int_z_extend(h, v.i32v(n), "").expect("zext");
+    let sign =
+        kb.b.build_left_shift(kb.b.build_and(w, c(0x8000), "").expect("and"), c(16), "")
+            .expect("shl");
+    let em = kb.b.build_and(w, c(0x7fff), "").expect("and");
+    // normal and subnormal: shift into place and rescale by 2^112 (exact); inf/NaN: force the exponent
+    let shifted = kb.b.build_left_shift(em, c(13), "").expect("shl");
+    let f =
+        kb.b.build_float_mul(
+            v.bitcast(shifted, v.f32v(n)),
+            VectorType::const_vector(&vec![kb.f32c(5.192_297e33); NR]),
+            "",
+        )
+        .expect("mul");
+    let special =
+        kb.b.build_int_compare(IntPredicate::UGE, em, c(0x7c00), "")
+            .expect("cmp");
+    let inf = kb.b.build_or(shifted, c(0x7f80_0000), "").expect("or");
+    let bits =
+        kb.b.build_select(special, inf, v.bitcast(f, v.i32v(n)), "")
+            .expect("select")
+            .into_vector_value();
+    v.bitcast(kb.b.build_or(bits, sign, "").expect("or"), v.f32v(n))
+}
+
+/// The panel loop shared by every panel kernel: for each panel of 16 output rows, tiles of
+/// `mr` tokens (then the leftover tokens one at a time) run `body`, which returns the
+/// 16-lane results per token; they get the bias and are stored (the last panel partially).
+fn panels(kb: &mut Kb<'_, '_>, l: &LinearKernel, isa: &Isa, body: Body) {
+    let mr = tile_rows(isa, &body);
+    let (out, bias) = (kb.arg_ptr(arg::OUT), kb.arg_ptr(arg::BIAS));
+    let (m, n) = (kb.arg(arg::M), kb.arg(arg::N));
+    let (beg, end) = (kb.begin(), kb.end());
+    let has_bias = l.bias;
+    kb.for_range(beg, end, 1, |kb, p| {
+        let col0 = kb.mul(p, kb.i64c(NR as i64));
+        let full_tiles = kb.mul(kb.sdiv(m, kb.i64c(mr as i64)), kb.i64c(mr as i64));
+        let zero = kb.i64c(0);
+        for (lo, hi, rows) in [(zero, full_tiles, mr), (full_tiles, m, 1)] {
+            kb.for_range(lo, hi, rows as i64, |kb, m0| {
+                let res = tile(kb, &body, isa, p, m0, rows);
+                let v = V { kb };
+                let bvec = if has_bias {
+                    // the bias is padded to whole panels by the packer
+                    Some(v.load_vec(kb.f32t().into(), NR as u32, bias, kb.mul(col0, kb.i64c(4))))
+                } else {
+                    None
+                };
+                let left = kb.sub(n, col0);
+                let full = kb.icmp(IntPredicate::SGE, left, kb.i64c(NR as i64));
+                for (r, acc) in res.into_iter().enumerate() {
+                    let v = V { kb };
+                    let acc = match bvec {
+                        Some(b) => v.fadd(acc, b),
+                        None => acc,
+                    };
+                    let row = kb.add(m0, kb.i64c(r as i64));
+                    let base = kb.add(kb.mul(row, n), col0);
+                    let accv = kb.var(acc);
+                    store_row(kb, out, base, left, full, accv);
+                }
+            });
+        }
+    });
+}
+
+/// One micro-tile: `rows` tokens from `m0` against panel `p`; 16-lane f32 results per token.
+fn tile<'ctx>(
+    kb: &mut Kb<'_, 'ctx>,
+    body: &Body,
+    isa: &Isa,
+    p: IntValue<'ctx>,
+    m0: IntValue<'ctx>,
+    rows: usize,
+) -> Vec<VectorValue<'ctx>> {
+    let (x, w, k) = (kb.arg_ptr(arg::X), kb.arg_ptr(arg::W), kb.arg(arg::K));
+    let nr = NR as u32;
+    let v0 = V { kb };
+    let acc: Vec<Var<'ctx>> = (0..rows).map(|_| kb.var(v0.zero_f(nr))).collect();
+    match *body {
+        Body::Dense(dt) => {
+            let esz = dt.size() as i64;
+            // panel bytes: K·NR elements rounded up to 64 (pack::dense_panel_bytes)
+            let pb = kb.add(kb.mul(k, kb.i64c(NR as i64 * esz)), kb.i64c(63));
+            let pb = kb.mul(kb.sdiv(pb, kb.i64c(64)), kb.i64c(64));
+            let wbase = kb.mul(p, pb);
+            let zero = kb.i64c(0);
+            kb.for_range(zero, k, 1, |kb, kk| {
+                let v = V { kb };
+                let off = kb.add(wbase, kb.mul(kk, kb.i64c(NR as i64 * esz)));
+                let wv = match dt {
+                    DType::F32 => v.load_vec(kb.f32t().into(), nr, w, off),
+                    other => v.load_floats(other, w, off, isa),
+                };
+                for (r, a) in acc.iter().enumerate() {
+                    let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), kk);
+                    let xv = V { kb }.splat(kb.load_f32(x, xi).into(), nr);
+                    let cur = kb.get(*a).into_vector_value();
+                    let nv = V { kb }.fma(xv, wv, cur);
+                    kb.set(*a, nv);
+                }
+            });
+        }
+        Body::QuantF32(q) => quant_f32_tile(kb, &q, isa, p, m0, &acc),
+        Body::Dot4(q, offset) => dot4_tile(kb, &q, offset, isa, p, m0, &acc),
+    }
+    acc.iter().map(|a| kb.get(*a).into_vector_value()).collect()
+}
+
+/// Byte offsets of a quantized panel's parts: (panel start, scales, zeros).
+fn quant_offsets<'ctx>(
+    kb: &Kb<'_, 'ctx>,
+    q: &QuantSpec,
+    p: IntValue<'ctx>,
+    k: IntValue<'ctx>,
+) -> (
+    IntValue<'ctx>,
+    IntValue<'ctx>,
+    IntValue<'ctx>,
+    IntValue<'ctx>,
+) {
+    // as pack::quant_panel_bytes, at run time
+    let g = match q.group {
+        Group::Size(g) => kb.i64c(g as i64),
+        _ => k,
+    };
+    let groups = kb.sdiv(k, g);
+    let nr = kb.i64c(NR as i64);
+    let codes = kb.sdiv(kb.mul(kb.mul(k, nr), kb.i64c(q.bits as i64)), kb.i64c(8));
+    let ssz = kb.i64c(q.scale.size() as i64);
+    let scales = kb.mul(kb.mul(groups, nr), ssz);
+    let zeros = match q.zero {
+        Zero::Symmetric => kb.i64c(0),
+        Zero::Int => kb.mul(groups, nr),
+        Zero::Float => kb.mul(kb.mul(groups, nr), ssz),
+    };
+    let total = kb.add(kb.add(codes, scales), zeros);
+    let pb = kb.mul(
+        kb.sdiv(kb.add(total, kb.i64c(63)), kb.i64c(64)),
+        kb.i64c(64),
+    );
+    let start = kb.mul(p, pb);
+    (
+        start,
+        kb.add(start, codes),
+        kb.add(kb.add(start, codes), scales),
+        g,
+    )
+}
+
+/// The zero term of group `gi`: `(zz, m)` so that a weight is `s·(u − zz)` (`sym`, `asym`) or
+/// `s·u + m` (`min`), 16 lanes as f32.
+fn zeros_of<'ctx>(
+    v: &V<'_, '_, 'ctx>,
+    q: &QuantSpec,
+    w: PointerValue<'ctx>,
+    zoff: IntValue<'ctx>,
+    gi: IntValue<'ctx>,
+    isa: &Isa,
+) -> (Option<VectorValue<'ctx>>, Option<VectorValue<'ctx>>) {
+    let kb = v.kb;
+    let nr = NR as u32;
+    match q.zero {
+        Zero::Symmetric => (
+            Some(VectorType::const_vector(&vec![
+                kb.f32c(
+                    (1u32 << (q.bits - 1)) as f32
+                );
+                NR
+            ])),
+            None,
+        ),
+        Zero::Int => {
+            let z = v.load_vec(
+                kb.i8t().into(),
+                nr,
+                w,
+                kb.add(zoff, kb.mul(gi, kb.i64c(NR as i64))),
+            );
+            (Some(v.uitofp(z, nr)), None)
+        }
+        Zero::Float => {
+            let off = kb.add(zoff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64)));
+            (None, Some(v.load_floats(q.scale, w, off, isa)))
+        }
+    }
+}
+
+/// A group's contribution to the f32 accumulator from its integer dot products `dint`
+/// (codes stored minus `offset`): `s·(D − zz·Σxq)` with the subtraction done exactly in i32
+/// (`sym`, `asym`), or `s·D + m·Σxq` (`min`).
+#[allow(clippy::too_many_arguments)]
+fn group_epilogue<'ctx>(
+    v: &V<'_, '_, 'ctx>,
+    q: &QuantSpec,
+    w: PointerValue<'ctx>,
+    zoff: IntValue<'ctx>,
+    gi: IntValue<'ctx>,
+    isa: &Isa,
+    s: VectorValue<'ctx>,
+    dint: VectorValue<'ctx>,
+    xs: IntValue<'ctx>,
+    offset: u8,
+    cur: VectorValue<'ctx>,
+) -> VectorValue<'ctx> {
+    let kb = v.kb;
+    let nr = NR as u32;
+    let splat_i = |x: IntValue<'ctx>| v.splat(x.into(), nr);
+    let with_offset = |d: VectorValue<'ctx>| {
+        if offset == 0 {
+            d
+        } else {
+            kb.b.build_int_add(
+                d,
+                splat_i(
+                    kb.b.build_int_mul(xs, kb.i32c(offset as i32), "")
+                        .expect("mul"),
+                ),
+                "",
+            )
+            .expect("add")
+        }
+    };
+    match q.zero {
+        Zero::Symmetric => {
+            let c = (offset as i32) - (1i32 << (q.bits - 1));
+            let di =
+                kb.b.build_int_add(
+                    dint,
+                    splat_i(kb.b.build_int_mul(xs, kb.i32c(c), "").expect("mul")),
+                    "",
+                )
+                .expect("add");
+            v.fma(s, v.sitofp(di, nr), cur)
+        }
+        Zero::Int => {
+            let z = v.load_vec(
+                kb.i8t().into(),
+                nr,
+                w,
+                kb.add(zoff, kb.mul(gi, kb.i64c(NR as i64))),
+            );
+            let z = kb.b.build_int_z_extend(z, v.i32v(nr), "").expect("zext");
+            let di =
+                kb.b.build_int_sub(
+                    with_offset(dint),
+                    kb.b.build_int_mul(z, splat_i(xs), "").expect("mul"),
+                    "",
+                )
+                .expect("sub");
+            v.fma(s, v.sitofp(di, nr), cur)
+        }
+        Zero::Float => {
+            let off = kb.add(zoff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64)));
+            let m = v.load_floats(q.scale, w, off, isa);
+            let xsf = v.splat(
+                kb.b.build_signed_int_to_float(xs, kb.f32t(), "")
+                    .expect("sitofp")
+                    .into(),
+                nr,
+            );
+            v.fma(m, xsf, v.fma(s, v.sitofp(with_offset(dint), nr), cur))
+        }
+    }
+}
+
+/// f32 activations against quantized Dot4 panels: each code is dequantized in registers.
+fn quant_f32_tile<'ctx>(
+    kb: &mut Kb<'_, 'ctx>,
+    q: &QuantSpec,
+    isa: &Isa,
+    p: IntValue<'ctx>,
+    m0: IntValue<'ctx>,
+    acc: &[Var<'ctx>],
+) {
+    let (x, w, k) = (kb.arg_ptr(arg::X), kb.arg_ptr(arg::W), kb.arg(arg::K));
+    let (start, soff, zoff, g) = quant_offsets(kb, q, p, k);
+    let nr = NR as u32;
+    let groups = kb.sdiv(k, g);
+    let step: i64 = if q.bits == 4 { 8 } else { 4 };
+    let zero = kb.i64c(0);
+    let q = *q;
+    kb.for_range(zero, groups, 1, |kb, gi| {
+        let v = V { kb };
+        let s = v.load_floats(
+            q.scale,
+            w,
+            kb.add(soff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64))),
+            isa,
+        );
+        let (zz, mn) = zeros_of(&v, &q, w, zoff, gi, isa);
+        let kg0 = kb.mul(gi, g);
+        let kg1 = kb.add(kg0, g);
+        kb.for_range(kg0, kg1, step, |kb, k0| {
+            let v = V { kb };
+            // the block's bytes: 64 per step
+            let boff = kb.add(start, kb.mul(kb.sdiv(k0, kb.i64c(step)), kb.i64c(64)));
+            let bytes = v.load_vec(kb.i8t().into(), 64, w, boff);
+            let parts: Vec<(VectorValue, i64)> = if q.bits == 4 {
+                let lo = v.and(bytes, v.const_i8(0x0f, 64));
+                let hi = v.lshr(bytes, v.const_i8(4, 64));
+                vec![(lo, 0), (hi, 4)]
+            } else {
+                vec![(bytes, 0)]
+            };
+            for (codes, kofs) in parts {
+                for t in 0..4u32 {
+                    let v = V { kb };
+                    let idx: Vec<u32> = (0..nr).map(|j| 4 * j + t).collect();
+                    let u = v.uitofp(v.shuffle(codes, &idx), nr);
+                    let wf = match (zz, mn) {
+                        (Some(zz), _) => v.fmul(v.fsub(u, zz), s),
+                        (None, Some(m)) => v.fma(u, s, m),
+                        _ => unreachable!(),
+                    };
+                    let kk = kb.add(k0, kb.i64c(kofs + t as i64));
+                    for (r, a) in acc.iter().enumerate() {
+                        let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), kk);
+                        let xv = V { kb }.splat(kb.load_f32(x, xi).into(), nr);
+                        let cur = kb.get(*a).into_vector_value();
+                        let nv = V { kb }.fma(xv, wf, cur);
+                        kb.set(*a, nv);
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// `acc + Σ_t a[4j+t]·b[4j+t]` per 32-bit lane j, `a` unsigned codes (or s8 when the panel
+/// stores them signed), `b` signed activations: the target's best instruction.
+fn dot4<'ctx>(
+    kb: &Kb<'_, 'ctx>,
+    isa: &Isa,
+    acc: VectorValue<'ctx>,
+    a: VectorValue<'ctx>,
+    b: VectorValue<'ctx>,
+    a_signed: bool,
+    small: bool,
+) -> VectorValue<'ctx> {
+    let v = V { kb };
+    if isa.avx512vnni && !a_signed {
+        return kb
+            .call_intrinsic(
+                "llvm.x86.avx512.vpdpbusd.512",
+                &[],
+                &[acc.into(), a.into(), b.into()],
+            )
+            .into_vector_value();
+    }
+    if isa.aarch64 && isa.dotprod && (a_signed || small) {
+        // four 128-bit sdots
+        let mut outs = vec![];
+        for part in 0..4u32 {
+            let ai = v.shuffle(a, &(part * 16..part * 16 + 16).collect::<Vec<_>>());
+            let bi = v.shuffle(b, &(part * 16..part * 16 + 16).collect::<Vec<_>>());
+            let ci = v.shuffle(acc, &(part * 4..part * 4 + 4).collect::<Vec<_>>());
+            let r = kb.call_intrinsic(
+                "llvm.aarch64.neon.sdot",
+                &[kb.i32t().vec_type(4).into(), kb.i8t().vec_type(16).into()],
+                &[ci.into(), ai.into(), bi.into()],
+            );
+            outs.push(r.into_vector_value());
+        }
+        let ab = concat(kb, outs[0], outs[1]);
+        let cd = concat(kb, outs[2], outs[3]);
+        return concat(kb, ab, cd);
+    }
+    if isa.x86 && isa.avx2 && !a_signed && small {
+        // vpmaddubsw (u8·s8 pairs to i16; 4-bit codes cannot saturate) then vpmaddwd with ones
+        let mut outs = vec![];
+        for part in 0..2u32 {
+            let ai = v.shuffle(a, &(part * 32..part * 32 + 32).collect::<Vec<_>>());
+            let bi = v.shuffle(b, &(part * 32..part * 32 + 32).collect::<Vec<_>>());
+            let p16 = kb
+                .call_intrinsic("llvm.x86.avx2.pmadd.ub.sw", &[], &[ai.into(), bi.into()])
+                .into_vector_value();
+            let ones = VectorType::const_vector(&vec![kb.cx.i16_type().const_int(1, false); 16]);
+            let p32 = kb
+                .call_intrinsic("llvm.x86.avx2.pmadd.wd", &[], &[p16.into(), ones.into()])
+                .into_vector_value();
+            outs.push(p32);
+        }
+        let s = concat(kb, outs[0], outs[1]);
+        return kb.b.build_int_add(acc, s, "").expect("add");
+    }
+    // generic: widen to i32, multiply, add the four products of each lane
+    let ext = |x: VectorValue<'ctx>, signed: bool| {
+        let t = kb.i32t().vec_type(64);
+        if signed {
+            kb.b.build_int_s_extend(x, t, "").expect("sext")
+        } else {
+            kb.b.build_int_z_extend(x, t, "").expect("zext")
+        }
+    };
+    let prod =
+        kb.b.build_int_mul(ext(a, a_signed), ext(b, true), "")
+            .expect("mul");
+    let mut sum = acc;
+    for t in 0..4u32 {
+        let part = v.shuffle(prod, &(0..16u32).map(|j| 4 * j + t).collect::<Vec<_>>());
+        sum = kb.b.build_int_add(sum, part, "").expect("add");
+    }
+    sum
+}
+
+fn concat<'ctx>(
+    kb: &Kb<'_, 'ctx>,
+    a: VectorValue<'ctx>,
+    b: VectorValue<'ctx>,
+) -> VectorValue<'ctx> {
+    let n = a.get_type().get_size();
+    let mask = VectorType::const_vector(&(0..2 * n).map(|i| kb.i32c(i as i32)).collect::<Vec<_>>());
+    kb.b.build_shuffle_vector(a, b, mask, "").expect("shuffle")
+}
+
+/// int8 activations against Dot4 panels: integer dot products per group, then
+/// `acc += s·(D − zz·Σxq)` (or `s·D + m·Σxq`), scaled by the row's activation scale.
+fn dot4_tile<'ctx>(
+    kb: &mut Kb<'_, 'ctx>,
+    q: &QuantSpec,
+    offset: u8,
+    isa: &Isa,
+    p: IntValue<'ctx>,
+    m0: IntValue<'ctx>,
+    acc: &[Var<'ctx>],
+) {
+    let (x, w, k) = (kb.arg_ptr(arg::X), kb.arg_ptr(arg::W), kb.arg(arg::K));
+    let (sx, xqsum) = (kb.arg_ptr(arg::SX), kb.arg_ptr(arg::XQSUM));
+    let (start, soff, zoff, g) = quant_offsets(kb, q, p, k);
+    let nr = NR as u32;
+    let groups = kb.sdiv(k, g);
+    let step: i64 = if q.bits == 4 { 8 } else { 4 };
+    let zero = kb.i64c(0);
+    let q = *q;
+    let v0 = V { kb };
+    let acci: Vec<Var<'ctx>> = acc.iter().map(|_| kb.var(v0.zero_i(nr))).collect();
+    kb.for_range(zero, groups, 1, |kb, gi| {
+        let v = V { kb };
+        for a in &acci {
+            kb.set(*a, v.zero_i(nr));
+        }
+        let kg0 = kb.mul(gi, g);
+        let kg1 = kb.add(kg0, g);
+        kb.for_range(kg0, kg1, step, |kb, k0| {
+            let v = V { kb };
+            let boff = kb.add(start, kb.mul(kb.sdiv(k0, kb.i64c(step)), kb.i64c(64)));
+            let bytes = v.load_vec(kb.i8t().into(), 64, w, boff);
+            let parts: Vec<(VectorValue, i64)> = if q.bits == 4 {
+                let lo = v.and(bytes, v.const_i8(0x0f, 64));
+                let hi = v.lshr(bytes, v.const_i8(4, 64));
+                vec![(lo, 0), (hi, 4)]
+            } else {
+                vec![(bytes, 0)]
+            };
+            for (codes, kofs) in parts {
+                for (r, a) in acci.iter().enumerate() {
+                    let v = V { kb };
+                    // 4 activation bytes of this token, broadcast to every lane
+                    let xi = kb.add(
+                        kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), k0),
+                        kb.i64c(kofs),
+                    );
+                    let xp = kb.gep(kb.i8t().into(), x, xi);
+                    let x4 = kb.b.build_load(kb.i32t(), xp, "").expect("load");
+                    let _ = x4.as_instruction_value().map(|i| i.set_alignment(1));
+                    let xb = v.bitcast(v.splat(x4, nr), kb.i8t().vec_type(64));
+                    let cur = kb.get(*a).into_vector_value();
+                    let nv = dot4(kb, isa, cur, codes, xb, offset != 0, q.bits == 4);
+                    kb.set(*a, nv);
+                }
+            }
+        });
+        let v = V { kb };
+        let s = v.load_floats(
+            q.scale,
+            w,
+            kb.add(soff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64))),
+            isa,
+        );
+        for (r, (a, ai)) in acc.iter().zip(&acci).enumerate() {
+            let v = V { kb };
+            let row = kb.add(m0, kb.i64c(r as i64));
+            let xs = kb
+                .load(kb.i32t().into(), xqsum, kb.add(kb.mul(row, groups), gi))
+                .into_int_value();
+            let cur = kb.get(*a).into_vector_value();
+            let d = kb.get(*ai).into_vector_value();
+            let nv = group_epilogue(&v, &q, w, zoff, gi, isa, s, d, xs, offset, cur);
+            kb.set(*a, nv);
+        }
+    });
+    for (r, a) in acc.iter().enumerate() {
+        let v = V { kb };
+        let row = kb.add(m0, kb.i64c(r as i64));
+        let sxv = v.splat(kb.load_f32(sx, row).into(), nr);
+        let cur = kb.get(*a).into_vector_value();
+        kb.set(*a, v.fmul(cur, sxv));
+    }
+}
+
+/// int8 activations against Mmla panels with `smmla`: two tokens × two rows × 8 k per
+/// instruction; an odd last token pairs with itself.
+fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
+    let (out, bias) = (kb.arg_ptr(arg::OUT), kb.arg_ptr(arg::BIAS));
+    let (x, w, m, n, k) = (
+        kb.arg_ptr(arg::X),
+        kb.arg_ptr(arg::W),
+        kb.arg(arg::M),
+        kb.arg(arg::N),
+        kb.arg(arg::K),
+    );
+    let (sx, xqsum) = (kb.arg_ptr(arg::SX), kb.arg_ptr(arg::XQSUM));
+    let (beg, end) = (kb.begin(), kb.end());
+    let has_bias = l.bias;
+    let step: i64 = if q.bits == 4 { 16 } else { 8 };
+    let isa = Isa {
+        aarch64: true,
+        neon: true,
+        dotprod: true,
+        i8mm: true,
+        lanes: 4,
+        ..Isa::default()
+    };
+    kb.for_range(beg, end, 1, |kb, p| {
+        let (start, soff, zoff, g) = quant_offsets(kb, &q, p, k);
+        let groups = kb.sdiv(k, g);
+        let col0 = kb.mul(p, kb.i64c(NR as i64));
+        let zero = kb.i64c(0);
+        kb.for_range(zero, m, 2, |kb, m0| {
+            let v = V { kb };
+            // the pair's second token: the next one, or the same one again at the end
+            let m1 = kb.imin(kb.add(m0, kb.i64c(1)), kb.sub(m, kb.i64c(1)));
+            let accf: Vec<Var> = (0..2).map(|_| kb.var(v.zero_f(NR as u32))).collect();
+            let acc4: Vec<Var> = (0..NR / 2)
+                .map(|_| kb.var(kb.i32t().vec_type(4).const_zero()))
+                .collect();
+            let gz = kb.i64c(0);
+            kb.for_range(gz, groups, 1, |kb, gi| {
+                for a in &acc4 {
+                    kb.set(*a, kb.i32t().vec_type(4).const_zero());
+                }
+                let kg0 = kb.mul(gi, g);
+                let kg1 = kb.add(kg0, g);
+                kb.for_range(kg0, kg1, step, |kb, k0| {
+                    let v = V { kb };
+                    let halves: Vec<i64> = if q.bits == 4 { vec![0, 8] } else { vec![0] };
+                    // block bytes: NR/2 pairs × 16
+                    let boff = kb.add(
+                        start,
+                        kb.mul(kb.sdiv(k0, kb.i64c(step)), kb.i64c((NR * 8) as i64)),
+                    );
+                    let blk = v.load_vec(kb.i8t().into(), (NR * 8) as u32, w, boff);
+                    for (hi, &kofs) in halves.iter().enumerate() {
+                        let codes = if q.bits == 4 {
+                            if hi == 0 {
+                                v.and(blk, v.const_i8(0x0f, (NR * 8) as u32))
+                            } else {
+                                v.lshr(blk, v.const_i8(4, (NR * 8) as u32))
+                            }
+                        } else {
+                            blk
+                        };
+                        // A: 8 bytes of each token
+                        let a = concat(
+                            kb,
+                            load8(kb, x, m0, k, k0, kofs),
+                            load8(kb, x, m1, k, k0, kofs),
+                        );
+                        for (pi, acc) in acc4.iter().enumerate() {
+                            let v = V { kb };
+                            let b = v.shuffle(
+                                codes,
+                                &((pi * 16) as u32..(pi * 16 + 16) as u32).collect::<Vec<_>>(),
+                            );
+                            let cur = kb.get(*acc).into_vector_value();
+                            let r = kb.call_intrinsic(
+                                "llvm.aarch64.neon.smmla",
+                                &[kb.i32t().vec_type(4).into(), kb.i8t().vec_type(16).into()],
+                                &[cur.into(), a.into(), b.into()],
+                            );
+                            kb.set(*acc, r);
+                        }
+                    }
+                });
+                // acc4[pi] = [t0·r(2pi), t0·r(2pi+1), t1·r(2pi), t1·r(2pi+1)]: gather the two tokens' 16 lanes
+                let v = V { kb };
+                let parts: Vec<VectorValue> = acc4
+                    .iter()
+                    .map(|a| kb.get(*a).into_vector_value())
+                    .collect();
+                let mut all = parts[0];
+                for part in &parts[1..] {
+                    all = concat(kb, all, *part);
+                }
+                let t0: Vec<u32> = (0..NR as u32 / 2)
+                    .flat_map(|pi| [4 * pi, 4 * pi + 1])
+                    .collect();
+                let t1: Vec<u32> = (0..NR as u32 / 2)
+                    .flat_map(|pi| [4 * pi + 2, 4 * pi + 3])
+                    .collect();
+                let d = [v.shuffle(all, &t0), v.shuffle(all, &t1)];
+                let s = v.load_floats(
+                    q.scale,
+                    w,
+                    kb.add(soff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64))),
+                    &isa,
+                );
+                for (ti, row) in [m0, m1].into_iter().enumerate() {
+                    let v = V { kb };
+                    let xs = kb
+                        .load(kb.i32t().into(), xqsum, kb.add(kb.mul(row, groups), gi))
+                        .into_int_value();
+                    let cur = kb.get(accf[ti]).into_vector_value();
+                    let nv = group_epilogue(&v, &q, w, zoff, gi, &isa, s, d[ti], xs, offset, cur);
+                    kb.set(accf[ti], nv);
+                }
+            });
+            let left = kb.sub(n, col0);
+            let full = kb.icmp(IntPredicate::SGE, left, kb.i64c(NR as i64));
+            // the second token is stored only when it is a real one
+            let two = kb.icmp(IntPredicate::NE, m1, m0);
+            for (ti, row) in [m0, m1].into_iter().enumerate() {
+                let v = V { kb };
+                let sxv = v.splat(kb.load_f32(sx, row).into(), NR as u32);
+                let mut r = v.fmul(kb.get(accf[ti]).into_vector_value(), sxv);
+                if has_bias {
+                    r = v.fadd(
+                        r,
+                        v.load_vec(kb.f32t().into(), NR as u32, bias, kb.mul(col0, kb.i64c(4))),
+                    );
+                }
+                let rv = kb.var(r);
+                let base = kb.add(kb.mul(row, n), col0);
+                if ti == 0 {
+                    store_row(kb, out, base, left, full, rv);
+                } else {
+                    kb.if_then(two, |kb| store_row(kb, out, base, left, full, rv));
+                }
+            }
+        });
+    });
+}
+
+/// `[xq (i8 [M, K]), sx (f32 [M]), xqsum (i32 [M, K/g]), x (f32 [M, K]), m, k]`, or with
+/// `fake`, `[out (f32 [M, K]), _, _, x, m, k]`: int8 quantization of each row as
+/// `act = i8_per_token` defines it; work items: rows.
+pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool) {
+    let (xq, sx, xqsum, x) = (kb.arg_ptr(0), kb.arg_ptr(1), kb.arg_ptr(2), kb.arg_ptr(3));
+    let k = kb.arg(5);
+    let (b, e) = (kb.begin(), kb.end());
+    kb.for_range(b, e, 1, |kb, row| {
+        let base = kb.mul(row, k);
+        let zero = kb.i64c(0);
+        let amax = kb.var(kb.f32c(0.0));
+        kb.for_range(zero, k, 1, |kb, j| {
+            let a = kb.fabs(kb.load_f32(x, kb.add(base, j)));
+            let c = kb.getf(amax);
+            kb.set(amax, kb.fmax(c, a));
+        });
+        let am = kb.getf(amax);
+        let is0 = kb.fcmp(inkwell::FloatPredicate::OEQ, am, kb.f32c(0.0));
+        let inv = kb
+            .select(
+                is0,
+                kb.f32c(0.0),
+                kb.b.build_float_div(kb.f32c(127.0), am, "").expect("div"),
+            )
+            .into_float_value();
+        let scale = kb.b.build_float_div(am, kb.f32c(127.0), "").expect("div");
+        if fake {
+            kb.for_range(zero, k, 1, |kb, j| {
+                let q = round_even(
+                    kb,
+                    kb.b.build_float_mul(kb.load_f32(x, kb.add(base, j)), inv, "")
+                        .expect("mul"),
+                );
+                let v = kb.b.build_float_mul(q, scale, "").expect("mul");
+                kb.store(xq, kb.add(base, j), v);
+            });
+        } else {
+            kb.store(sx, row, scale);
+            let g = if group == 0 { k } else { kb.i64c(group as i64) };
+            let groups = kb.sdiv(k, g);
+            kb.for_range(zero, groups, 1, |kb, gi| {
+                let sum = kb.var(kb.i32c(0));
+                let g0 = kb.mul(gi, g);
+                let g1 = kb.add(g0, g);
+                kb.for_range(g0, g1, 1, |kb, j| {
+                    let q = round_even(
+                        kb,
+                        kb.b.build_float_mul(kb.load_f32(x, kb.add(base, j)), inv, "")
+                            .expect("mul"),
+                    );
+                    let qi = kb.f32_to_si(q, kb.i32t());
+                    kb.store(xq, kb.add(base, j), kb.trunc(qi, kb.i8t()));
+                    let s = kb.geti(sum);
+                    kb.set(sum, kb.add(s, qi));
+                });
+                let s = kb.geti(sum);
+                kb.store(xqsum, kb.add(kb.mul(row, groups), gi), s);
+            });
+        }
+    });
+}
+
+fn round_even<'ctx>(kb: &Kb<'_, 'ctx>, x: FloatValue<'ctx>) -> FloatValue<'ctx> {
+    crate::cpu::math::call(kb, crate::cpu::math::MathFn::RoundEven, x)
 }
 
 /// The generic kernel: one output column at a time, every token against the same weight row
@@ -221,5 +1161,47 @@ pub fn matmul(kb: &mut Kb<'_, '_>) {
             });
         });
     });
-    let _ = store_f32;
+}
+
+/// 8 activation bytes of token `row` at k `k0 + kofs`.
+fn load8<'ctx>(
+    kb: &Kb<'_, 'ctx>,
+    x: PointerValue<'ctx>,
+    row: IntValue<'ctx>,
+    k: IntValue<'ctx>,
+    k0: IntValue<'ctx>,
+    kofs: i64,
+) -> VectorValue<'ctx> {
+    let off = kb.add(kb.add(kb.mul(row, k), k0), kb.i64c(kofs));
+    let p = kb.gep(kb.i8t().into(), x, off);
+    let l = kb.b.build_load(kb.i8t().vec_type(8), p, "").expect("load");
+    let _ = l.as_instruction_value().map(|i| i.set_alignment(1));
+    l.into_vector_value()
+}
+
+/// Stores a 16-lane result at `out[base..]`: whole when the panel is full, else its first
+/// `left` lanes.
+fn store_row<'ctx>(
+    kb: &mut Kb<'_, 'ctx>,
+    out: PointerValue<'ctx>,
+    base: IntValue<'ctx>,
+    left: IntValue<'ctx>,
+    full: IntValue<'ctx>,
+    rv: Var<'ctx>,
+) {
+    kb.if_else(
+        full,
+        |kb| {
+            let a = kb.get(rv).into_vector_value();
+            kb.vstore(out, base, a)
+        },
+        |kb| {
+            let z = kb.i64c(0);
+            kb.for_range(z, left, 1, |kb, c| {
+                let a = kb.get(rv).into_vector_value();
+                let e = kb.b.build_extract_element(a, c, "").expect("extract");
+                kb.store(out, kb.add(base, c), e);
+            });
+        },
+    )
 }

@@ -66,6 +66,8 @@ pub enum Kernel {
     },
     /// `y = x·wᵀ + b`: see [`LinearKernel`].
     Linear(LinearKernel),
+    /// int8 activations per row: see [`linear::quantize_rows`]; `group` 0 is the whole row.
+    QuantizeRows { group: u32, fake: bool },
     /// Batched f32 matmul: `[out, a, b, batch, m, n, k, a batch stride, b batch stride]`;
     /// work items: batch·m.
     MatMul,
@@ -133,6 +135,7 @@ impl<'ctx> Kernels<'ctx> {
             Kernel::ArgMax { dtype } => rows::argmax(&mut kb, *dtype),
             Kernel::Gather { table, idx, out } => memory::gather(&mut kb, table, *idx, *out),
             Kernel::Linear(l) => linear::emit(&mut kb, l, &self.isa),
+            Kernel::QuantizeRows { group, fake } => linear::quantize_rows(&mut kb, *group, *fake),
             Kernel::MatMul => linear::matmul(&mut kb),
             Kernel::Rope {
                 mode,

@@ -1,0 +1,147 @@
+//! Linear kernels against the interpreter: every weight layout, both activation kinds, token
+//! counts around the kernels' tile sizes, output sizes around the 16-row panels.
+
+use llmc_ir::{ActQuant, DType, Dim, Graph, Op, Shape, Tensor, TensorType, WeightData};
+use llmc_passes::quant::{quantize, QuantOptions, Scheme};
+
+fn rand(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn graph(n: usize, k: usize, bias: bool) -> Graph {
+    let mut g = Graph::new("lin");
+    let x = g.add_input(
+        "x",
+        TensorType::new(
+            Shape(vec![Dim::sym("seq"), Dim::Fixed(k as u64)]),
+            DType::F32,
+        ),
+    );
+    let w = Tensor::f32(vec![n, k], rand(n * k, 7));
+    let wv = g
+        .add_weight(
+            "w",
+            TensorType::fixed(&[n, k], DType::F32),
+            Some(WeightData::from_tensor(&w, "w")),
+        )
+        .unwrap();
+    let mut args = vec![x, wv];
+    if bias {
+        let b = Tensor::f32(vec![n], rand(n, 9));
+        args.push(
+            g.add_weight(
+                "b",
+                TensorType::fixed(&[n], DType::F32),
+                Some(WeightData::from_tensor(&b, "b")),
+            )
+            .unwrap(),
+        );
+    }
+    let y = g
+        .add1(
+            Op::Linear {
+                act: ActQuant::None,
+            },
+            &args,
+        )
+        .unwrap();
+    g.set_output("y", y);
+    g
+}
+
+fn run(
+    g: &Graph,
+    target: (&str, Option<&str>),
+    m: usize,
+    k: usize,
+    tag: &str,
+) -> (Vec<f32>, Vec<f32>) {
+    let dir = std::env::temp_dir().join(format!("llmc-lin-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spec = llmc_backends::TargetSpec::parse("host", None, target.1).unwrap();
+    let mut opts = llmc_backends::cpu::BuildOptions {
+        name: "lin".into(),
+        ..Default::default()
+    };
+    opts.dims.insert("seq".into(), 64);
+    let b = llmc_backends::cpu::compile(g, &spec, &opts, Default::default()).unwrap();
+    llmc::bundle::write_bundle(
+        &b,
+        &dir,
+        &llmc::bundle::Outputs {
+            so: true,
+            ..Default::default()
+        },
+        true,
+    )
+    .unwrap();
+    let mut rt = llmc_runtime::Bundle::open(&dir, "lin", 1).unwrap();
+    let x = rand(m * k, 3);
+    let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let n = g.ty(g.outputs[0].1).shape.0[1].fixed().unwrap() as usize;
+    let mut out = vec![0u8; m * n * 4];
+    rt.run(&[m as i64], &[&xb], &mut [&mut out]).unwrap();
+    let got: Vec<f32> = out
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let want = llmc_ir::Session::new(g)
+        .unwrap()
+        .run(&[("x", Tensor::f32(vec![m, k], x))])
+        .unwrap()[0]
+        .1
+        .to_f32_vec();
+    let _ = std::fs::remove_dir_all(&dir);
+    (got, want)
+}
+
+fn check(scheme: Scheme, group: Option<u32>, features: Option<&str>) {
+    for (n, k, bias) in [(40, 64, true), (16, 128, false)] {
+        let mut g = graph(n, k, bias);
+        quantize(&mut g, &QuantOptions::preset(scheme, group)).unwrap();
+        for m in [1usize, 3, 9, 17] {
+            let tag = format!("{scheme:?}{group:?}{features:?}{n}{m}")
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+            let (got, want) = run(&g, ("host", features), m, k, &tag);
+            let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+            let d = llmc_tests::max_abs_diff(&got, &want);
+            assert!(d <= 1e-4 * scale.max(1.0), "{scheme:?} g{group:?} {features:?} n={n} k={k} m={m}: max abs diff {d} (scale {scale})\n got {:?}\nwant {:?}", &got[..8], &want[..8]);
+        }
+    }
+}
+
+#[test]
+fn dense_and_half_panels() {
+    check(Scheme::None, None, None);
+    check(Scheme::F16, None, None);
+}
+
+#[test]
+fn int_weights_f32_activations() {
+    check(Scheme::W8A16, None, None);
+    check(Scheme::W4A16, Some(32), None);
+}
+
+#[test]
+fn int_weights_int8_activations_host() {
+    check(Scheme::W8A8, None, None);
+    check(Scheme::W4A8, Some(32), None);
+    check(Scheme::W4A8, Some(64), None);
+}
+
+#[test]
+fn int8_activations_without_vnni() {
+    check(Scheme::W8A8, None, Some("-avx512vnni"));
+    check(Scheme::W4A8, Some(32), Some("-avx512vnni"));
+    check(Scheme::W4A8, Some(32), Some("-avx512f"));
+}
