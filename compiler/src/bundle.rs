@@ -13,8 +13,10 @@ use std::process::Command;
 /// What went wrong writing a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// A file could not be written, or would replace one without `--force`.
     #[error("{path}: {msg}")]
     Io { path: PathBuf, msg: String },
+    /// The C compiler could not link the shared library.
     #[error("linking {path} failed: {msg}")]
     Link { path: PathBuf, msg: String },
 }
@@ -22,6 +24,7 @@ pub enum WriteError {
 /// What to write besides the object, static library, header, weights and manifest.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Outputs {
+    /// Link `lib<name>.so` (host targets) for `llmc run`, `eval` and `bench`.
     pub so: bool,
     pub llvm_ir: bool,
     pub asm: bool,

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
     about = "Ahead-of-time compiler for compressed transformer models"
 )]
 pub struct Cli {
-    /// Worker threads (default: one per core); `bench` takes a list to compare (1,2).
+    /// Worker threads (default: one per core; for bench 1); bench takes a list to compare (1,2).
     #[arg(long, global = true, value_delimiter = ',', value_name = "N")]
     pub threads: Vec<usize>,
     #[command(subcommand)]
@@ -653,14 +653,14 @@ fn generate_bundle(bd: &BundleDir, a: &RunArgs, threads: Option<usize>) -> Resul
             bd.dir.display()
         )
     })?;
-    let fix = format!(", or rebuild the bundle with a larger --max-context");
+    let fix = ", or rebuild the bundle with a larger --max-context";
     let (prompt, ids) = prompt_ids(
         &tok,
         a,
         bd.bos,
         bd.max_context,
         "the bundle was built for",
-        &fix,
+        fix,
     )?;
     let mut rt = bd
         .load(bundle_threads(threads))
@@ -1101,7 +1101,7 @@ fn targets(a: TargetsArgs) -> Result<()> {
             r["status"].as_str().unwrap_or(""),
             r["kernels"].as_str().unwrap_or("")
         );
-        println!("{:<37}e.g. {}", "", r["examples"].as_str().unwrap_or(""));
+        println!("{:<38}e.g. {}", "", r["examples"].as_str().unwrap_or(""));
     }
     if let Some(h) = host {
         println!(

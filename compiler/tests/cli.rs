@@ -2,6 +2,7 @@
 //! generation, sentence embeddings, inspection, and clear errors for bad input.
 
 #[path = "../../tests/src/assets.rs"]
+#[allow(dead_code)]
 mod assets;
 
 use std::path::{Path, PathBuf};

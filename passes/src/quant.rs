@@ -63,20 +63,31 @@ pub struct QuantOptions {
     /// Group size along the input dimension; `None`: per output channel.
     pub group: Option<u32>,
     pub zero: Zero,
+    /// A weight whose rows the group size does not divide is an error (a group the user
+    /// asked for); otherwise it takes the largest smaller power of two that divides them.
+    pub strict_group: bool,
 }
 
 impl QuantOptions {
-    /// The preset's defaults: int8 per channel, int4 in groups of 32, symmetric.
+    /// The preset's defaults: int8 symmetric per channel; int4 in groups of 64 with an
+    /// integer zero point (round-to-nearest int4 without one loses too much: SmolLM2 stops
+    /// answering "Paris").
     pub fn preset(scheme: Scheme, group: Option<u32>) -> QuantOptions {
-        let group = match (scheme.bits(), group) {
-            (_, Some(g)) => Some(g),
-            (Some(4), None) => Some(32),
-            _ => None,
+        let default = if scheme.bits() == Some(4) {
+            Some(64)
+        } else {
+            None
+        };
+        let zero = if scheme.bits() == Some(4) {
+            Zero::Int
+        } else {
+            Zero::Symmetric
         };
         QuantOptions {
             scheme,
-            group,
-            zero: Zero::Symmetric,
+            group: group.or(default),
+            zero,
+            strict_group: group.is_some(),
         }
     }
 }
@@ -159,6 +170,17 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
                 Some(bits) => {
                     let group = match opts.group {
                         Some(gs) if cols % gs as u64 == 0 => Group::Size(gs),
+                        Some(gs) if !opts.strict_group => {
+                            let mut g = gs;
+                            while g > 1 && cols % g as u64 != 0 {
+                                g /= 2;
+                            }
+                            if g >= 8 {
+                                Group::Size(g)
+                            } else {
+                                Group::Channel
+                            }
+                        }
                         Some(gs) => {
                             return Err(err(format!(
                             "weight @{} has rows of {cols}, not a multiple of the group size {gs}",

@@ -172,8 +172,16 @@ pub unsafe extern "C" fn parallel_for(
     if b < e {
         unsafe { task(args, b, e) };
     }
+    // spin for the other shares, then yield: on an oversubscribed machine a worker may be
+    // waiting for this very core
+    let mut spins = 0u32;
     while s.pending.load(Ordering::Acquire) != 0 {
-        std::hint::spin_loop();
+        spins += 1;
+        if spins < 20_000 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
 

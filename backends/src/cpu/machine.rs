@@ -59,6 +59,15 @@ pub fn vnni_peak(threads: usize) -> Option<f64> {
     let m = cx.create_module("vnni_peak");
     let ty = cx.i32_type().fn_type(&[cx.i64_type().into()], false);
     let mut kb = Kb::new_fn(&cx, &m, "vnni_loop", ty, Linkage::External);
+    // the JIT compiles for a generic CPU unless the function says otherwise
+    kb.f.add_attribute(
+        inkwell::attributes::AttributeLoc::Function,
+        cx.create_string_attribute("target-cpu", spec.cpu()),
+    );
+    kb.f.add_attribute(
+        inkwell::attributes::AttributeLoc::Function,
+        cx.create_string_attribute("target-features", &spec.llvm_features()),
+    );
     let iters = kb.param_int(0);
     // 12 independent accumulator chains hide the instruction's latency
     const CHAINS: usize = 12;

@@ -866,10 +866,7 @@ fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
                     .iter()
                     .map(|a| kb.get(*a).into_vector_value())
                     .collect();
-                let mut all = parts[0];
-                for part in &parts[1..] {
-                    all = concat(kb, all, *part);
-                }
+                let all = concat_all(kb, parts);
                 let t0: Vec<u32> = (0..NR as u32 / 2)
                     .flat_map(|pi| [4 * pi, 4 * pi + 1])
                     .collect();
@@ -1204,4 +1201,21 @@ fn store_row<'ctx>(
             });
         },
     )
+}
+
+/// Joins equally long vectors end to end, pairwise.
+fn concat_all<'ctx>(kb: &Kb<'_, 'ctx>, mut parts: Vec<VectorValue<'ctx>>) -> VectorValue<'ctx> {
+    while parts.len() > 1 {
+        parts = parts
+            .chunks(2)
+            .map(|p| {
+                if p.len() == 2 {
+                    concat(kb, p[0], p[1])
+                } else {
+                    p[0]
+                }
+            })
+            .collect();
+    }
+    parts[0]
 }
