@@ -261,6 +261,11 @@ class Session:
         params.n_seq_max = 1
         params.n_threads = threads
         params.n_threads_batch = threads
+        self.config = {
+            "n_ctx": n_ctx,
+            "kv_cache_type": gguf.GGMLQuantizationType(params.type_k).name,
+            "flash_attn": L.llama_flash_attn_type_name(params.flash_attn_type).decode(),
+        }
         self.ctx = L.llama_init_from_model(self.model, params)
         if not self.ctx:
             fail(f"llama.cpp could not create a context for {path}")
@@ -411,6 +416,7 @@ def bench(args, paths):
                     "decode_tok_s": decode,
                     "weight_bytes": summary["weight_bytes"],
                     "decode_weight_GB_s": summary["weight_bytes"] * decode["median"] / 1e9,
+                    "context_config": session.config,
                 }
                 rows.append(row)
                 log(f"{name} t={threads}: prefill {prefill['median']:.1f} tok/s, "
@@ -509,6 +515,7 @@ def quality(args, paths):
         "window": WINDOW,
         "tokenizer": "llama.cpp (no BOS)",
         "threads": threads,
+        "context_config": sessions["F32"].config,
         "eval_seconds": elapsed,
         "rows": rows,
     }

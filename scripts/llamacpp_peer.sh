@@ -38,8 +38,9 @@ install_venv() {
   "${pip[@]}" install -q -c "$requirements" cmake ninja scikit-build-core packaging pathspec \
     || fail "installing the build tools from $requirements failed"
   local log=$cache/peer-build.log
+  # No wheel cache: a cached wheel would ignore CMAKE_ARGS and the CPU it was built for.
   if ! PATH="$venv/bin:$PATH" CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-      "${pip[@]}" install --no-build-isolation --no-binary llama-cpp-python \
+      "${pip[@]}" install --no-cache-dir --no-build-isolation --no-binary llama-cpp-python \
       -r "$requirements" >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     fail "pip install -r $requirements failed (full log: $log)"

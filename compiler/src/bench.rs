@@ -31,6 +31,18 @@ pub struct BenchOptions {
     pub decode: usize,
     /// Timed runs per measurement, after one warm-up.
     pub runs: usize,
+    /// Also measure the machine's read bandwidth and int8 dot-product peak, and report the
+    /// bundle's figures as fractions of them.
+    pub machine: bool,
+}
+
+/// What the machine can do at most, per thread count.
+#[derive(Clone, Debug, Serialize)]
+pub struct MachineLimits {
+    /// Sustained read bandwidth, GB/s (best of 3 reads of 1 GiB).
+    pub read_gb_per_s: f64,
+    /// `vpdpbusd` peak in int8 GOPS (2 per multiply-add); absent without AVX-512 VNNI.
+    pub vnni_gops: Option<f64>,
 }
 
 /// Summary of one measurement's runs, in tokens per second.
@@ -96,6 +108,9 @@ pub struct ThreadResult {
     pub decode_tokens_per_s: Stats,
     /// Weight bytes a decoded token reads × decode tokens/s, in GB/s (10⁹ bytes).
     pub decode_weight_gb_per_s: Stats,
+    /// Linear layers' int8/f32 operations per second during prefill, GOPS (2 per MAC).
+    pub prefill_linear_gops: Stats,
+    pub machine: Option<MachineLimits>,
 }
 
 /// A benchmark's result.
@@ -108,6 +123,8 @@ pub struct BenchReport {
     pub kernels: String,
     /// Bytes of weights one decoded token reads (see [`BundleDir::weight_bytes_per_token`]).
     pub weight_bytes_per_token: u64,
+    /// Multiply-adds of the linear layers per token.
+    pub linear_macs_per_token: u64,
     /// Bytes of the weights file's tensors.
     pub weights_file_tensor_bytes: u64,
     pub prefill_tokens: usize,
@@ -147,18 +164,43 @@ impl BenchReport {
         );
         let _ = writeln!(
             t,
-            "{:<8} {:<28} {:<28} {:<24}",
-            "threads", "prefill tok/s", "decode tok/s", "decode weight GB/s"
+            "{:<8} {:<28} {:<28} {:<24} {:<24}",
+            "threads", "prefill tok/s", "decode tok/s", "decode weight GB/s", "prefill linear GOPS"
         );
         for r in &self.results {
             let _ = writeln!(
                 t,
-                "{:<8} {:<28} {:<28} {:<24}",
+                "{:<8} {:<28} {:<28} {:<24} {:<24}",
                 r.threads,
                 r.prefill_tokens_per_s.show(1),
                 r.decode_tokens_per_s.show(2),
-                r.decode_weight_gb_per_s.show(2)
+                r.decode_weight_gb_per_s.show(2),
+                r.prefill_linear_gops.show(1)
             );
+        }
+        let machine: Vec<&ThreadResult> = self
+            .results
+            .iter()
+            .filter(|r| r.machine.is_some())
+            .collect();
+        if !machine.is_empty() {
+            let _ = writeln!(t, "\nagainst the machine (measured in this run)");
+            for r in machine {
+                let m = r.machine.as_ref().expect("filtered");
+                let bw = r.decode_weight_gb_per_s.median / m.read_gb_per_s * 100.0;
+                let vnni = match m.vnni_gops {
+                    Some(p) => format!(
+                        "VNNI peak {p:.0} GOPS: prefill at {:.0}%",
+                        r.prefill_linear_gops.median / p * 100.0
+                    ),
+                    None => "no AVX-512 VNNI".to_string(),
+                };
+                let _ = writeln!(
+                    t,
+                    "{} thread(s): read bandwidth {:.1} GB/s: decode at {bw:.0}%; {vnni}",
+                    r.threads, m.read_gb_per_s
+                );
+            }
         }
         t
     }
@@ -224,6 +266,7 @@ pub fn bench(
     let toks = tokens(need, vocab);
     let mut logits = vec![0f32; chunk.min(need) * vocab];
     let bytes = bd.weight_bytes_per_token();
+    let macs = bd.manifest["linear_macs_per_token"].as_u64().unwrap_or(0);
     let mut results = Vec::new();
     for &threads in &o.threads {
         let mut rt = bd.load(threads)?;
@@ -259,11 +302,21 @@ pub fn bench(
             dec.push(o.decode as f64 / t0.elapsed().as_secs_f64());
         }
         let decode = Stats::of(dec);
+        let prefill = Stats::of(pre);
+        let machine = o.machine.then(|| {
+            log(&format!("{threads} thread(s): machine limits"));
+            MachineLimits {
+                read_gb_per_s: llmc_backends::cpu::machine::read_bandwidth(1 << 30, threads, 3),
+                vnni_gops: llmc_backends::cpu::machine::vnni_peak(threads),
+            }
+        });
         results.push(ThreadResult {
             threads,
-            prefill_tokens_per_s: Stats::of(pre),
+            prefill_linear_gops: prefill.scaled(2.0 * macs as f64 / 1e9),
+            prefill_tokens_per_s: prefill,
             decode_weight_gb_per_s: decode.scaled(bytes as f64 / 1e9),
             decode_tokens_per_s: decode,
+            machine,
         });
     }
     let target = &bd.manifest["target"];
@@ -274,6 +327,7 @@ pub fn bench(
         cpu: target["cpu"].as_str().unwrap_or("").to_string(),
         kernels: target["kernels"].as_str().unwrap_or("").to_string(),
         weight_bytes_per_token: bytes,
+        linear_macs_per_token: macs,
         weights_file_tensor_bytes: bd.tensor_bytes(),
         prefill_tokens: o.prefill,
         prefill_calls: o.prefill.div_ceil(chunk),

@@ -178,6 +178,7 @@ pub fn file_names(name: &str, o: &Outputs) -> Vec<String> {
         format!("lib{name}.a"),
         format!("{name}.h"),
         "manifest.json".to_string(),
+        "report.json".to_string(),
     ];
     if !o.embed_weights {
         v.push(format!("{name}.weights"));
@@ -305,6 +306,15 @@ pub fn weight_bytes_per_token(g: &llmc_ir::Graph) -> u64 {
         .sum()
 }
 
+/// Multiply-adds of the linear layers per token (Σ N·K), the work prefill speed is judged by.
+pub fn linear_macs_per_token(g: &llmc_ir::Graph) -> u64 {
+    g.nodes
+        .iter()
+        .filter(|n| matches!(n.op, llmc_ir::Op::Linear { .. }))
+        .filter_map(|n| g.ty(n.inputs[1]).shape.numel())
+        .sum()
+}
+
 /// The backend's manifest with what the compiler knows about the model added.
 fn model_manifest(base: &Value, m: &Model) -> Value {
     let mut man = base.clone();
@@ -359,6 +369,10 @@ fn model_manifest(base: &Value, m: &Model) -> Value {
         o.insert(
             "weight_bytes_per_token".into(),
             json!(weight_bytes_per_token(g)),
+        );
+        o.insert(
+            "linear_macs_per_token".into(),
+            json!(linear_macs_per_token(g)),
         );
         o.insert(
             "tokenizer".into(),

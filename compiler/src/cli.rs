@@ -39,6 +39,8 @@ pub enum Command {
     Run(RunArgs),
     /// Compile a model into a bundle: static library, C header, weights, manifest.
     Build(BuildArgs),
+    /// List the passes a pipeline (--passes) can name, with their options.
+    Passes(PassesArgs),
     /// Time a decoder bundle: prefill and decode tokens/s, and the decode's weight bandwidth.
     Bench(BenchArgs),
     /// List the targets llmc compiles for and the kernels each CPU's features select.
@@ -65,6 +67,9 @@ pub struct BenchArgs {
     /// Timed runs per measurement (after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Also measure the machine's read bandwidth and int8 peak, and compare against them.
+    #[arg(long)]
+    pub machine: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -139,6 +144,20 @@ pub struct BuildArgs {
     /// Replace an existing bundle in the output directory.
     #[arg(long)]
     pub force: bool,
+    /// The pass pipeline, instead of --quant: canonicalize,quantize{bits=4,group=128,act=i8}
+    /// (see llmc passes).
+    #[arg(long)]
+    pub passes: Option<String>,
+    /// Print the IR to stderr after this pass (repeatable; "all" for every pass).
+    #[arg(long = "dump-ir-after", value_name = "PASS")]
+    pub dump_ir_after: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PassesArgs {
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +258,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval(a, threads),
         Command::Run(a) => run(a, threads),
         Command::Build(a) => build(a),
+        Command::Passes(a) => passes(a),
         Command::Bench(a) => bench(a, cli.threads),
         Command::Targets(a) => targets(a),
         Command::Tokenize(a) => tokenize(a),
@@ -924,8 +944,49 @@ fn build(a: BuildArgs) -> Result<()> {
             ));
         }
     }
-    let qopts = QuantOptions::preset(scheme, a.group);
-    let report = llmc_passes::quant::quantize(&mut m.graph, &qopts).map_err(|e| miette!("{e}"))?;
+    let pipeline: Vec<Box<dyn llmc_passes::manager::Pass>> = match &a.passes {
+        Some(p) => {
+            if a.quant != "none" || a.group.is_some() {
+                return Err(miette!(
+                    help = "put the quantization in the pipeline: quantize{bits=4,group=64,act=i8}",
+                    "--passes replaces --quant and --group; give one or the other"
+                ));
+            }
+            llmc_passes::registry::pipeline(p).map_err(|e| {
+                miette!(
+                    help = "llmc passes lists the passes and their options",
+                    "{e}"
+                )
+            })?
+        }
+        None => vec![Box::new(llmc_passes::quant::QuantizePass {
+            opts: QuantOptions::preset(scheme, a.group),
+            reports: Vec::new(),
+        })],
+    };
+    let mut pm = llmc_passes::manager::PassManager::new(pipeline);
+    pm.dump_after = a.dump_ir_after.clone();
+    if let Some(bad) = pm
+        .dump_after
+        .iter()
+        .find(|d| *d != "all" && !pm.names().contains(&d.as_str()))
+    {
+        return Err(miette!(
+            help = format!("the pipeline runs: {}", pm.names().join(", ")),
+            "--dump-ir-after '{bad}' names no pass of the pipeline"
+        ));
+    }
+    let mut cx = llmc_passes::manager::PassContext::default();
+    let timings = pm
+        .run(&mut m.graph, &mut cx, |pass, ir| {
+            eprintln!("// IR after {pass}\n{ir}")
+        })
+        .map_err(|e| miette!("{}: {e}", a.model.display()))?;
+    let report: Vec<&serde_json::Value> = cx
+        .report
+        .iter()
+        .filter(|r| r["pass"] == "quantize")
+        .collect();
     let opts = BuildOptions {
         name,
         max_context: a.max_context,
@@ -945,17 +1006,34 @@ fn build(a: BuildArgs) -> Result<()> {
     .map_err(|e| miette!("{}: {e}", a.model.display()))?;
     let files = crate::bundle::write_model_bundle(&bundle, &m, &a.output, &out, a.force)
         .map_err(|e| miette!("{e}"))?;
-    let (before, after): (u64, u64) = report
-        .iter()
-        .fold((0, 0), |(x, y), r| (x + r.bytes_before, y + r.bytes_after));
+    let (before, after): (u64, u64) = report.iter().fold((0, 0), |(x, y), r| {
+        (
+            x + r["bytes_before"].as_u64().unwrap_or(0),
+            y + r["bytes_after"].as_u64().unwrap_or(0),
+        )
+    });
+    let report_json = serde_json::json!({
+        "passes": timings.iter().map(|t| serde_json::json!({"pass": t.name, "seconds": t.time.as_secs_f64(), "nodes_after": t.nodes_after})).collect::<Vec<_>>(),
+        "rows": cx.report,
+    });
+    std::fs::write(
+        a.output.join("report.json"),
+        serde_json::to_string_pretty(&report_json).expect("json"),
+    )
+    .map_err(|e| miette!("{}: {e}", a.output.join("report.json").display()))?;
     println!(
-        "built {} for {spec} in {:.1} s",
+        "built {} for {} cpu={} in {:.1} s",
         bundle.name,
+        spec.llvm_triple(),
+        spec.cpu(),
         start.elapsed().as_secs_f64()
     );
     if !report.is_empty() {
-        let worst = report.iter().map(|r| r.rel_error).fold(0.0, f64::max);
-        println!("quantized {} linear weights to {}: {before} -> {after} bytes, worst relative error {worst:.4}", report.len(), report[0].to);
+        let worst = report
+            .iter()
+            .filter_map(|r| r["rel_error"].as_f64())
+            .fold(0.0, f64::max);
+        println!("quantized {} linear weights to {}: {before} -> {after} bytes, worst relative error {worst:.4}", report.len(), report[0]["to"].as_str().unwrap_or("?"));
     }
     println!(
         "state {} bytes, weights {} bytes{}",
@@ -989,6 +1067,7 @@ fn bench(a: BenchArgs, threads: Vec<usize>) -> Result<()> {
         context: a.context,
         decode: a.decode,
         runs: a.runs,
+        machine: a.machine,
     };
     let report =
         crate::bench::bench(&bd, &opts, |msg| eprintln!("{msg}")).map_err(|e| miette!("{e}"))?;
@@ -1158,5 +1237,34 @@ fn detokenize(a: DetokenizeArgs) -> Result<()> {
     }
     let text = tok.decode(&ids).map_err(|e| miette!("{e}"))?;
     println!("{text}");
+    Ok(())
+}
+
+fn passes(a: PassesArgs) -> Result<()> {
+    let infos = llmc_passes::registry::infos();
+    if a.json {
+        let j: Vec<serde_json::Value> = infos
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "name": i.name,
+                    "summary": i.summary,
+                    "options": i.options.iter().map(|o| serde_json::json!({"name": o.name, "kind": o.kind, "default": o.default, "help": o.help})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+        return Ok(());
+    }
+    for i in infos {
+        println!("{:<14} {}", i.name, i.summary);
+        for o in i.options {
+            println!(
+                "    {:<10} {:<22} default {:<6} {}",
+                o.name, o.kind, o.default, o.help
+            );
+        }
+    }
+    println!("\npipelines: --passes \"canonicalize,quantize{{bits=4,group=128,act=i8}}\"");
     Ok(())
 }

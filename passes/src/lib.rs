@@ -3,7 +3,9 @@
 pub mod canonicalize;
 pub mod fold;
 pub mod fuse;
+pub mod manager;
 pub mod quant;
+pub mod registry;
 pub mod rewrite;
 mod symbolic;
 
@@ -33,6 +35,12 @@ pub enum PassError {
         #[source]
         source: IrError,
     },
+    /// A pass was given an option it does not take, or a value of the wrong kind.
+    #[error("pass {pass}: {msg}")]
+    Options { pass: String, msg: String },
+    /// A pipeline string that does not parse, or names an unknown pass.
+    #[error("pipeline '{pipeline}': {msg}")]
+    Pipeline { pipeline: String, msg: String },
     /// The patterns kept firing past the sweep bound (two rules undo each other).
     #[error("rewriting did not reach a fixpoint after {sweeps} sweeps; still firing: {patterns}")]
     NoFixpoint { sweeps: usize, patterns: String },

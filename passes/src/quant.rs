@@ -57,12 +57,24 @@ impl Scheme {
     }
 }
 
+/// What linear weights become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Decoded to f32.
+    F32,
+    F16,
+    /// Block-quantized integers of this many bits (2 to 8).
+    Int(u8),
+}
+
 #[derive(Clone, Debug)]
 pub struct QuantOptions {
-    pub scheme: Scheme,
+    pub weights: WeightFormat,
     /// Group size along the input dimension; `None`: per output channel.
     pub group: Option<u32>,
     pub zero: Zero,
+    /// What linear layers do to their activations.
+    pub act: ActQuant,
     /// A weight whose rows the group size does not divide is an error (a group the user
     /// asked for); otherwise it takes the largest smaller power of two that divides them.
     pub strict_group: bool,
@@ -73,22 +85,45 @@ impl QuantOptions {
     /// integer zero point (round-to-nearest int4 without one loses too much: SmolLM2 stops
     /// answering "Paris").
     pub fn preset(scheme: Scheme, group: Option<u32>) -> QuantOptions {
-        let default = if scheme.bits() == Some(4) {
-            Some(64)
-        } else {
-            None
+        let weights = match scheme {
+            Scheme::None => WeightFormat::F32,
+            Scheme::F16 => WeightFormat::F16,
+            s => WeightFormat::Int(s.bits().expect("integer scheme")),
         };
-        let zero = if scheme.bits() == Some(4) {
-            Zero::Int
-        } else {
-            Zero::Symmetric
-        };
+        QuantOptions::new(weights, group, None, scheme.act())
+    }
+
+    /// Options with defaults for what is not given: groups of 64 and an integer zero point
+    /// below 8 bits, symmetric per channel at 8.
+    pub fn new(
+        weights: WeightFormat,
+        group: Option<u32>,
+        zero: Option<Zero>,
+        act: ActQuant,
+    ) -> QuantOptions {
+        let low = matches!(weights, WeightFormat::Int(b) if b < 8);
+        let default_group = if low { Some(64) } else { None };
+        let zero = zero.unwrap_or(if low { Zero::Int } else { Zero::Symmetric });
         QuantOptions {
-            scheme,
-            group: group.or(default),
+            weights,
+            group: group.or(default_group),
             zero,
+            act,
             strict_group: group.is_some(),
         }
+    }
+
+    fn describe(&self) -> String {
+        let w = match self.weights {
+            WeightFormat::F32 => "f32".to_string(),
+            WeightFormat::F16 => "f16".to_string(),
+            WeightFormat::Int(b) => format!(
+                "int{b} {} {}",
+                self.group.map_or("pc".to_string(), |g| format!("g{g}")),
+                self.zero
+            ),
+        };
+        format!("{w} act={} rtn", self.act.name())
     }
 }
 
@@ -124,7 +159,7 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
             return Err(err(format!("group size {gs} must be a power of two")));
         }
     }
-    let act = opts.scheme.act();
+    let act = opts.act;
     for n in &mut g.nodes {
         if let Op::Linear { act: a } = &mut n.op {
             *a = act;
@@ -155,19 +190,19 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
             let t = data.decode_f32(&w.ty).map_err(|e| err(e.to_string()))?;
             let v = t.to_f32_vec();
             let (rows, cols) = llmc_ir::types::rows_cols(&dims);
-            let (enc, bytes, approx) = match opts.scheme.bits() {
-                None if opts.scheme == Scheme::F16 => {
+            let (enc, bytes, approx) = match opts.weights {
+                WeightFormat::F16 => {
                     let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
                     let approx: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
                     let bytes = h.iter().flat_map(|x| x.to_le_bytes()).collect();
                     (Encoding::Dense(DType::F16), bytes, approx)
                 }
-                None => (
+                WeightFormat::F32 => (
                     Encoding::Dense(DType::F32),
                     v.iter().flat_map(|x| x.to_le_bytes()).collect(),
                     v.clone(),
                 ),
-                Some(bits) => {
+                WeightFormat::Int(bits) => {
                     let group = match opts.group {
                         Some(gs) if cols % gs as u64 == 0 => Group::Size(gs),
                         Some(gs) if !opts.strict_group => {
@@ -212,7 +247,7 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
             let wd = WeightData::new(
                 Bytes::owned(bytes),
                 Format::Canonical,
-                format!("{} ({})", data.origin, opts_name(opts)),
+                format!("{} ({})", data.origin, opts.describe()),
             );
             let rep = WeightReport {
                 name: w.name.clone(),
@@ -275,14 +310,6 @@ fn keep_other_uses(g: &mut Graph, changed: &[usize]) {
             )[0];
             g.replace_uses(old, cast);
         }
-    }
-}
-
-fn opts_name(o: &QuantOptions) -> String {
-    let s = Scheme::NAMES[o.scheme as usize];
-    match o.group {
-        Some(g) => format!("{s} g{g} rtn"),
-        None => format!("{s} rtn"),
     }
 }
 
@@ -412,5 +439,112 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+/// The `quantize` pass.
+pub struct QuantizePass {
+    pub opts: QuantOptions,
+    pub reports: Vec<WeightReport>,
+}
+
+pub static QUANTIZE_INFO: crate::manager::PassInfo = crate::manager::PassInfo {
+    name: "quantize",
+    summary:
+        "round-to-nearest quantization of linear weights, optionally int8 activations per token",
+    options: &[
+        crate::manager::OptionSpec {
+            name: "bits",
+            kind: "2|3|4|5|6|7|8|16|32",
+            default: "4",
+            help: "integer bits of the weights; 16 converts to f16, 32 keeps f32",
+        },
+        crate::manager::OptionSpec {
+            name: "group",
+            kind: "int",
+            default: "0",
+            help:
+                "weights per scale along the input dimension; 0: 64 below 8 bits, per channel at 8",
+        },
+        crate::manager::OptionSpec {
+            name: "zero",
+            kind: "auto|sym|asym|min",
+            default: "auto",
+            help: "zero point: none, integer, or float offset; auto: asym below 8 bits, sym at 8",
+        },
+        crate::manager::OptionSpec {
+            name: "act",
+            kind: "none|i8",
+            default: "none",
+            help: "activations quantized to int8 per token (w*a8 kernels)",
+        },
+        crate::manager::OptionSpec {
+            name: "method",
+            kind: "rtn",
+            default: "rtn",
+            help: "how weights are rounded",
+        },
+    ],
+};
+
+impl QuantizePass {
+    pub fn from_options(o: &crate::manager::Options) -> Result<QuantizePass, PassError> {
+        let bits = o.int("bits")?;
+        let weights = match bits {
+            32 => WeightFormat::F32,
+            16 => WeightFormat::F16,
+            b => WeightFormat::Int(b as u8),
+        };
+        let group = match o.int("group")? {
+            0 => None,
+            g if g > 0 => Some(g as u32),
+            g => {
+                return Err(PassError::Options {
+                    pass: "quantize".into(),
+                    msg: format!("group must be at least 0, not {g}"),
+                })
+            }
+        };
+        let zero = match o.str("zero") {
+            "sym" => Some(Zero::Symmetric),
+            "asym" => Some(Zero::Int),
+            "min" => Some(Zero::Float),
+            _ => None,
+        };
+        let act = if o.str("act") == "i8" {
+            ActQuant::I8PerToken
+        } else {
+            ActQuant::None
+        };
+        Ok(QuantizePass {
+            opts: QuantOptions::new(weights, group, zero, act),
+            reports: Vec::new(),
+        })
+    }
+}
+
+impl crate::manager::Pass for QuantizePass {
+    fn info(&self) -> &'static crate::manager::PassInfo {
+        &QUANTIZE_INFO
+    }
+
+    fn run(
+        &mut self,
+        g: &mut Graph,
+        cx: &mut crate::manager::PassContext,
+    ) -> Result<(), PassError> {
+        self.reports = quantize(g, &self.opts)?;
+        for r in &self.reports {
+            cx.report.push(serde_json::json!({
+                "pass": "quantize",
+                "weight": r.name,
+                "from": r.from,
+                "to": r.to,
+                "bytes_before": r.bytes_before,
+                "bytes_after": r.bytes_after,
+                "rel_error": r.rel_error,
+            }));
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! through the setup script when they are missing) and small comparison utilities.
 
 pub mod assets;
+pub mod cpu;
 pub use assets::*;
 
 /// Largest absolute difference between two equally long slices.

@@ -257,9 +257,11 @@ impl<'g> Lowerer<'g> {
     }
 
     /// A fresh scratch buffer for a value of these dimensions, or the caller's output buffer
-    /// when the value is a graph output.
+    /// when the value is a graph output of this element type (a result computed in another
+    /// type and converted afterwards must not be written there: it may not fit).
     fn fresh(&mut self, v: Option<ValueId>, dims: Vec<Size>, dtype: DType) -> View {
-        if let Some(k) = v.and_then(|v| self.out_index.get(&v)) {
+        let out = v.filter(|v| self.g.ty(*v).dtype() == dtype);
+        if let Some(k) = out.and_then(|v| self.out_index.get(&v)) {
             return View::contiguous(Place::at(Base::Output(*k)), dims, dtype);
         }
         let bytes = self.max_bytes(&Size::product(&dims), dtype).max(1);
@@ -314,11 +316,15 @@ impl<'g> Lowerer<'g> {
         }
         let g = self.g;
         if let ValueDef::Weight(w) = g.def(v) {
-            let ty = &g.weights[w as usize].ty;
-            let place = self.pack(w as usize, Pack::F32 { len: 0 })?;
+            // dense weights keep their element type; encoded ones (read only by ops that
+            // take them, as f32) decode to f32
+            let (how, dtype) = match g.weights[w as usize].ty.enc {
+                Encoding::Dense(d) => (Pack::Canonical, d),
+                _ => (Pack::F32 { len: 0 }, DType::F32),
+            };
+            let place = self.pack(w as usize, how)?;
             let dims = self.sh[v.0 as usize].dims.clone();
-            let _ = ty;
-            let view = View::contiguous(place, dims, DType::F32);
+            let view = View::contiguous(place, dims, dtype);
             self.views[v.0 as usize] = Some(view.clone());
             return Ok(view);
         }
@@ -420,19 +426,40 @@ impl<'g> Lowerer<'g> {
         Ok(dst)
     }
 
+    /// Copies `src` into `dst` (same dimensions, any strides). Copies of more dimensions than
+    /// the kernel takes after merging become one kernel call per index of the smallest fixed
+    /// outer dimension.
     fn copy(&mut self, src: &View, dst: &View) -> Result<(), BackendError> {
-        let (dims, strides) = collapse(
+        let Some((dims, strides)) = collapse(
             &[src.dims.clone()],
             &[src.strides.clone(), dst.strides.clone()],
             &src.dims,
             COPY_RANK,
-        )
-        .ok_or_else(|| {
-            self.err(format!(
-                "a copy of rank {} does not fit the {COPY_RANK}-d copy kernel",
-                src.dims.len()
-            ))
-        })?;
+        ) else {
+            let r = src.dims.len();
+            let split = (0..r.saturating_sub(1))
+                .filter_map(|k| src.dims[k].as_const().filter(|&n| n > 1).map(|n| (n, k)))
+                .min()
+                .ok_or_else(|| {
+                    self.err(format!(
+                        "a copy of rank {r} with run-time dimensions does not fit the {COPY_RANK}-d copy kernel"
+                    ))
+                })?;
+            let (n, k) = split;
+            let esz = Size::c(src.dtype.size() as i64);
+            for i in 0..n {
+                let part = |v: &View| {
+                    let mut p = v.clone();
+                    p.place = v.place.plus(&v.strides[k].mul(&Size::c(i)).mul(&esz));
+                    p.dims.remove(k);
+                    p.strides.remove(k);
+                    p
+                };
+                let (s, d) = (part(src), part(dst));
+                self.copy(&s, &d)?;
+            }
+            return Ok(());
+        };
         let mut args = vec![Arg::Ptr(dst.place.clone()), Arg::Ptr(src.place.clone())];
         args.extend(dims.iter().cloned().map(Arg::Size));
         args.extend(strides[0].iter().cloned().map(Arg::Size));
@@ -699,13 +726,12 @@ impl<'g> Lowerer<'g> {
                 let ax = norm_axis(*axis, x.dims.len()).map_err(|m| self.err(m))?;
                 let cols = Size::product(&x.dims[ax..]);
                 let rows = Size::product(&x.dims[..ax]);
-                let c = cols
-                    .as_const()
-                    .ok_or_else(|| self.err("the normalized dimensions must be fixed"))?
-                    as u64;
-                let scale = self.param_f32(n.inputs[1], c)?;
+                cols.as_const()
+                    .ok_or_else(|| self.err("the normalized dimensions must be fixed"))?;
+                let nd = x.dims[ax..].to_vec();
+                let scale = self.param_f32_over(n.inputs[1], &nd)?;
                 let bias = match n.inputs.get(2) {
-                    Some(b) => Some(self.param_f32(*b, c)?),
+                    Some(b) => Some(self.param_f32_over(*b, &nd)?),
                     None => None,
                 };
                 let o = self.fresh(Some(out), x.dims.clone(), odt);
@@ -787,14 +813,17 @@ impl<'g> Lowerer<'g> {
                 } else {
                     self.cast(&p, DType::I64)?
                 };
-                if x.dtype != DType::F32 {
-                    return Err(self.err("rope runs on f32"));
-                }
+                // the kernel rotates f32; halves go through it and back
+                let x = if x.dtype == DType::F32 {
+                    x
+                } else {
+                    self.cast(&x, DType::F32)?
+                };
                 let hd = x.dims[3]
                     .as_const()
                     .ok_or_else(|| self.err("the head size must be fixed"))?;
                 let rot = dims.unwrap_or(hd) as u32;
-                let o = self.fresh(Some(out), x.dims.clone(), odt);
+                let o = self.fresh(Some(out), x.dims.clone(), DType::F32);
                 let rows = x.dims[0].mul(&x.dims[1]);
                 let args = vec![
                     Arg::Ptr(o.place.clone()),
@@ -815,6 +844,11 @@ impl<'g> Lowerer<'g> {
                     rows,
                     1,
                 );
+                let o = if odt == DType::F32 {
+                    o
+                } else {
+                    self.cast(&o, odt)?
+                };
                 self.set(out, o);
             }
             Op::Attention { causal, scale } => self.attention(i, *causal, *scale)?,
@@ -858,6 +892,20 @@ impl<'g> Lowerer<'g> {
                 );
                 let _ = self.max_context;
             }
+            Op::Range if odt.is_float() => {
+                let (start, _, delta) = super::shapes::float_range(g, &n.inputs)
+                    .ok_or_else(|| self.err("float range bounds must be constants"))?;
+                let len = self.out_dims(out)[0].clone();
+                let o = self.fresh(Some(out), vec![len.clone()], odt);
+                let args = vec![
+                    Arg::Ptr(o.place.clone()),
+                    Arg::I(start.to_bits() as i64),
+                    Arg::I(delta.to_bits() as i64),
+                    Arg::Size(len),
+                ];
+                self.kernel(Kernel::Range { dtype: odt }, args, Size::c(1), 1);
+                self.set(out, o);
+            }
             Op::Range => {
                 let s = &self.sh;
                 let first = |k: usize| {
@@ -877,9 +925,6 @@ impl<'g> Lowerer<'g> {
                     Arg::Size(delta),
                     Arg::Size(len),
                 ];
-                if odt.is_float() {
-                    return Err(self.err("float ranges are not compiled yet"));
-                }
                 self.kernel(Kernel::Range { dtype: odt }, args, Size::c(1), 1);
                 self.set(out, o);
             }
@@ -926,25 +971,41 @@ impl<'g> Lowerer<'g> {
         Ok(o)
     }
 
-    /// A norm's scale or bias as `cols` contiguous f32.
+    /// A linear layer's bias as `cols` contiguous f32 (a weight repeats to fill them).
     fn param_f32(&mut self, v: ValueId, cols: u64) -> Result<Place, BackendError> {
         if let ValueDef::Weight(w) = self.g.def(v) {
             return self.pack(w as usize, Pack::F32 { len: cols });
         }
+        self.param_f32_over(v, &[Size::c(cols as i64)])
+    }
+
+    /// A norm's scale or bias broadcast to the normalized dimensions `dims`, as contiguous f32.
+    fn param_f32_over(&mut self, v: ValueId, dims: &[Size]) -> Result<Place, BackendError> {
+        let total = Size::product(dims);
+        if let ValueDef::Weight(w) = self.g.def(v) {
+            let shape = &self.sh[v.0 as usize].dims;
+            let lead = shape.iter().take_while(|d| d.as_const() == Some(1)).count();
+            let inner = &shape[lead..];
+            // a weight of the trailing dimensions repeats as it is laid out
+            if inner.len() <= dims.len() && dims[dims.len() - inner.len()..] == *inner {
+                let len = total
+                    .as_const()
+                    .ok_or_else(|| self.err("the normalized dimensions must be fixed"))?;
+                return self.pack(w as usize, Pack::F32 { len: len as u64 });
+            }
+        }
         let x = self.view(v)?;
-        let dims = vec![Size::c(cols as i64)];
-        let st = bcast_strides(&x, &dims);
+        let st = bcast_strides(&x, dims);
         let src = View {
             place: x.place.clone(),
-            dims: dims.clone(),
+            dims: dims.to_vec(),
             strides: st,
             dtype: x.dtype,
         };
         let src = if x.dtype == DType::F32 {
             src
         } else {
-            let c = self.contiguous(&src)?;
-            self.cast(&c, DType::F32)?
+            self.cast(&src, DType::F32)?
         };
         Ok(self.contiguous(&src)?.place)
     }
@@ -1383,6 +1444,12 @@ impl<'g> Lowerer<'g> {
             Arg::Size(k.mul(&nn)),
         ];
         self.kernel(Kernel::MatMul, args, nb.mul(&m), 1);
+        let odt = g.ty(out).dtype();
+        let o = if odt == DType::F32 {
+            o
+        } else {
+            self.cast(&o, odt)?
+        };
         self.set(out, o);
         Ok(())
     }
@@ -1473,6 +1540,12 @@ impl<'g> Lowerer<'g> {
             items,
             1,
         );
+        let odt = g.ty(out).dtype();
+        let o = if odt == DType::F32 {
+            o
+        } else {
+            self.cast(&o, odt)?
+        };
         self.set(out, o);
         Ok(())
     }

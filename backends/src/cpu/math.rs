@@ -121,9 +121,9 @@ fn exp<'ctx>(k: &Kb<'_, 'ctx>, x: FloatValue<'ctx>) -> FloatValue<'ctx> {
         k.fmul(xc, k.f32c(std::f32::consts::LOG2_E)),
         Rounding::Even,
     );
-    // r = x - n·ln2 in two parts for accuracy
-    let r = k.fsub(xc, k.fmul(n, k.f32c(0.693_145_75)));
-    let r = k.fsub(r, k.fmul(n, k.f32c(1.428_606_8e-6)));
+    // r = x - n·ln2 in two parts for accuracy, without fast-math (which could refold them)
+    let r = exact_sub(k, xc, exact_mul(k, n, k.f32c(0.693_145_75)));
+    let r = exact_sub(k, r, exact_mul(k, n, k.f32c(1.428_606_8e-6)));
     let c = [
         1.0f32,
         1.0,
@@ -207,35 +207,49 @@ fn log<'ctx>(k: &Kb<'_, 'ctx>, x: FloatValue<'ctx>) -> FloatValue<'ctx> {
     k.select(nan, x, y).into_float_value()
 }
 
-/// `tanh(x) = sign(x)·(1 − 2/(e^{2|x|} + 1))`, with a series near zero.
+/// `tanh(x)`: a rational minimax fit `x·P(x²)/Q(x²)` on `x` clamped to ±7.905, `x` itself below
+/// 4e-4 (Eigen's float tanh; a few ulp everywhere), ±1 from 9 on.
 fn tanh<'ctx>(
     k: &Kb<'_, 'ctx>,
-    cx: &'ctx Context,
-    m: &Module<'ctx>,
+    _cx: &'ctx Context,
+    _m: &Module<'ctx>,
     x: FloatValue<'ctx>,
 ) -> FloatValue<'ctx> {
-    let a = k.fabs(x);
-    let e = k
-        .call(get(cx, m, MathFn::Exp), &[k.fmul(a, k.f32c(2.0)).into()])
-        .expect("v")
-        .into_float_value();
-    let t = k.fsub(k.f32c(1.0), k.fdiv(k.f32c(2.0), k.fadd(e, k.f32c(1.0))));
-    // near zero: x − x³/3 + 2x⁵/15
-    let x2 = k.fmul(a, a);
-    let s = k.fmul(
-        a,
-        k.fma(
-            x2,
-            k.fma(x2, k.f32c(2.0 / 15.0), k.f32c(-1.0 / 3.0)),
-            k.f32c(1.0),
-        ),
-    );
-    let near = k.fcmp(FloatPredicate::OLT, a, k.f32c(0.004));
-    let t = k.select(near, s, t).into_float_value();
-    let big = k.fcmp(FloatPredicate::OGT, a, k.f32c(9.0));
-    let t = k.select(big, k.f32c(1.0), t).into_float_value();
+    let c = k.f32c(7.905_311);
+    let xc = k.fmax(k.fmin(x, c), k.fneg(c));
+    let x2 = k.fmul(xc, xc);
+    let alpha = [
+        4.893_524_6e-3f32,
+        6.372_619_3e-4,
+        1.485_722_4e-5,
+        5.122_297e-8,
+        -8.604_672e-11,
+        2.000_188e-13,
+        -2.760_768_5e-16,
+    ];
+    let beta = [
+        4.893_525e-3f32,
+        2.268_434_6e-3,
+        1.185_347_1e-4,
+        1.198_258_4e-6,
+    ];
+    let mut p = k.f32c(alpha[6]);
+    for &a in alpha[..6].iter().rev() {
+        p = k.fma(x2, p, k.f32c(a));
+    }
+    let p = k.fmul(xc, p);
+    let mut q = k.f32c(beta[3]);
+    for &b in beta[..3].iter().rev() {
+        q = k.fma(x2, q, k.f32c(b));
+    }
+    let t = k.fdiv(p, q);
+    let tiny = k.fcmp(FloatPredicate::OLT, k.fabs(x), k.f32c(4e-4));
+    let t = k.select(tiny, x, t).into_float_value();
+    // from 9 on tanh rounds to ±1 exactly (so 1 + tanh(−inf) is 0, as libm gives)
+    let big = k.fcmp(FloatPredicate::OGE, k.fabs(x), k.f32c(9.0));
     let neg = k.fcmp(FloatPredicate::OLT, x, k.f32c(0.0));
-    let t = k.select(neg, k.fneg(t), t).into_float_value();
+    let one = k.select(neg, k.f32c(-1.0), k.f32c(1.0)).into_float_value();
+    let t = k.select(big, one, t).into_float_value();
     let nan = k.fcmp(FloatPredicate::UNO, x, x);
     k.select(nan, x, t).into_float_value()
 }
@@ -249,17 +263,19 @@ fn erf<'ctx>(
     x: FloatValue<'ctx>,
 ) -> FloatValue<'ctx> {
     let a = k.fabs(x);
-    // |x| < 0.5: x·(2/√π)(1 − x²/3 + x⁴/10 − x⁶/42 + x⁸/216)
+    // |x| < 0.5: x·(2/√π)(1 − x²/3 + x⁴/10 − x⁶/42 + x⁸/216 − x¹⁰/1320 + x¹²/9360)
     let x2 = k.fmul(a, a);
     let c = [
-        1.128_379_2f32,
+        std::f32::consts::FRAC_2_SQRT_PI,
         -0.376_126_4,
         0.112_837_92,
         -0.026_866_17,
         0.005_223_977,
+        -8.548_325e-4,
+        1.205_529_3e-4,
     ];
-    let mut p = k.f32c(c[4]);
-    for &ci in c[..4].iter().rev() {
+    let mut p = k.f32c(c[6]);
+    for &ci in c[..6].iter().rev() {
         p = k.fma(p, x2, k.f32c(ci));
     }
     let small = k.fmul(a, p);
@@ -292,62 +308,113 @@ fn erf<'ctx>(
     k.select(nan, x, y).into_float_value()
 }
 
-/// sin or cos: reduce by multiples of π/2 (three-part constant), then minimax polynomials.
+/// sin or cos as musl's `sinf`/`cosf`: `x` reduced by multiples of π/2 in f64 (a 25-bit and a
+/// 53-bit part of π/2, exact for |x| < 2^28), then f64 polynomials on [-π/4, π/4] (0.5 ulp).
+/// Beyond 2^28 the reduction would need all of 2/π's bits: the result is NaN.
 fn sincos<'ctx>(
     k: &Kb<'_, 'ctx>,
-    _cx: &'ctx Context,
+    cx: &'ctx Context,
     _m: &Module<'ctx>,
     x: FloatValue<'ctx>,
     cos: bool,
 ) -> FloatValue<'ctx> {
-    let q = rounding(
-        k,
-        k.fmul(x, k.f32c(std::f32::consts::FRAC_2_PI)),
-        Rounding::Even,
+    let f64t = cx.f64_type();
+    let d = |v: f64| f64t.const_float(v);
+    let b = &k.b;
+    let mul = |a, c| b.build_float_mul(a, c, "").expect("mul");
+    let add = |a, c| b.build_float_add(a, c, "").expect("add");
+    let sub = |a, c| b.build_float_sub(a, c, "").expect("sub");
+    let xd = b.build_float_ext(x, f64t, "").expect("fpext");
+    // q = round(x·2/π): adding and subtracting 1.5·2^52 rounds to an integer
+    let toint = d(1.5 / f64::EPSILON);
+    let q = sub(add(mul(xd, d(std::f64::consts::FRAC_2_PI)), toint), toint);
+    // π/2 = 0x1.921fb5p+0 (25 bits: q times it is exact) + 0x1.110b4611a6263p-26
+    let r = sub(
+        sub(xd, mul(q, d(1.570_796_310_901_641_8))),
+        mul(q, d(1.589_325_477_352_819_6e-8)),
     );
-    let r = k.fsub(x, k.fmul(q, k.f32c(1.570_796_4)));
-    let r = k.fsub(r, k.fmul(q, k.f32c(-4.371_139e-8)));
-    let qi = k.f32_to_si(q, k.i32t());
+    let qi = b
+        .build_float_to_signed_int(q, k.i32t(), "")
+        .expect("fptosi");
     let qi = if cos { k.add(qi, k.i32c(1)) } else { qi };
-    let r2 = k.fmul(r, r);
-    // sin(r) and cos(r) on [-π/4, π/4]
-    let s = k.fmul(
-        r,
-        k.fma(
-            r2,
-            k.fma(
-                r2,
-                k.fma(r2, k.f32c(-1.984_127e-4), k.f32c(8.333_331e-3)),
-                k.f32c(-0.166_666_67),
+    let z = mul(r, r);
+    let w = mul(z, z);
+    let s = {
+        let rr = add(
+            d(-1.983_933_483_609_663_2e-4),
+            mul(z, d(2.718_311_493_989_822e-6)),
+        );
+        let sz = mul(z, r);
+        add(
+            add(
+                r,
+                mul(
+                    sz,
+                    add(
+                        d(-1.666_666_664_162_652_4e-1),
+                        mul(z, d(8.333_329_385_889_463e-3)),
+                    ),
+                ),
             ),
-            k.f32c(1.0),
-        ),
-    );
-    let c = k.fma(
-        r2,
-        k.fma(
-            r2,
-            k.fma(
-                r2,
-                k.fma(r2, k.f32c(2.480_158_7e-5), k.f32c(-1.388_888_9e-3)),
-                k.f32c(4.166_666_8e-2),
+            mul(mul(sz, w), rr),
+        )
+    };
+    let c = {
+        let rr = add(
+            d(-1.388_676_377_460_993e-3),
+            mul(z, d(2.439_044_879_627_741e-5)),
+        );
+        add(
+            add(
+                add(d(1.0), mul(z, d(-4.999_999_972_510_31e-1))),
+                mul(w, d(4.166_662_332_373_906e-2)),
             ),
-            k.f32c(-0.5),
-        ),
-        k.f32c(1.0),
-    );
+            mul(mul(w, z), rr),
+        )
+    };
     let odd = k.icmp(
         IntPredicate::NE,
-        k.b.build_and(qi, k.i32c(1), "").expect("and"),
+        b.build_and(qi, k.i32c(1), "").expect("and"),
         k.i32c(0),
     );
     let v = k.select(odd, c, s).into_float_value();
     let flip = k.icmp(
         IntPredicate::NE,
-        k.b.build_and(qi, k.i32c(2), "").expect("and"),
+        b.build_and(qi, k.i32c(2), "").expect("and"),
         k.i32c(0),
     );
-    k.select(flip, k.fneg(v), v).into_float_value()
+    let v = k
+        .select(flip, b.build_float_neg(v, "").expect("neg"), v)
+        .into_float_value();
+    let v = b.build_float_trunc(v, k.f32t(), "").expect("fptrunc");
+    // NaN and infinities give NaN, as does |x| ≥ 2^28
+    let ok = k.fcmp(FloatPredicate::OLT, k.fabs(x), k.f32c(268_435_456.0));
+    k.select(ok, v, k.f32c(f32::NAN)).into_float_value()
+}
+
+/// `log(1 + u)` accurate for small u: `log(w)·u/(w − 1)` with `w = 1 + u` rounded (Goldberg).
+pub fn log1p<'ctx>(k: &Kb<'_, 'ctx>, u: FloatValue<'ctx>) -> FloatValue<'ctx> {
+    let one = k.f32c(1.0);
+    let w = k.b.build_float_add(one, u, "").expect("add");
+    let wm1 = exact_sub(k, w, one);
+    let l = call(k, MathFn::Log, w);
+    let r =
+        k.b.build_float_div(exact_mul(k, l, u), wm1, "")
+            .expect("div");
+    let tiny = k.fcmp(FloatPredicate::OEQ, wm1, k.f32c(0.0));
+    let r = k.select(tiny, u, r).into_float_value();
+    // large u: w − 1 = u and the quotient is log(w) (also for u = inf)
+    let big = k.fcmp(FloatPredicate::OGT, u, k.f32c(1e30));
+    k.select(big, l, r).into_float_value()
+}
+
+/// `a − b` rounded once, with no fast-math flags (no refolding with neighbouring operations).
+fn exact_sub<'ctx>(k: &Kb<'_, 'ctx>, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> FloatValue<'ctx> {
+    k.b.build_float_sub(a, b, "").expect("sub")
+}
+
+fn exact_mul<'ctx>(k: &Kb<'_, 'ctx>, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> FloatValue<'ctx> {
+    k.b.build_float_mul(a, b, "").expect("mul")
 }
 
 #[derive(Clone, Copy, PartialEq)]

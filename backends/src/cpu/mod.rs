@@ -20,7 +20,7 @@ use crate::target::TargetSpec;
 use emit::{Entry, Layout};
 use inkwell::context::Context;
 use inkwell::passes::PassBuilderOptions;
-use llmc_ir::{Dim, Graph};
+use llmc_ir::{DType, Dim, Graph};
 use lower::{LowerOptions, STATE_HEADER};
 use shapes::{Binding, Symbols};
 use size::Size;
@@ -124,6 +124,40 @@ pub fn compile(
         && g.outputs.iter().any(|(n, _)| n == "logits");
     if !g.states.is_empty() && !decoder {
         return Err(BackendError::Unsupported("graphs with a KV cache compile as decoders: inputs 'tokens' and 'positions', output 'logits'".into()));
+    }
+    if decoder {
+        // the C API passes exactly these: tokens and positions (i64 in the state), logits (f32)
+        let unsupported = |m: String| Err(BackendError::Unsupported(m));
+        if let Some((n, _)) = g
+            .inputs
+            .iter()
+            .find(|(n, _)| n != "tokens" && n != "positions")
+        {
+            return unsupported(format!(
+                "decoder input '{n}': a decoder bundle takes only 'tokens' and 'positions'"
+            ));
+        }
+        if let Some((n, _)) = g.outputs.iter().find(|(n, _)| n != "logits") {
+            return unsupported(format!(
+                "decoder output '{n}': a decoder bundle returns only 'logits'"
+            ));
+        }
+        for (n, v) in &g.inputs {
+            if g.ty(*v).dtype() != DType::I64 {
+                return unsupported(format!(
+                    "decoder input '{n}' is {}: tokens and positions must be i64",
+                    g.ty(*v)
+                ));
+            }
+        }
+        for (n, v) in &g.outputs {
+            if g.ty(*v).dtype() != DType::F32 {
+                return unsupported(format!(
+                    "decoder output '{n}' is {}: logits must be f32",
+                    g.ty(*v)
+                ));
+            }
+        }
     }
     let (syms, entry, bind_seq) = if decoder {
         let (syms, t, _) =

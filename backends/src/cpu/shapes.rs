@@ -163,15 +163,9 @@ fn binary_value(op: BinaryOp, a: &[Size], b: &[Size]) -> Option<Vec<Size>> {
                 BinaryOp::Add => Some(x.add(y)),
                 BinaryOp::Sub => Some(x.sub(y)),
                 BinaryOp::Mul => Some(x.mul(y)),
+                // integer division truncates toward zero, as the interpreter's
                 BinaryOp::Div => match (x.as_const(), y.as_const()) {
-                    (Some(p), Some(q)) if q != 0 => Some(Size::c(
-                        p.div_euclid(q)
-                            + if p % q != 0 && (p < 0) != (q < 0) {
-                                1
-                            } else {
-                                0
-                            },
-                    )),
+                    (Some(p), Some(q)) => p.checked_div(q).map(Size::c),
                     _ => x.div(y),
                 },
                 BinaryOp::Max | BinaryOp::Min => match (x.as_const(), y.as_const()) {
@@ -546,6 +540,14 @@ fn node_shapes(
             .then(|| vec![Size::c(value.to_i64_vec()[0]); dims[0].as_const().unwrap() as usize]);
             Ok(vec![VShape { dims, value: v }])
         }
+        Op::Range if g.ty(n.outputs[0]).dtype().is_float() => {
+            let (s, l, d) = float_range(g, &n.inputs)
+                .ok_or_else(|| e("float range bounds must be constants"))?;
+            if d == 0.0 {
+                return Err(e("range delta must not be 0"));
+            }
+            one(vec![Size::c(((l - s) / d).ceil().max(0.0) as i64)])
+        }
         Op::Range => {
             let get = |k: usize| a[k].value.as_ref().and_then(|v| v.first().cloned());
             let (s, l, d) = (get(0), get(1), get(2));
@@ -579,6 +581,16 @@ fn node_shapes(
             one(dims)
         }
     }
+}
+
+/// Start, limit and delta of a range whose operands are constants, as f64.
+pub fn float_range(g: &Graph, inputs: &[llmc_ir::ValueId]) -> Option<(f64, f64, f64)> {
+    let producers = g.producers();
+    let c = |k: usize| {
+        g.const_value_with(&producers, *inputs.get(k)?)
+            .and_then(|t| t.data.to_f64().first().copied())
+    };
+    Some((c(0)?, c(1)?, c(2)?))
 }
 
 fn reduce_dims(x: &[Size], axes: &[i64], keepdims: bool) -> Result<Vec<Size>, String> {

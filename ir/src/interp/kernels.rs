@@ -655,14 +655,15 @@ pub fn transpose(t: &Tensor, perm: &[usize]) -> Tensor {
 
 /// Rotary embedding of `x [B, S, H, D]` at `pos [B, S]`.
 pub fn rope(x: &Tensor, pos: &[i64], base: f32, mode: RopeMode, dims: usize) -> Tensor {
-    let (b, s, h, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (h, d) = (x.shape[2], x.shape[3]);
     let mut v = x.to_f32_vec();
     let half = dims / 2;
     let inv: Vec<f64> = (0..half)
         .map(|i| (base as f64).powf(-((2 * i) as f64) / dims as f64))
         .collect();
     v.par_chunks_mut(h * d).enumerate().for_each(|(bs, row)| {
-        let p = pos[bs % (b * s)] as f64;
+        // positions are [B, S] or [1, S] shared by every batch row
+        let p = pos[bs % pos.len().max(1)] as f64;
         let cs: Vec<(f32, f32)> = inv
             .iter()
             .map(|f| ((p * f).cos() as f32, (p * f).sin() as f32))

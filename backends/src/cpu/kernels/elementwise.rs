@@ -17,13 +17,19 @@ pub fn unary_f32<'ctx>(kb: &Kb<'_, 'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> F
         UnaryOp::Exp => m(MathFn::Exp),
         UnaryOp::Log => m(MathFn::Log),
         UnaryOp::Sqrt => kb.sqrt(x),
-        UnaryOp::Rsqrt => kb.fdiv(kb.f32c(1.0), kb.sqrt(x)),
-        UnaryOp::Reciprocal => kb.fdiv(kb.f32c(1.0), x),
+        // correctly rounded divisions: fast-math would allow rsqrt/rcp estimates
+        UnaryOp::Rsqrt => {
+            let r = kb.call_intrinsic("llvm.sqrt", &[kb.f32t().into()], &[x.into()]);
+            kb.b.build_float_div(kb.f32c(1.0), r.into_float_value(), "")
+                .expect("div")
+        }
+        UnaryOp::Reciprocal => kb.b.build_float_div(kb.f32c(1.0), x, "").expect("div"),
         UnaryOp::Tanh => m(MathFn::Tanh),
         UnaryOp::Sigmoid => m(MathFn::Sigmoid),
+        // max(x, 0) with NaN giving 0, as the interpreter's f32::max
         UnaryOp::Relu => {
-            let c = kb.fcmp(FloatPredicate::OLT, x, kb.f32c(0.0));
-            kb.select(c, kb.f32c(0.0), x).into_float_value()
+            let c = kb.fcmp(FloatPredicate::OGT, x, kb.f32c(0.0));
+            kb.select(c, x, kb.f32c(0.0)).into_float_value()
         }
         UnaryOp::Silu => kb.fmul(x, m(MathFn::Sigmoid)),
         UnaryOp::Gelu => {
@@ -56,7 +62,7 @@ pub fn unary_f32<'ctx>(kb: &Kb<'_, 'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> F
         UnaryOp::Softplus => {
             // log(1 + e^x), = x for large x
             let e = m(MathFn::Exp);
-            let l = math::call(kb, MathFn::Log, kb.fadd(kb.f32c(1.0), e));
+            let l = math::log1p(kb, e);
             let big = kb.fcmp(FloatPredicate::OGT, x, kb.f32c(20.0));
             kb.select(big, x, l).into_float_value()
         }
@@ -112,7 +118,8 @@ pub fn clip(kb: &mut Kb<'_, '_>, dtype: DType) {
         } else {
             let v = load_i64(kb, dtype, x, i);
             let l = sat_i64(kb, lo_b);
-            let h = sat_i64(kb, hi_b);
+            // min above max clamps to min, as the interpreter does
+            let h = kb.imax(sat_i64(kb, hi_b), l);
             let v = kb.imin(kb.imax(v, l), h);
             store_i64(kb, dtype, out, i, v);
         }
@@ -215,17 +222,69 @@ fn pow_f32<'ctx>(kb: &Kb<'_, 'ctx>, x: FloatValue<'ctx>, y: FloatValue<'ctx>) ->
             "",
         )
         .expect("and");
+    // an odd integer power keeps the sign of x (of -0 too: (-0)^-3 = -inf)
+    let sign = kb.icmp(
+        IntPredicate::SLT,
+        kb.f32_bits(x),
+        kb.cx.i32_type().const_zero(),
+    );
+    let flip = kb.b.build_and(odd, sign, "").expect("and");
+    let r = kb.select(flip, kb.fneg(r), r).into_float_value();
+    // a negative base with a fractional power has no real value
     let neg = kb.fcmp(FloatPredicate::OLT, x, kb.f32c(0.0));
-    let signed = kb.select(odd, kb.fneg(r), r).into_float_value();
-    let negv = kb
-        .select(y_int, signed, kb.f32c(f32::NAN))
-        .into_float_value();
-    let r = kb.select(neg, negv, r).into_float_value();
+    let frac = kb.b.build_not(y_int, "").expect("not");
+    let nan = kb.b.build_and(neg, frac, "").expect("and");
+    let r = kb.select(nan, kb.f32c(f32::NAN), r).into_float_value();
     // exact squares, and x^0 = 1 (even for 0 and NaN)
     let sq = kb.fcmp(FloatPredicate::OEQ, y, kb.f32c(2.0));
-    let r = kb.select(sq, kb.fmul(x, x), r).into_float_value();
+    let r = kb
+        .select(sq, kb.b.build_float_mul(x, x, "").expect("mul"), r)
+        .into_float_value();
     let y0 = kb.fcmp(FloatPredicate::OEQ, y, kb.f32c(0.0));
     kb.select(y0, kb.f32c(1.0), r).into_float_value()
+}
+
+/// C fmod: `x − trunc(x / y)·y` with the product fused so each step is exact; two steps cover
+/// quotients beyond 2^24, then the remainder moves by one `y` where a rounded quotient
+/// overshot (the result has the sign of x and magnitude below |y|).
+fn fmod_f32<'ctx>(kb: &Kb<'_, 'ctx>, x: FloatValue<'ctx>, y: FloatValue<'ctx>) -> FloatValue<'ctx> {
+    let step = |r: FloatValue<'ctx>| {
+        let q = math::call(
+            kb,
+            MathFn::Trunc,
+            kb.b.build_float_div(r, y, "").expect("div"),
+        );
+        kb.call_intrinsic(
+            "llvm.fma",
+            &[kb.f32t().into()],
+            &[kb.fneg(q).into(), y.into(), r.into()],
+        )
+        .into_float_value()
+    };
+    let r = step(step(x));
+    let ay = kb.fabs(y);
+    // copysign(|y|, x)
+    let sx =
+        kb.b.build_and(kb.f32_bits(x), kb.i32c(i32::MIN), "")
+            .expect("and");
+    let sy = kb.bits_f32(kb.b.build_or(kb.f32_bits(ay), sx, "").expect("or"));
+    let zero = kb.f32c(0.0);
+    let x_neg = kb.fcmp(FloatPredicate::OLT, x, zero);
+    let r_neg = kb.fcmp(FloatPredicate::OLT, r, zero);
+    let r_pos = kb.fcmp(FloatPredicate::OGT, r, zero);
+    // a quotient rounded past the true one leaves the remainder with the wrong sign
+    let wrong = kb.select(x_neg, r_pos, r_neg).into_int_value();
+    let fixed = kb.b.build_float_add(r, sy, "").expect("add");
+    let r = kb.select(wrong, fixed, r).into_float_value();
+    // one that fell short leaves |r| at |y|
+    let over = kb.fcmp(FloatPredicate::OGE, kb.fabs(r), ay);
+    let less = kb.b.build_float_sub(r, sy, "").expect("sub");
+    let r = kb.select(over, less, r).into_float_value();
+    // fmod(finite x, ±inf) = x
+    let y_inf = kb.fcmp(FloatPredicate::OEQ, ay, kb.f32c(f32::INFINITY));
+    let x_fin = kb.fcmp(FloatPredicate::ONE, kb.fabs(x), kb.f32c(f32::INFINITY));
+    let keep = kb.b.build_and(y_inf, x_fin, "").expect("and");
+    kb.select(keep, x, r).into_float_value()
 }
 
 fn binary_f32<'ctx>(
@@ -242,16 +301,7 @@ fn binary_f32<'ctx>(
         BinaryOp::Pow => pow_f32(kb, x, y),
         BinaryOp::Max => kb.fmax_nan(x, y),
         BinaryOp::Min => kb.fmin_nan(x, y),
-        // C fmod: x − trunc(x / y)·y
-        BinaryOp::Mod => {
-            let q = math::call(
-                kb,
-                MathFn::Trunc,
-                kb.b.build_float_div(x, y, "").expect("div"),
-            );
-            kb.b.build_float_sub(x, kb.b.build_float_mul(q, y, "").expect("mul"), "")
-                .expect("sub")
-        }
+        BinaryOp::Mod => fmod_f32(kb, x, y),
         _ => unreachable!("comparisons and logic are handled apart"),
     }
 }

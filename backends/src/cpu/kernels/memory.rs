@@ -47,14 +47,21 @@ pub fn fill(kb: &mut Kb<'_, '_>, bytes: u8) {
     kb.for_range(lo, hi, 1, |kb, i| kb.store(out, i, v));
 }
 
-/// `[out, start, delta, n]`.
+/// `[out, start, delta, n]`: integers, or for float ranges the f64 bits of start and delta
+/// (element `i` is `start + i·delta` rounded once to f32, as the interpreter computes it).
 pub fn range(kb: &mut Kb<'_, '_>, dtype: DType) {
     let (out, n) = (kb.arg_ptr(0), kb.arg(3));
     let zero = kb.i64c(0);
     if dtype.is_float() {
-        let (s, d) = (kb.arg_f32(1), kb.arg_f32(2));
+        let f64t = kb.cx.f64_type();
+        let s = kb.b.build_bit_cast(kb.arg(1), f64t, "").expect("bitcast");
+        let d = kb.b.build_bit_cast(kb.arg(2), f64t, "").expect("bitcast");
+        let (s, d) = (s.into_float_value(), d.into_float_value());
         kb.for_range(zero, n, 1, |kb, i| {
-            let v = kb.fadd(s, kb.fmul(kb.si_to_f32(i), d));
+            let fi = kb.b.build_signed_int_to_float(i, f64t, "").expect("sitofp");
+            let v = kb.b.build_float_mul(fi, d, "").expect("mul");
+            let v = kb.b.build_float_add(s, v, "").expect("add");
+            let v = kb.b.build_float_trunc(v, kb.f32t(), "").expect("fptrunc");
             store_f32(kb, dtype, out, i, v);
         });
     } else {

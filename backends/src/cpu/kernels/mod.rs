@@ -23,7 +23,7 @@ pub use linear::{ActQuant, LinearKernel, WeightLayout};
 pub const CHUNK: i64 = 4096;
 /// Rank of the strided kernels; shapes are padded with leading 1s.
 pub const COPY_RANK: usize = 6;
-pub const BCAST_RANK: usize = 4;
+pub const BCAST_RANK: usize = 6;
 
 /// A kernel and its static parameters. Args are listed per variant as `[a, b, ...]`;
 /// pointers and sizes are i64, floats are f32 bits in the low half.
@@ -34,7 +34,7 @@ pub enum Kernel {
     Copy { bytes: u8 },
     /// `[out, value, n]`: fill with a value's bits; work items: ⌈n / CHUNK⌉.
     Fill { bytes: u8 },
-    /// `[out, start, delta, n]` for i64 or f32 ranges; work items: 1.
+    /// `[out, start, delta, n]`, start and delta as f64 bits for float ranges; work items: 1.
     Range { dtype: DType },
     /// `[out, in, n]`, contiguous; work items: ⌈n / CHUNK⌉.
     Unary { op: UnaryOp, dtype: DType },
@@ -42,10 +42,10 @@ pub enum Kernel {
     Clip { dtype: DType },
     /// `[out, in, n]`, contiguous; work items: ⌈n / CHUNK⌉.
     Cast { from: DType, to: DType },
-    /// Broadcast binary op, rank 4, contiguous output:
-    /// `[out, a, b, d0..d3, a strides 0..3, b strides 0..3]`; work items: `d0·d1·d2`.
+    /// Broadcast binary op, rank 6, contiguous output:
+    /// `[out, a, b, d0..d5, a strides 0..5, b strides 0..5]`; work items: `d0·…·d4`.
     Binary { op: BinaryOp, dtype: DType },
-    /// `[out, cond, a, b, d0..d3, cond strides, a strides, b strides]`; work items: `d0·d1·d2`.
+    /// `[out, cond, a, b, d0..d5, cond strides, a strides, b strides]`; work items: `d0·…·d4`.
     Where { dtype: DType },
     /// Row normalization: `[out, x, scale, bias, rows, cols, eps]` (bias 0 when absent);
     /// scale and bias have `cols` elements; work items: rows.
@@ -237,7 +237,13 @@ pub fn store_f32<'ctx>(
             kb.store(p, i, kb.trunc(h, kb.cx.i16_type()))
         }
         _ => {
-            let x = kb.f32_to_si(v, kb.i64t());
+            let x = kb
+                .call_intrinsic(
+                    "llvm.fptosi.sat",
+                    &[kb.i64t().into(), kb.f32t().into()],
+                    &[v.into()],
+                )
+                .into_int_value();
             store_i64(kb, d, p, i, x)
         }
     }
@@ -259,7 +265,8 @@ pub fn load_i64<'ctx>(
     }
 }
 
-/// Stores an i64 as element `i` of an integer (or bool: nonzero is true) tensor.
+/// Stores an i64 as element `i` of an integer (or bool: nonzero is true) tensor. Values out of
+/// a narrower type's range saturate, as the interpreter's conversions do.
 pub fn store_i64<'ctx>(
     kb: &Kb<'_, 'ctx>,
     d: DType,
@@ -267,15 +274,18 @@ pub fn store_i64<'ctx>(
     i: IntValue<'ctx>,
     v: IntValue<'ctx>,
 ) {
-    match d {
-        DType::I64 => kb.store(p, i, v),
+    let (lo, hi) = match d {
+        DType::I64 => return kb.store(p, i, v),
         DType::Bool => {
             let nz = kb.icmp(inkwell::IntPredicate::NE, v, kb.i64c(0));
-            kb.store(p, i, kb.zext(nz, kb.i8t()))
+            return kb.store(p, i, kb.zext(nz, kb.i8t()));
         }
-        _ => {
-            let ty = storage_type(kb, d).into_int_type();
-            kb.store(p, i, kb.trunc(v, ty))
-        }
-    }
+        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+        DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+        DType::U8 => (0, u8::MAX as i64),
+        _ => unreachable!("{d} is not an integer type"),
+    };
+    let ty = storage_type(kb, d).into_int_type();
+    let v = kb.imin(kb.imax(v, kb.i64c(lo)), kb.i64c(hi));
+    kb.store(p, i, kb.trunc(v, ty))
 }

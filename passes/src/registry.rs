@@ -1,0 +1,86 @@
+//! Every pass by name: what `llmc passes` lists and what pipeline strings can name.
+
+use crate::manager::{parse_pipeline, Options, Pass, PassContext, PassInfo};
+use crate::quant::{QuantizePass, QUANTIZE_INFO};
+use crate::PassError;
+use llmc_ir::Graph;
+
+static CANONICALIZE: PassInfo = PassInfo {
+    name: "canonicalize",
+    summary: "fold constants and shape arithmetic, drop identities, remove dead nodes",
+    options: &[],
+};
+static FUSE: PassInfo = PassInfo {
+    name: "fuse",
+    summary: "canonicalize, then fuse layer norm, gelu, attention and linear layers",
+    options: &[],
+};
+
+/// A pattern-rewrite pass (`canonicalize`, `fuse`).
+struct Rewrite {
+    info: &'static PassInfo,
+}
+
+impl Pass for Rewrite {
+    fn info(&self) -> &'static PassInfo {
+        self.info
+    }
+
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
+        let stats = if self.info.name == "fuse" {
+            crate::fuse(g)?
+        } else {
+            crate::canonicalize(g)?
+        };
+        cx.report
+            .push(serde_json::json!({ "pass": self.info.name, "rewrites": format!("{stats:?}") }));
+        Ok(())
+    }
+}
+
+/// The passes, in the order `llmc passes` lists them.
+pub fn infos() -> Vec<&'static PassInfo> {
+    vec![&CANONICALIZE, &FUSE, &QUANTIZE_INFO]
+}
+
+/// A pass from its name and option values.
+pub fn create(
+    name: &str,
+    values: std::collections::BTreeMap<String, String>,
+) -> Result<Box<dyn Pass>, PassError> {
+    let info = infos()
+        .into_iter()
+        .find(|i| i.name == name)
+        .ok_or_else(|| PassError::Pipeline {
+            pipeline: name.to_string(),
+            msg: format!(
+                "unknown pass '{name}' (passes: {})",
+                infos()
+                    .iter()
+                    .map(|i| i.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })?;
+    let opts = Options::new(info, values)?;
+    Ok(match name {
+        "quantize" => Box::new(QuantizePass::from_options(&opts)?),
+        _ => Box::new(Rewrite { info }),
+    })
+}
+
+/// The passes a pipeline string names, options checked.
+pub fn pipeline(s: &str) -> Result<Vec<Box<dyn Pass>>, PassError> {
+    parse_pipeline(s)?
+        .into_iter()
+        .map(|e| {
+            create(&e.name, e.options).map_err(|err| match err {
+                PassError::Pipeline { msg, .. } => PassError::Pipeline {
+                    pipeline: s.to_string(),
+                    msg,
+                },
+                other => other,
+            })
+        })
+        .collect()
+}
