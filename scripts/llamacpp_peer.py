@@ -576,6 +576,8 @@ def main(argv):
         return
     result = bench(args, paths) if args.mode == "bench" else quality(args, paths)
     env["loadavg_at_end"] = os.getloadavg()
+    print(f"load average at start {env['loadavg_at_start'][0]:.2f}, at end {env['loadavg_at_end'][0]:.2f}"
+          f" on {env['cpu_count']} CPUs (other work running makes timings noisy)")
     result["environment"] = env
     result["models"] = {name: str(path) for name, path in paths.items()}
     if args.json:
