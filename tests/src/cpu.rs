@@ -140,7 +140,7 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
-        "llmc-cpu-{}/{name}-{}",
+        "llmc-cpu-{}-{name}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
