@@ -154,7 +154,7 @@ impl BenchReport {
         );
         let _ = writeln!(
             t,
-            "method   prefill of {} tokens from an empty cache ({} call{}); {} decode steps after filling the cache to {} tokens; {} runs each: median (min–max)\n",
+            "method   prefill of {} tokens from an empty cache, logits of the last only ({} call{}); {} decode steps after filling the cache to {} tokens; {} runs each: median (min–max)\n",
             self.prefill_tokens,
             self.prefill_calls,
             if self.prefill_calls == 1 { "" } else { "s" },
@@ -228,7 +228,7 @@ fn prefill(
     logits: &mut [f32],
 ) -> Result<(), BenchError> {
     for c in toks.chunks(chunk) {
-        rt.prefill_into(c, &mut logits[..c.len() * vocab])?;
+        rt.prefill_last_into(c, &mut logits[..vocab])?;
     }
     Ok(())
 }

@@ -686,16 +686,14 @@ fn generate_bundle(bd: &BundleDir, a: &RunArgs, threads: Option<usize>) -> Resul
         .load(bundle_threads(threads))
         .map_err(|e| miette!("{e}"))?;
     let chunk = bd.max_tokens.max(1);
-    let mut logits = vec![0f32; chunk * vocab];
+    let mut logits = vec![0f32; vocab];
     stream_generate(&tok, &prompt, ids, bd.eos, a, |step| {
         let toks: Vec<i32> = step.iter().map(|&t| t as i32).collect();
-        let mut last = 0;
         for c in toks.chunks(chunk) {
-            rt.prefill_into(c, &mut logits[..c.len() * vocab])
+            rt.prefill_last_into(c, &mut logits)
                 .map_err(|e| miette!("{e}"))?;
-            last = c.len();
         }
-        Ok(logits[(last - 1) * vocab..last * vocab].to_vec())
+        Ok(logits.clone())
     })
 }
 
@@ -1013,7 +1011,8 @@ fn build(a: BuildArgs) -> Result<()> {
         )
     });
     let report_json = serde_json::json!({
-        "passes": timings.iter().map(|t| serde_json::json!({"pass": t.name, "seconds": t.time.as_secs_f64(), "nodes_after": t.nodes_after})).collect::<Vec<_>>(),
+        // no timings here: the same build must give the same bundle, byte for byte
+        "passes": timings.iter().map(|t| serde_json::json!({"pass": t.name, "nodes_after": t.nodes_after})).collect::<Vec<_>>(),
         "rows": cx.report,
     });
     std::fs::write(
@@ -1045,6 +1044,9 @@ fn build(a: BuildArgs) -> Result<()> {
             ""
         }
     );
+    for t in &timings {
+        println!("pass {:<14} {:>8.2} s", t.name, t.time.as_secs_f64());
+    }
     for f in files {
         println!("  {}", f.display());
     }

@@ -145,6 +145,7 @@ pub struct Bundle {
     pool: Option<ThreadPool>,
     init: InitFn,
     prefill: Option<PrefillFn>,
+    prefill_last: Option<PrefillFn>,
     decode: Option<DecodeFn>,
     reset: Option<ResetFn>,
     context: Option<ContextFn>,
@@ -241,6 +242,7 @@ impl Bundle {
         Ok(Bundle {
             init,
             prefill: sym!(PrefillFn, "prefill"),
+            prefill_last: sym!(PrefillFn, "prefill_last"),
             decode: sym!(DecodeFn, "decode"),
             reset: sym!(ResetFn, "reset"),
             context: sym!(ContextFn, "context"),
@@ -365,6 +367,35 @@ impl Bundle {
             )
         };
         check(&format!("{}_prefill", self.name), code)
+    }
+
+    /// Appends tokens; writes only the last token's `vocab` logits (the output head runs
+    /// once: what generation needs).
+    pub fn prefill_last_into(
+        &mut self,
+        tokens: &[i32],
+        logits: &mut [f32],
+    ) -> Result<(), BundleError> {
+        let f = self
+            .prefill_last
+            .ok_or_else(|| BundleError::Bad("this bundle is not a decoder".into()))?;
+        if tokens.is_empty() || logits.is_empty() {
+            return Err(BundleError::Bad(
+                "prefill needs tokens and a logits buffer".into(),
+            ));
+        }
+        let n = i32::try_from(tokens.len())
+            .map_err(|_| BundleError::Bad(format!("{} tokens in one call", tokens.len())))?;
+        // SAFETY: logits holds the header's VOCAB floats (the caller's contract).
+        let code = unsafe {
+            f(
+                self.state.as_mut_ptr() as *mut c_void,
+                tokens.as_ptr(),
+                n,
+                logits.as_mut_ptr(),
+            )
+        };
+        check(&format!("{}_prefill_last", self.name), code)
     }
 
     /// Appends tokens; returns `tokens.len() × vocab` logits.

@@ -78,6 +78,15 @@ fn check(scheme: Option<Scheme>, tol: Tol) {
     let t0 = std::time::Instant::now();
     let got = rt.prefill(&toks, vocab).unwrap();
     let prefill_s = t0.elapsed().as_secs_f64();
+    // the head-on-the-last-token schedule gives the last row of the full one
+    rt.reset().unwrap();
+    let mut last = vec![0f32; vocab];
+    rt.prefill_last_into(&toks, &mut last).unwrap();
+    let d_last = llmc_tests::max_abs_diff(&last, &got[(toks.len() - 1) * vocab..]);
+    assert!(
+        d_last < 1e-4,
+        "{tag}: prefill_last differs from prefill's last row by {d_last}"
+    );
     let mut logits = vec![0f32; vocab];
     let t0 = std::time::Instant::now();
     for _ in 0..4 {

@@ -9,7 +9,7 @@
 
 use super::kb::{no_builtins, Kb};
 use super::kernels::Kernels;
-use super::lower::{Arg, Lowered, StepKind, STATUS_OFFSET};
+use super::lower::{Arg, Lowered, Packed, StepKind, STATUS_OFFSET};
 use super::plan::Base;
 use super::size::Size;
 use inkwell::context::Context;
@@ -35,15 +35,16 @@ pub enum Entry {
 
 pub struct Layout {
     pub arena_offset: u64,
-    pub buf_offsets: Vec<u64>,
     pub state_bytes: u64,
     /// Decoder token and position buffers in the state.
     pub tokens_offset: u64,
     pub positions_offset: u64,
 }
 
-pub struct Emitted<'ctx> {
-    pub module: Module<'ctx>,
+/// A schedule to emit as a forward function, with its buffers' arena offsets.
+pub struct Forward<'a> {
+    pub low: &'a Lowered,
+    pub buf_offsets: Vec<u64>,
 }
 
 const H_MAGIC: i64 = 0;
@@ -52,10 +53,14 @@ const H_PF: i64 = 16;
 const H_POOL: i64 = 24;
 const H_POS: i64 = 32;
 
+/// The module of a bundle. `forwards[0]` is the graph as given; a decoder may add a second
+/// schedule that computes logits for the last token only (`prefill_last`, `decode`).
+#[allow(clippy::too_many_arguments)]
 pub fn emit<'ctx>(
     cx: &'ctx Context,
     name: &str,
-    low: &Lowered,
+    forwards: &[Forward<'_>],
+    data: &Packed,
     layout: &Layout,
     entry: &Entry,
     kernels: &mut Kernels<'ctx>,
@@ -63,7 +68,7 @@ pub fn emit<'ctx>(
 ) -> Module<'ctx> {
     let m = cx.create_module(name);
     let dispatch = emit_dispatch(cx, &m);
-    let globals: Vec<PointerValue<'ctx>> = low
+    let globals: Vec<PointerValue<'ctx>> = data
         .globals
         .iter()
         .enumerate()
@@ -82,8 +87,19 @@ pub fn emit<'ctx>(
             g.as_pointer_value()
         })
         .collect();
-    let forward = emit_forward(cx, &m, low, layout, kernels, dispatch, &globals);
-    emit_init(cx, &m, name, layout, low.weights_size, model_hash);
+    let fns: Vec<FunctionValue<'ctx>> = forwards
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let fname = if i == 0 {
+                "llmc.forward".to_string()
+            } else {
+                format!("llmc.forward.{i}")
+            };
+            emit_forward(cx, &m, &fname, f, layout, kernels, dispatch, &globals)
+        })
+        .collect();
+    emit_init(cx, &m, name, layout, data.weights_size, model_hash);
     let state_fn = |suffix: &str, v: u64| {
         let f = m.add_function(
             &format!("{name}_{suffix}"),
@@ -97,7 +113,8 @@ pub fn emit<'ctx>(
             .expect("ret");
     };
     state_fn("state_bytes", layout.state_bytes);
-    state_fn("weights_bytes", low.weights_size);
+    state_fn("weights_bytes", data.weights_size);
+    let low = forwards[0].low;
     match entry {
         Entry::Decoder {
             vocab,
@@ -106,19 +123,20 @@ pub fn emit<'ctx>(
             tokens_input,
             positions_input,
         } => {
+            let last = *fns.last().expect("a forward");
             emit_decoder(
                 cx,
                 &m,
                 name,
                 layout,
-                forward,
+                (fns[0], last),
                 model_hash,
                 (*vocab, *max_tokens, *max_context),
                 (*tokens_input, *positions_input),
                 low.inputs.len(),
             );
         }
-        Entry::Graph => emit_run(cx, &m, name, low, forward, model_hash),
+        Entry::Graph => emit_run(cx, &m, name, low, fns[0], model_hash),
     }
     m
 }
@@ -211,10 +229,12 @@ fn size_value<'ctx>(kb: &Kb<'_, 'ctx>, s: &Size, syms: &[IntValue<'ctx>]) -> Int
 }
 
 /// `i32 forward(state, inputs, outputs, syms)`: the schedule.
+#[allow(clippy::too_many_arguments)]
 fn emit_forward<'ctx>(
     cx: &'ctx Context,
     m: &Module<'ctx>,
-    low: &Lowered,
+    fname: &str,
+    fwd: &Forward<'_>,
     layout: &Layout,
     kernels: &mut Kernels<'ctx>,
     dispatch: FunctionValue<'ctx>,
@@ -224,7 +244,8 @@ fn emit_forward<'ctx>(
     let ty = cx
         .i32_type()
         .fn_type(&[p.into(), p.into(), p.into(), p.into()], false);
-    let mut kb = Kb::new_fn(cx, m, "llmc.forward", ty, Linkage::Internal);
+    let low = fwd.low;
+    let mut kb = Kb::new_fn(cx, m, fname, ty, Linkage::Internal);
     let (state, inputs, outputs, symp) = (
         kb.param_ptr(0),
         kb.param_ptr(1),
@@ -258,7 +279,7 @@ fn emit_forward<'ctx>(
     };
     let place_ptr = |kb: &Kb<'_, 'ctx>, base: Base, off: &Size| -> PointerValue<'ctx> {
         let b = match base {
-            Base::Buf(id) => ptr_at(kb, arena, layout.buf_offsets[id as usize] as i64),
+            Base::Buf(id) => ptr_at(kb, arena, fwd.buf_offsets[id as usize] as i64),
             Base::Weights => weights,
             Base::State => state,
             Base::Input(k) => load_ptr(kb, inputs, 8 * k as i64),
@@ -484,23 +505,24 @@ fn check_state<'ctx>(kb: &mut Kb<'_, 'ctx>, state: PointerValue<'ctx>, model_has
     kb.return_if(mg, Some(&code));
 }
 
+/// `int <fname>(state, const int32_t *tokens, int32_t n, float *logits)`: checks, token and
+/// position buffers, then `forward`.
 #[allow(clippy::too_many_arguments)]
-fn emit_decoder<'ctx>(
+fn emit_prefill<'ctx>(
     cx: &'ctx Context,
     m: &Module<'ctx>,
-    name: &str,
+    fname: &str,
     layout: &Layout,
     forward: FunctionValue<'ctx>,
     model_hash: u64,
     (vocab, max_tokens, max_context): (i64, i64, i64),
     (tok_in, pos_in): (usize, usize),
     n_inputs: usize,
-) {
+) -> FunctionValue<'ctx> {
     let p = cx.ptr_type(AddressSpace::default());
     let i32t = cx.i32_type();
-    // int prefill(state, const int32_t *tokens, int32_t n, float *logits)
     let ty = i32t.fn_type(&[p.into(), p.into(), i32t.into(), p.into()], false);
-    let mut kb = Kb::new_fn(cx, m, &format!("{name}_prefill"), ty, Linkage::External);
+    let mut kb = Kb::new_fn(cx, m, fname, ty, Linkage::External);
     let (state, toks, n32, logits) = (
         kb.param_ptr(0),
         kb.param_ptr(1),
@@ -576,7 +598,46 @@ fn emit_decoder<'ctx>(
     kb.return_if(failed, Some(&r));
     store_at(&kb, state, H_POS, kb.add(past, n));
     kb.b.build_return(Some(&kb.i32c(0))).expect("ret");
-    let prefill = kb.f;
+    kb.f
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emit_decoder<'ctx>(
+    cx: &'ctx Context,
+    m: &Module<'ctx>,
+    name: &str,
+    layout: &Layout,
+    (forward, forward_last): (FunctionValue<'ctx>, FunctionValue<'ctx>),
+    model_hash: u64,
+    limits: (i64, i64, i64),
+    io: (usize, usize),
+    n_inputs: usize,
+) {
+    let p = cx.ptr_type(AddressSpace::default());
+    let i32t = cx.i32_type();
+    // prefill writes every token's logits; prefill_last (and decode) the last one's only
+    emit_prefill(
+        cx,
+        m,
+        &format!("{name}_prefill"),
+        layout,
+        forward,
+        model_hash,
+        limits,
+        io,
+        n_inputs,
+    );
+    let prefill = emit_prefill(
+        cx,
+        m,
+        &format!("{name}_prefill_last"),
+        layout,
+        forward_last,
+        model_hash,
+        limits,
+        io,
+        n_inputs,
+    );
 
     // int decode(state, int32_t token, float *logits)
     let ty = i32t.fn_type(&[p.into(), i32t.into(), p.into()], false);

@@ -33,6 +33,7 @@ fn c_type(d: llmc_ir::DType) -> &'static str {
 pub fn header(
     name: &str,
     low: &Lowered,
+    weights_size: u64,
     entry: &Entry,
     state_bytes: u64,
     model_hash: u64,
@@ -62,7 +63,7 @@ pub fn header(
     );
     let _ = writeln!(h, "#define {up}_STATE_BYTES {state_bytes}ULL");
     let _ = writeln!(h, "/* Bytes of {name}.weights. */");
-    let _ = writeln!(h, "#define {up}_WEIGHTS_BYTES {}ULL", low.weights_size);
+    let _ = writeln!(h, "#define {up}_WEIGHTS_BYTES {}ULL", weights_size);
     let _ = writeln!(h, "#define {up}_MODEL_HASH 0x{model_hash:016x}ULL");
     match entry {
         Entry::Decoder {
@@ -142,6 +143,8 @@ pub fn header(
                 h,
                 "int {name}_prefill(void *state, const int32_t *tokens, int32_t n, float *logits);"
             );
+            let _ = writeln!(h, "/* As prefill, but writes only the last token's {up}_VOCAB logits (the output head runs once). */");
+            let _ = writeln!(h, "int {name}_prefill_last(void *state, const int32_t *tokens, int32_t n, float *logits);");
             let _ = writeln!(h, "/* Appends one token; writes {up}_VOCAB logits. */");
             let _ = writeln!(
                 h,

@@ -89,10 +89,8 @@ pub enum Pack {
 pub struct Lowered {
     pub steps: Vec<Step>,
     pub bufs: Vec<BufInfo>,
-    pub globals: Vec<Vec<u8>>,
-    /// `(offset, bytes)` of each packed weight in the weights file.
-    pub packed: Vec<(u64, Vec<u8>)>,
-    pub weights_size: u64,
+    /// The weights file and module constants, shared by every graph of a bundle.
+    pub data: Packed,
     pub states: Vec<StateSlot>,
     /// First free byte of the state after the header and the KV regions.
     pub state_end: u64,
@@ -100,6 +98,29 @@ pub struct Lowered {
     /// Input and output views in declaration order (dims for the header and checks).
     pub inputs: Vec<(String, View)>,
     pub outputs: Vec<(String, View)>,
+}
+
+/// What the graphs of one bundle share: weights packed into the weights file (each weight
+/// once per layout) and the module's constants.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    /// `(offset, bytes)` of each packed weight in the weights file.
+    pub packed: Vec<(u64, Vec<u8>)>,
+    cache: HashMap<(usize, Pack), u64>,
+    /// End of the last packed weight: the weights file's size before padding.
+    pub weights_size: u64,
+    pub globals: Vec<Vec<u8>>,
+}
+
+impl Default for Packed {
+    fn default() -> Self {
+        Packed {
+            packed: Vec::new(),
+            cache: HashMap::new(),
+            weights_size: llmc_runtime::weights::HEADER_SIZE as u64,
+            globals: Vec::new(),
+        }
+    }
 }
 
 /// Bytes of the state header (see `emit`).
@@ -115,10 +136,7 @@ struct Lowerer<'g> {
     views: Vec<Option<View>>,
     steps: Vec<Step>,
     bufs: Vec<BufInfo>,
-    globals: Vec<Vec<u8>>,
-    packed: Vec<(u64, Vec<u8>)>,
-    pack_cache: HashMap<(usize, Pack), u64>,
-    weights_end: u64,
+    data: Packed,
     states: Vec<StateSlot>,
     state_end: u64,
     out_index: HashMap<ValueId, u32>,
@@ -139,6 +157,7 @@ pub fn lower(
     sh: Vec<VShape>,
     syms: Symbols,
     opts: &LowerOptions,
+    data: Packed,
 ) -> Result<Lowered, BackendError> {
     let mut l = Lowerer {
         g,
@@ -148,10 +167,7 @@ pub fn lower(
         views: vec![None; g.values.len()],
         steps: Vec::new(),
         bufs: Vec::new(),
-        globals: Vec::new(),
-        packed: Vec::new(),
-        pack_cache: HashMap::new(),
-        weights_end: llmc_runtime::weights::HEADER_SIZE as u64,
+        data,
         states: Vec::new(),
         state_end: STATE_HEADER,
         out_index: HashMap::new(),
@@ -223,9 +239,7 @@ pub fn lower(
     Ok(Lowered {
         steps: l.steps,
         bufs: l.bufs,
-        globals: l.globals,
-        packed: l.packed,
-        weights_size: l.weights_end,
+        data: l.data,
         states: l.states,
         state_end: l.state_end,
         syms: l.syms,
@@ -348,7 +362,7 @@ impl<'g> Lowerer<'g> {
 
     /// The weight's bytes in the weights file in a given layout (packed once per layout).
     fn pack(&mut self, w: usize, how: Pack) -> Result<Place, BackendError> {
-        if let Some(off) = self.pack_cache.get(&(w, how.clone())) {
+        if let Some(off) = self.data.cache.get(&(w, how.clone())) {
             return Ok(Place {
                 base: Base::Weights,
                 offset: Size::c(*off as i64),
@@ -406,10 +420,10 @@ impl<'g> Lowerer<'g> {
                 }
             }
         };
-        let off = self.weights_end;
-        self.weights_end = llmc_runtime::weights::align((off as usize) + bytes.len()) as u64;
-        self.packed.push((off, bytes));
-        self.pack_cache.insert((w, how), off);
+        let off = self.data.weights_size;
+        self.data.weights_size = llmc_runtime::weights::align((off as usize) + bytes.len()) as u64;
+        self.data.packed.push((off, bytes));
+        self.data.cache.insert((w, how), off);
         Ok(Place {
             base: Base::Weights,
             offset: Size::c(off as i64),
@@ -498,8 +512,8 @@ impl<'g> Lowerer<'g> {
         }
         match &n.op {
             Op::Constant { value } => {
-                let id = self.globals.len() as u32;
-                self.globals.push(value.data.to_le_bytes());
+                let id = self.data.globals.len() as u32;
+                self.data.globals.push(value.data.to_le_bytes());
                 let dims = value.shape.iter().map(|&d| Size::c(d as i64)).collect();
                 self.set(
                     out,

@@ -221,16 +221,25 @@ pub fn compile(
     };
     let sh = shapes::propagate(g, &bind)?;
     let isa = isa::isa_of(spec);
-    let low = lower::lower(
-        g,
-        sh,
-        syms,
-        &LowerOptions {
-            max_context: opts.max_context,
-            isa,
-        },
-    )?;
+    let lopts = LowerOptions {
+        max_context: opts.max_context,
+        isa,
+    };
+    let low = lower::lower(g, sh, syms.clone(), &lopts, lower::Packed::default())?;
+    // decoders also get a schedule with the output head on the last token only
+    let last = match (&entry, last_token_graph(g)) {
+        (Entry::Decoder { .. }, Some(g2)) => {
+            let sh2 = shapes::propagate(&g2, &bind)?;
+            Some(lower::lower(&g2, sh2, syms, &lopts, low.data.clone())?)
+        }
+        _ => None,
+    };
+    let data = last.as_ref().map_or(&low.data, |l| &l.data).clone();
     let (buf_offsets, arena_bytes) = plan::allocate(&low.bufs, 64);
+    let (last_offsets, last_arena) = last
+        .as_ref()
+        .map_or((vec![], 0), |l| plan::allocate(&l.bufs, 64));
+    let arena_bytes = arena_bytes.max(last_arena);
     let mut end = low.state_end.max(STATE_HEADER);
     let (tokens_offset, positions_offset) = if let Entry::Decoder { max_tokens, .. } = &entry {
         let t = end;
@@ -243,11 +252,20 @@ pub fn compile(
     let arena_offset = end.div_ceil(64) * 64;
     let layout = Layout {
         arena_offset,
-        buf_offsets,
         state_bytes: arena_offset + arena_bytes,
         tokens_offset,
         positions_offset,
     };
+    let mut forwards = vec![emit::Forward {
+        low: &low,
+        buf_offsets,
+    }];
+    if let Some(l) = &last {
+        forwards.push(emit::Forward {
+            low: l,
+            buf_offsets: last_offsets,
+        });
+    }
 
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(llmc_ir::print(g).as_bytes());
@@ -260,7 +278,7 @@ pub fn compile(
     );
     let model_hash = hasher.digest();
 
-    let tensors: Vec<(usize, &[u8])> = low
+    let tensors: Vec<(usize, &[u8])> = data
         .packed
         .iter()
         .map(|(o, b)| (*o as usize, b.as_slice()))
@@ -268,7 +286,7 @@ pub fn compile(
     let weights = llmc_runtime::weights::write_file(model_hash, &tensors);
     debug_assert_eq!(
         weights.len() as u64,
-        llmc_runtime::weights::align(low.weights_size as usize) as u64
+        llmc_runtime::weights::align(data.weights_size as usize) as u64
     );
 
     let cx = Context::create();
@@ -276,7 +294,8 @@ pub fn compile(
     let module = emit::emit(
         &cx,
         &opts.name,
-        &low,
+        &forwards,
+        &data,
         &layout,
         &entry,
         &mut kernels,
@@ -308,6 +327,7 @@ pub fn compile(
     let header = header::header(
         &opts.name,
         &low,
+        data.weights_size,
         &entry,
         layout.state_bytes,
         model_hash,
@@ -344,4 +364,48 @@ pub fn compile(
         state_bytes: layout.state_bytes,
         model_hash,
     })
+}
+
+/// The decoder with its output head applied to the last token only: `logits = linear(x)`
+/// (maybe cast) becomes `linear(x[:, -1:])`. `None` when the logits do not come from a linear
+/// layer that way.
+fn last_token_graph(g: &Graph) -> Option<Graph> {
+    use llmc_ir::{Op, SliceSpec};
+    let logits = g.outputs.iter().find(|(n, _)| n == "logits")?.1;
+    let producers = g.producers();
+    let mut chain = vec![];
+    let mut v = logits;
+    loop {
+        let node = producers[v.0 as usize]?;
+        chain.push(node);
+        match g.nodes[node].op {
+            Op::Cast { .. } => v = g.nodes[node].inputs[0],
+            Op::Linear { .. } => break,
+            _ => return None,
+        }
+    }
+    let lin = *chain.last()?;
+    let x = g.nodes[lin].inputs[0];
+    let r = g.ty(x).rank();
+    if r < 2 {
+        return None;
+    }
+    let mut g2 = g.clone();
+    let spec = SliceSpec {
+        starts: vec![-1],
+        ends: vec![i64::MAX],
+        axes: vec![r as i64 - 2],
+        steps: vec![1],
+    };
+    let sliced = g2.add1(Op::Slice { spec: Some(spec) }, &[x]).ok()?;
+    g2.nodes[lin].inputs[0] = sliced;
+    for &n in chain.iter().rev() {
+        let node = &g2.nodes[n];
+        let ty = g2.infer_node(&node.op, &node.inputs).ok()?.remove(0);
+        let out = node.outputs[0];
+        g2.values[out.0 as usize].ty = ty;
+    }
+    g2.sort().ok()?;
+    llmc_ir::verify(&g2).ok()?;
+    Some(g2)
 }
