@@ -267,6 +267,11 @@ pub fn bench(
     let mut logits = vec![0f32; chunk.min(need) * vocab];
     let bytes = bd.weight_bytes_per_token();
     let macs = bd.manifest["linear_macs_per_token"].as_u64().unwrap_or(0);
+    // prefill runs the output head on the last token of each call only
+    let head = bd.manifest["head_macs"].as_u64().unwrap_or(0).min(macs);
+    let prefill_ops = 2.0
+        * ((o.prefill as u64 * (macs - head)) as f64
+            + (o.prefill.div_ceil(chunk) as u64 * head) as f64);
     let mut results = Vec::new();
     for &threads in &o.threads {
         let mut rt = bd.load(threads)?;
@@ -312,7 +317,7 @@ pub fn bench(
         });
         results.push(ThreadResult {
             threads,
-            prefill_linear_gops: prefill.scaled(2.0 * macs as f64 / 1e9),
+            prefill_linear_gops: prefill.scaled(prefill_ops / o.prefill as f64 / 1e9),
             prefill_tokens_per_s: prefill,
             decode_weight_gb_per_s: decode.scaled(bytes as f64 / 1e9),
             decode_tokens_per_s: decode,

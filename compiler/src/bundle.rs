@@ -315,6 +315,26 @@ pub fn linear_macs_per_token(g: &llmc_ir::Graph) -> u64 {
         .sum()
 }
 
+/// Multiply-adds of the linear layer that produces the logits (a decoder's output head, which
+/// prefill runs for the last token only).
+pub fn head_macs(g: &llmc_ir::Graph) -> u64 {
+    let Some((_, v)) = g.outputs.iter().find(|(n, _)| n == "logits") else {
+        return 0;
+    };
+    let producers = g.producers();
+    let mut v = *v;
+    while let Some(n) = producers[v.0 as usize] {
+        match g.nodes[n].op {
+            llmc_ir::Op::Cast { .. } => v = g.nodes[n].inputs[0],
+            llmc_ir::Op::Linear { .. } => {
+                return g.ty(g.nodes[n].inputs[1]).shape.numel().unwrap_or(0)
+            }
+            _ => return 0,
+        }
+    }
+    0
+}
+
 /// The backend's manifest with what the compiler knows about the model added.
 fn model_manifest(base: &Value, m: &Model) -> Value {
     let mut man = base.clone();

@@ -143,6 +143,8 @@ struct Lowerer<'g> {
     node: Option<usize>,
     max_context: i64,
     isa: super::kernels::Isa,
+    /// int8 activations already computed: (input value, group) → codes, scales, group sums.
+    quantized: HashMap<(ValueId, i64), (Place, Place, Place)>,
 }
 
 pub struct LowerOptions {
@@ -174,6 +176,7 @@ pub fn lower(
         node: None,
         max_context: opts.max_context,
         isa: opts.isa,
+        quantized: HashMap::new(),
     };
     for (k, (_, v)) in g.outputs.iter().enumerate() {
         l.out_index.entry(*v).or_insert(k as u32);
@@ -1311,6 +1314,23 @@ impl<'g> Lowerer<'g> {
         // int8 activations: codes, scales and group sums for the integer kernels; the other
         // kernels take the quantized values back as f32
         let (xarg, sx, xqsum, kact) = match (&layout, int8) {
+            (WeightLayout::QuantPanels { q, .. }, true)
+                if self.quantized.contains_key(&(
+                    n.inputs[0],
+                    match q.group {
+                        llmc_ir::Group::Size(gs) => gs as i64,
+                        _ => k,
+                    },
+                )) =>
+            {
+                // q, k and v (gate and up) read the same activations: quantize them once
+                let gl = match q.group {
+                    llmc_ir::Group::Size(gs) => gs as i64,
+                    _ => k,
+                };
+                let (xq, sx, xs) = self.quantized[&(n.inputs[0], gl)].clone();
+                (xq, Arg::Ptr(sx), Arg::Ptr(xs), ActQuant::I8)
+            }
             (WeightLayout::QuantPanels { q, .. }, true) => {
                 let gl = match q.group {
                     llmc_ir::Group::Size(gs) => gs as i64,
@@ -1335,6 +1355,10 @@ impl<'g> Lowerer<'g> {
                     args,
                     m.clone(),
                     1,
+                );
+                self.quantized.insert(
+                    (n.inputs[0], gl),
+                    (xq.place.clone(), sx.place.clone(), xs.place.clone()),
                 );
                 (
                     xq.place.clone(),
@@ -1544,7 +1568,8 @@ impl<'g> Lowerer<'g> {
                 args[(base + j) as usize] = Arg::Size(view.strides[j as usize].clone());
             }
         }
-        let items = Size::product(&q.dims[..3]);
+        // one work item per (batch, KV head, query position)
+        let items = q.dims[0].mul(&k.dims[1]).mul(&q.dims[2]);
         self.kernel(
             Kernel::Attention {
                 causal,

@@ -919,7 +919,7 @@ fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
 /// `[xq (i8 [M, K]), sx (f32 [M]), xqsum (i32 [M, K/g]), x (f32 [M, K]), m, k]`, or with
 /// `fake`, `[out (f32 [M, K]), _, _, x, m, k]`: int8 quantization of each row as
 /// `act = i8_per_token` defines it; work items: rows.
-pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool) {
+pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool, isa: &Isa) {
     let (xq, sx, xqsum, x) = (kb.arg_ptr(0), kb.arg_ptr(1), kb.arg_ptr(2), kb.arg_ptr(3));
     let k = kb.arg(5);
     let (b, e) = (kb.begin(), kb.end());
@@ -930,7 +930,8 @@ pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool) {
         kb.for_range(zero, k, 1, |kb, j| {
             let a = kb.fabs(kb.load_f32(x, kb.add(base, j)));
             let c = kb.getf(amax);
-            kb.set(amax, kb.fmax(c, a));
+            // maxnum reductions vectorize (compare-and-select ones do not)
+            kb.set(amax, kb.call_f32_intrinsic("llvm.maxnum", &[c, a]));
         });
         let am = kb.getf(amax);
         let is0 = kb.fcmp(inkwell::FloatPredicate::OEQ, am, kb.f32c(0.0));
@@ -946,6 +947,7 @@ pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool) {
             kb.for_range(zero, k, 1, |kb, j| {
                 let q = round_even(
                     kb,
+                    isa,
                     kb.b.build_float_mul(kb.load_f32(x, kb.add(base, j)), inv, "")
                         .expect("mul"),
                 );
@@ -963,6 +965,7 @@ pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool) {
                 kb.for_range(g0, g1, 1, |kb, j| {
                     let q = round_even(
                         kb,
+                        isa,
                         kb.b.build_float_mul(kb.load_f32(x, kb.add(base, j)), inv, "")
                             .expect("mul"),
                     );
@@ -978,8 +981,14 @@ pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool) {
     });
 }
 
-fn round_even<'ctx>(kb: &Kb<'_, 'ctx>, x: FloatValue<'ctx>) -> FloatValue<'ctx> {
-    crate::cpu::math::call(kb, crate::cpu::math::MathFn::RoundEven, x)
+/// Round half to even: the hardware instruction where the target has one (SSE4.1 and up,
+/// AArch64), else our integer-free version (never a libm call).
+fn round_even<'ctx>(kb: &Kb<'_, 'ctx>, isa: &Isa, x: FloatValue<'ctx>) -> FloatValue<'ctx> {
+    if isa.avx2 || isa.aarch64 {
+        kb.call_f32_intrinsic("llvm.roundeven", &[x])
+    } else {
+        crate::cpu::math::call(kb, crate::cpu::math::MathFn::RoundEven, x)
+    }
 }
 
 /// The generic kernel: one output column at a time, every token against the same weight row

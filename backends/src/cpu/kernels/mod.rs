@@ -78,7 +78,7 @@ pub enum Kernel {
         base_bits: u32,
         dims: u32,
     },
-    /// See [`attention::emit`] for the args; work items: B·H·S.
+    /// See [`attention::emit`] for the args; work items: B·Hkv·S.
     Attention { causal: bool, mask: bool },
 }
 
@@ -135,7 +135,9 @@ impl<'ctx> Kernels<'ctx> {
             Kernel::ArgMax { dtype } => rows::argmax(&mut kb, *dtype),
             Kernel::Gather { table, idx, out } => memory::gather(&mut kb, table, *idx, *out),
             Kernel::Linear(l) => linear::emit(&mut kb, l, &self.isa),
-            Kernel::QuantizeRows { group, fake } => linear::quantize_rows(&mut kb, *group, *fake),
+            Kernel::QuantizeRows { group, fake } => {
+                linear::quantize_rows(&mut kb, *group, *fake, &self.isa)
+            }
             Kernel::MatMul => linear::matmul(&mut kb),
             Kernel::Rope {
                 mode,
