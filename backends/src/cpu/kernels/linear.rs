@@ -541,6 +541,39 @@ fn group_epilogue<'ctx>(
     }
 }
 
+/// What a group's integer dot product starts from so that it ends as `D_u − zz·Σxq` (`sym`,
+/// `asym`) or `D_u` (`min`), for codes stored as `u − offset`.
+fn correction<'ctx>(
+    v: &V<'_, '_, 'ctx>,
+    q: &QuantSpec,
+    w: PointerValue<'ctx>,
+    zoff: IntValue<'ctx>,
+    gi: IntValue<'ctx>,
+    xs: IntValue<'ctx>,
+    offset: u8,
+) -> VectorValue<'ctx> {
+    let kb = v.kb;
+    let nr = NR as u32;
+    let splat_i = |x: IntValue<'ctx>| v.splat(x.into(), nr);
+    let mul = |a: IntValue<'ctx>, c: i32| kb.b.build_int_mul(a, kb.i32c(c), "").expect("mul");
+    match q.zero {
+        Zero::Symmetric => splat_i(mul(xs, offset as i32 - (1i32 << (q.bits - 1)))),
+        Zero::Int => {
+            let z = v.load_vec(
+                kb.i8t().into(),
+                nr,
+                w,
+                kb.add(zoff, kb.mul(gi, kb.i64c(NR as i64))),
+            );
+            let z = kb.b.build_int_z_extend(z, v.i32v(nr), "").expect("zext");
+            let zx = kb.b.build_int_mul(z, splat_i(xs), "").expect("mul");
+            kb.b.build_int_sub(splat_i(mul(xs, offset as i32)), zx, "")
+                .expect("sub")
+        }
+        Zero::Float => splat_i(mul(xs, offset as i32)),
+    }
+}
+
 /// f32 activations against quantized Dot4 panels: each code is dequantized in registers.
 fn quant_f32_tile<'ctx>(
     kb: &mut Kb<'_, 'ctx>,
@@ -606,6 +639,7 @@ fn quant_f32_tile<'ctx>(
 
 /// `acc + Σ_t a[4j+t]·b[4j+t]` per 32-bit lane j, `a` unsigned codes (or s8 when the panel
 /// stores them signed), `b` signed activations: the target's best instruction.
+#[allow(clippy::too_many_arguments)]
 fn dot4<'ctx>(
     kb: &Kb<'_, 'ctx>,
     isa: &Isa,
@@ -614,15 +648,20 @@ fn dot4<'ctx>(
     b: VectorValue<'ctx>,
     a_signed: bool,
     small: bool,
+    alt: bool,
 ) -> VectorValue<'ctx> {
     let v = V { kb };
     if isa.avx512vnni && !a_signed {
+        // a second accumulator chain uses the saturating form: LLVM would fold two chains of
+        // the same instruction back into one, and no sum here comes near saturation
+        // (|Σ| ≤ K·255·127 < 2^31 for K < 66,000)
+        let name = if alt {
+            "llvm.x86.avx512.vpdpbusds.512"
+        } else {
+            "llvm.x86.avx512.vpdpbusd.512"
+        };
         return kb
-            .call_intrinsic(
-                "llvm.x86.avx512.vpdpbusd.512",
-                &[],
-                &[acc.into(), a.into(), b.into()],
-            )
+            .call_intrinsic(name, &[], &[acc.into(), a.into(), b.into()])
             .into_vector_value();
     }
     if isa.aarch64 && isa.dotprod && (a_signed || small) {
@@ -711,40 +750,79 @@ fn dot4_tile<'ctx>(
     let zero = kb.i64c(0);
     let q = *q;
     let v0 = V { kb };
-    let acci: Vec<Var<'ctx>> = acc.iter().map(|_| kb.var(v0.zero_i(nr))).collect();
+    // one token per tile (decode) would wait on a single accumulator's latency: give it two
+    // chains, the nibble halves (4-bit) or alternate blocks (8-bit)
+    let chains = if acc.len() == 1 { 2 } else { 1 };
+    let unroll: i64 = if chains == 2 && q.bits == 8 { 2 } else { 1 };
+    let acci: Vec<Vec<Var<'ctx>>> = acc
+        .iter()
+        .map(|_| (0..chains).map(|_| kb.var(v0.zero_i(nr))).collect())
+        .collect();
     kb.for_range(zero, groups, 1, |kb, gi| {
         let v = V { kb };
-        for a in &acci {
-            kb.set(*a, v.zero_i(nr));
+        // each row's first chain starts at the group's zero-point correction
+        for (r, a) in acci.iter().enumerate() {
+            let row = kb.add(m0, kb.i64c(r as i64));
+            let xs = kb
+                .load(kb.i32t().into(), xqsum, kb.add(kb.mul(row, groups), gi))
+                .into_int_value();
+            let corr = correction(&v, &q, w, zoff, gi, xs, offset);
+            kb.set(a[0], corr);
+            for c in &a[1..] {
+                kb.set(*c, v.zero_i(nr));
+            }
         }
         let kg0 = kb.mul(gi, g);
         let kg1 = kb.add(kg0, g);
-        kb.for_range(kg0, kg1, step, |kb, k0| {
-            let v = V { kb };
-            let boff = kb.add(start, kb.mul(kb.sdiv(k0, kb.i64c(step)), kb.i64c(64)));
-            let bytes = v.load_vec(kb.i8t().into(), 64, w, boff);
-            let parts: Vec<(VectorValue, i64)> = if q.bits == 4 {
-                let lo = v.and(bytes, v.const_i8(0x0f, 64));
-                let hi = v.lshr(bytes, v.const_i8(4, 64));
-                vec![(lo, 0), (hi, 4)]
-            } else {
-                vec![(bytes, 0)]
-            };
-            for (codes, kofs) in parts {
-                for (r, a) in acci.iter().enumerate() {
-                    let v = V { kb };
-                    // 4 activation bytes of this token, broadcast to every lane
-                    let xi = kb.add(
-                        kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), k0),
-                        kb.i64c(kofs),
-                    );
-                    let xp = kb.gep(kb.i8t().into(), x, xi);
-                    let x4 = kb.b.build_load(kb.i32t(), xp, "").expect("load");
-                    let _ = x4.as_instruction_value().map(|i| i.set_alignment(1));
-                    let xb = v.bitcast(v.splat(x4, nr), kb.i8t().vec_type(64));
-                    let cur = kb.get(*a).into_vector_value();
-                    let nv = dot4(kb, isa, cur, codes, xb, offset != 0, q.bits == 4);
-                    kb.set(*a, nv);
+        let gl = match q.group {
+            Group::Size(gs) => gs as i64,
+            _ => 0,
+        };
+        // 8-bit blocks alternate chains two at a time when the group allows it
+        let unroll = if unroll == 2 && (gl == 0 || gl % (2 * step) == 0) {
+            2
+        } else {
+            1
+        };
+        kb.for_range(kg0, kg1, step * unroll, |kb, kb0| {
+            for u in 0..unroll {
+                let v = V { kb };
+                let k0 = kb.add(kb0, kb.i64c(u * step));
+                let boff = kb.add(start, kb.mul(kb.sdiv(k0, kb.i64c(step)), kb.i64c(64)));
+                let bytes = v.load_vec(kb.i8t().into(), 64, w, boff);
+                let parts: Vec<(VectorValue, i64)> = if q.bits == 4 {
+                    let lo = v.and(bytes, v.const_i8(0x0f, 64));
+                    let hi = v.lshr(bytes, v.const_i8(4, 64));
+                    vec![(lo, 0), (hi, 4)]
+                } else {
+                    vec![(bytes, 0)]
+                };
+                for (h, (codes, kofs)) in parts.into_iter().enumerate() {
+                    let chain = (u as usize + h) % chains;
+                    for (r, a) in acci.iter().enumerate() {
+                        let v = V { kb };
+                        // 4 activation bytes of this token, broadcast to every lane
+                        let xi = kb.add(
+                            kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), k0),
+                            kb.i64c(kofs),
+                        );
+                        let xp = kb.gep(kb.i8t().into(), x, xi);
+                        let x4 = kb.b.build_load(kb.i32t(), xp, "").expect("load");
+                        let _ = x4.as_instruction_value().map(|i| i.set_alignment(1));
+                        let xb = v.bitcast(v.splat(x4, nr), kb.i8t().vec_type(64));
+                        let cur = kb.get(a[chain]).into_vector_value();
+                        let nv = dot4(
+                            kb,
+                            isa,
+                            cur,
+                            codes,
+                            xb,
+                            offset != 0,
+                            q.bits == 4,
+                            chain == 1,
+                        );
+                        kb.set(a[chain], nv);
+                    }
                 }
             }
         });
@@ -755,15 +833,38 @@ fn dot4_tile<'ctx>(
             kb.add(soff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64))),
             isa,
         );
+        let m = match q.zero {
+            Zero::Float => Some(v.load_floats(
+                q.scale,
+                w,
+                kb.add(zoff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64))),
+                isa,
+            )),
+            _ => None,
+        };
         for (r, (a, ai)) in acc.iter().zip(&acci).enumerate() {
             let v = V { kb };
-            let row = kb.add(m0, kb.i64c(r as i64));
-            let xs = kb
-                .load(kb.i32t().into(), xqsum, kb.add(kb.mul(row, groups), gi))
-                .into_int_value();
+            let mut d = kb.get(ai[0]).into_vector_value();
+            for c in &ai[1..] {
+                d =
+                    kb.b.build_int_add(d, kb.get(*c).into_vector_value(), "")
+                        .expect("add");
+            }
             let cur = kb.get(*a).into_vector_value();
-            let d = kb.get(*ai).into_vector_value();
-            let nv = group_epilogue(&v, &q, w, zoff, gi, isa, s, d, xs, offset, cur);
+            let mut nv = v.fma(s, v.sitofp(d, nr), cur);
+            if let Some(m) = m {
+                let row = kb.add(m0, kb.i64c(r as i64));
+                let xs = kb
+                    .load(kb.i32t().into(), xqsum, kb.add(kb.mul(row, groups), gi))
+                    .into_int_value();
+                let xsf = v.splat(
+                    kb.b.build_signed_int_to_float(xs, kb.f32t(), "")
+                        .expect("sitofp")
+                        .into(),
+                    nr,
+                );
+                nv = v.fma(m, xsf, nv);
+            }
             kb.set(*a, nv);
         }
     });
