@@ -3,5 +3,12 @@
 use clap::Parser;
 
 fn main() -> miette::Result<()> {
+    // A closed pipe (`llmc inspect M | head`) ends the process quietly, as for other tools,
+    // instead of a panic on the next write.
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of a signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     llmc::cli::main_with(llmc::cli::Cli::parse())
 }
