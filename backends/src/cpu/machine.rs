@@ -8,114 +8,20 @@ use inkwell::module::Linkage;
 use inkwell::OptimizationLevel;
 use std::time::Instant;
 
-/// Read bandwidth in GB/s: `threads` threads summing disjoint parts of a `bytes` buffer, best
-/// of `runs`.
-pub fn read_bandwidth(bytes: usize, threads: usize, runs: usize) -> f64 {
-    let words = bytes / 8;
-    let buf: Vec<u64> = (0..words as u64).collect();
-    let threads = threads.max(1);
-    let mut best = 0f64;
-    for _ in 0..runs.max(1) {
-        let t0 = Instant::now();
-        let total: u64 = std::thread::scope(|s| {
-            let chunk = words.div_ceil(threads);
-            let hs: Vec<_> = buf
-                .chunks(chunk)
-                .map(|part| {
-                    s.spawn(move || {
-                        let mut acc = [0u64; 8];
-                        for c in part.chunks_exact(8) {
-                            for i in 0..8 {
-                                acc[i] = acc[i].wrapping_add(c[i]);
-                            }
-                        }
-                        acc.iter().fold(0u64, |a, b| a.wrapping_add(*b))
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("reader"))
-                .fold(0u64, |a, b| a.wrapping_add(b))
-        });
-        let dt = t0.elapsed().as_secs_f64();
-        std::hint::black_box(total);
-        best = best.max(bytes as f64 / dt / 1e9);
-    }
-    best
-}
-
-/// Peak int8 multiply-accumulates of `vpdpbusd` on 512-bit vectors, in GOPS (2 ops per
-/// multiply-add), with `threads` threads; `None` when the host lacks AVX-512 VNNI.
-pub fn vnni_peak(threads: usize) -> Option<f64> {
+/// A host function compiled from a module built by `build`, with every IR optimization run
+/// (the JIT alone would keep loop variables in memory) and code for the host CPU.
+fn jit_host<T: Copy + inkwell::execution_engine::UnsafeFunctionPointer>(
+    name: &str,
+    build: impl for<'c> Fn(&'c Context, &inkwell::module::Module<'c>, &TargetSpec),
+) -> Option<(T, Box<dyn std::any::Any>)> {
     let spec = TargetSpec::host().ok()?;
-    let isa = super::isa::isa_of(&spec);
-    if !isa.avx512vnni {
-        return None;
-    }
     crate::llvm::initialize_targets();
     inkwell::targets::Target::initialize_native(&inkwell::targets::InitializationConfig::default())
         .ok()?;
-    let cx = Context::create();
-    let m = cx.create_module("vnni_peak");
-    let ty = cx.i32_type().fn_type(&[cx.i64_type().into()], false);
-    let mut kb = Kb::new_fn(&cx, &m, "vnni_loop", ty, Linkage::External);
-    // the JIT compiles for a generic CPU unless the function says otherwise
-    kb.f.add_attribute(
-        inkwell::attributes::AttributeLoc::Function,
-        cx.create_string_attribute("target-cpu", spec.cpu()),
-    );
-    kb.f.add_attribute(
-        inkwell::attributes::AttributeLoc::Function,
-        cx.create_string_attribute("target-features", &spec.llvm_features()),
-    );
-    let iters = kb.param_int(0);
-    // independent accumulator chains hide the instruction's latency
-    const CHAINS: usize = 16;
-    let v16 = cx.i32_type().vec_type(16);
-    let a = inkwell::types::VectorType::const_vector(&vec![cx.i8_type().const_int(3, false); 64]);
-    let accs: Vec<_> = (0..CHAINS)
-        .map(|i| {
-            kb.var(inkwell::types::VectorType::const_vector(&vec![
-                cx.i32_type()
-                    .const_int(
-                        i as u64, false
-                    );
-                16
-            ]))
-        })
-        .collect();
-    // a varying operand keeps LLVM from folding the loop
-    let bvar = kb.var(inkwell::types::VectorType::const_vector(&vec![
-        cx.i8_type()
-            .const_int(
-                1, false
-            );
-        64
-    ]));
-    let zero = kb.i64c(0);
-    kb.for_range(zero, iters, 1, |kb, _| {
-        let b = kb.get(bvar).into_vector_value();
-        for acc in &accs {
-            let cur = kb.get(*acc).into_vector_value();
-            let r = kb.call_intrinsic(
-                "llvm.x86.avx512.vpdpbusd.512",
-                &[],
-                &[cur.into(), a.into(), b.into()],
-            );
-            kb.set(*acc, r);
-        }
-    });
-    let mut sum = v16.const_zero();
-    for acc in &accs {
-        sum =
-            kb.b.build_int_add(sum, kb.get(*acc).into_vector_value(), "")
-                .expect("add");
-    }
-    let lane =
-        kb.b.build_extract_element(sum, kb.i32c(0), "")
-            .expect("extract");
-    kb.b.build_return(Some(&lane)).expect("ret");
-    // the IR passes promote the accumulators to registers (the JIT alone would not)
+    // the context must outlive the engine: leak both into the returned keep-alive box
+    let cx: &'static Context = Box::leak(Box::new(Context::create()));
+    let m = cx.create_module(name);
+    build(cx, &m, &spec);
     let cg = crate::llvm::Codegen::new(&spec, crate::llvm::CodegenOptions::default()).ok()?;
     cg.configure_module(&m);
     m.run_passes(
@@ -127,12 +33,142 @@ pub fn vnni_peak(threads: usize) -> Option<f64> {
     let ee = m
         .create_jit_execution_engine(OptimizationLevel::Aggressive)
         .ok()?;
-    // SAFETY: the function just defined, with this signature.
-    let f = unsafe {
-        ee.get_function::<unsafe extern "C" fn(i64) -> i32>("vnni_loop")
-            .ok()?
+    // SAFETY: the caller names a function `build` defined with signature T.
+    let f = unsafe { ee.get_function::<T>(name).ok()?.into_raw() };
+    Some((f, Box::new(ee)))
+}
+
+/// Marks a function for the host CPU (the JIT compiles for a generic one otherwise).
+fn for_host<'c>(cx: &'c Context, f: inkwell::values::FunctionValue<'c>, spec: &TargetSpec) {
+    f.add_attribute(
+        inkwell::attributes::AttributeLoc::Function,
+        cx.create_string_attribute("target-cpu", spec.cpu()),
+    );
+    f.add_attribute(
+        inkwell::attributes::AttributeLoc::Function,
+        cx.create_string_attribute("target-features", &spec.llvm_features()),
+    );
+}
+
+/// Read bandwidth in GB/s: `threads` threads each summing a disjoint part of a `bytes` buffer
+/// as f32 vectors of the host's width (four accumulators, as a GEMV streams its weights),
+/// best of `runs`.
+pub fn read_bandwidth(bytes: usize, threads: usize, runs: usize) -> f64 {
+    type SumFn = unsafe extern "C" fn(*const f32, i64) -> f32;
+    let Some((f, _keep)) = jit_host::<SumFn>("read_sum", |cx, m, spec| {
+        let ty = cx.f32_type().fn_type(
+            &[
+                cx.ptr_type(inkwell::AddressSpace::default()).into(),
+                cx.i64_type().into(),
+            ],
+            false,
+        );
+        let mut kb = Kb::new_fn(cx, m, "read_sum", ty, Linkage::External);
+        for_host(cx, kb.f, spec);
+        let (p, n) = (kb.param_ptr(0), kb.param_int(1));
+        let accs: Vec<_> = (0..4)
+            .map(|_| kb.var(cx.f32_type().vec_type(16).const_zero()))
+            .collect();
+        let zero = kb.i64c(0);
+        kb.for_range(zero, n, 64, |kb, i| {
+            for (j, a) in accs.iter().enumerate() {
+                let v = kb.vload(kb.f32t().into(), 16, p, kb.add(i, kb.i64c(16 * j as i64)));
+                let cur = kb.get(*a).into_vector_value();
+                kb.set(*a, kb.b.build_float_add(cur, v, "").expect("fadd"));
+            }
+        });
+        let mut sum = kb.get(accs[0]).into_vector_value();
+        for a in &accs[1..] {
+            sum =
+                kb.b.build_float_add(sum, kb.get(*a).into_vector_value(), "")
+                    .expect("fadd");
+        }
+        let x =
+            kb.b.build_extract_element(sum, kb.i32c(0), "")
+                .expect("extract");
+        kb.b.build_return(Some(&x)).expect("ret");
+    }) else {
+        return 0.0;
     };
-    let f = unsafe { f.into_raw() };
+    let floats = bytes / 4 / 64 * 64;
+    let buf: Vec<f32> = (0..floats).map(|i| (i % 7) as f32).collect();
+    let threads = threads.max(1);
+    let chunk = floats / threads / 64 * 64;
+    let mut best = 0f64;
+    for _ in 0..runs.max(1) {
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for part in buf.chunks(chunk.max(64)) {
+                let n = part.len() / 64 * 64;
+                let ptr = part.as_ptr() as usize;
+                s.spawn(move || std::hint::black_box(unsafe { f(ptr as *const f32, n as i64) }));
+            }
+        });
+        best = best.max((floats * 4) as f64 / t0.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+/// Peak int8 multiply-accumulates of `vpdpbusd` on 512-bit vectors, in GOPS (2 per
+/// multiply-add), with `threads` threads; `None` when the host lacks AVX-512 VNNI.
+pub fn vnni_peak(threads: usize) -> Option<f64> {
+    let spec = TargetSpec::host().ok()?;
+    if !super::isa::isa_of(&spec).avx512vnni {
+        return None;
+    }
+    // independent accumulator chains hide the instruction's latency
+    const CHAINS: usize = 16;
+    type LoopFn = unsafe extern "C" fn(i64) -> i32;
+    let (f, _keep) = jit_host::<LoopFn>("vnni_loop", |cx, m, spec| {
+        let ty = cx.i32_type().fn_type(&[cx.i64_type().into()], false);
+        let mut kb = Kb::new_fn(cx, m, "vnni_loop", ty, Linkage::External);
+        for_host(cx, kb.f, spec);
+        let iters = kb.param_int(0);
+        let a =
+            inkwell::types::VectorType::const_vector(&vec![cx.i8_type().const_int(3, false); 64]);
+        let accs: Vec<_> = (0..CHAINS)
+            .map(|i| {
+                kb.var(inkwell::types::VectorType::const_vector(&vec![
+                    cx.i32_type()
+                        .const_int(
+                            i as u64, false
+                        );
+                    16
+                ]))
+            })
+            .collect();
+        // a varying operand keeps LLVM from folding the loop
+        let bvar = kb.var(inkwell::types::VectorType::const_vector(&vec![
+            cx.i8_type()
+                .const_int(
+                    1, false
+                );
+            64
+        ]));
+        let zero = kb.i64c(0);
+        kb.for_range(zero, iters, 1, |kb, _| {
+            let b = kb.get(bvar).into_vector_value();
+            for acc in &accs {
+                let cur = kb.get(*acc).into_vector_value();
+                let r = kb.call_intrinsic(
+                    "llvm.x86.avx512.vpdpbusd.512",
+                    &[],
+                    &[cur.into(), a.into(), b.into()],
+                );
+                kb.set(*acc, r);
+            }
+        });
+        let mut sum = cx.i32_type().vec_type(16).const_zero();
+        for acc in &accs {
+            sum =
+                kb.b.build_int_add(sum, kb.get(*acc).into_vector_value(), "")
+                    .expect("add");
+        }
+        let lane =
+            kb.b.build_extract_element(sum, kb.i32c(0), "")
+                .expect("extract");
+        kb.b.build_return(Some(&lane)).expect("ret");
+    })?;
     let iters: i64 = 20_000_000;
     // warm up, then time all threads together
     unsafe { f(1000) };
