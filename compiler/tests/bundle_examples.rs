@@ -38,7 +38,7 @@ fn c_host_continues_with_paris() {
         "--name",
         "smol",
         "--quant",
-        "none",
+        "w4a8",
         "--max-context",
         "64",
         "--max-tokens",

@@ -7,8 +7,9 @@ use llmc_tests::smollm2_gguf;
 
 enum Tol {
     Abs(f32),
-    /// As close in distribution as the interpreter is to itself when one norm weight is
-    /// scaled by 1 + 1e-6 (at most this factor further).
+    /// As close in distribution as the interpreter is to itself when its norm weights are
+    /// scaled by 1 ± 1e-6 (KL at most this factor above the worst of three such nudges, top-1
+    /// agreement no more than 0.15 below).
     Perturbed(f64),
 }
 
@@ -118,8 +119,14 @@ fn check(scheme: Option<Scheme>, tol: Tol) {
         // with one norm weight scaled by 1 + 1e-6 moves logits by 2.0), so the compiled code
         // is held to the interpreter's own sensitivity
         Tol::Perturbed(factor) => {
-            let nudged = perturbed(&model.graph, &ids);
-            let (kl_ref, top1_ref) = agreement(&want, &nudged, vocab);
+            // the interpreter's own spread: three different nudges
+            let (mut kl_ref, mut top1_ref) = (0f64, 1f64);
+            for seed in 0..3 {
+                let nudged = perturbed(&model.graph, &ids, seed);
+                let (k, t) = agreement(&want, &nudged, vocab);
+                kl_ref = kl_ref.max(k);
+                top1_ref = top1_ref.min(t);
+            }
             println!(
                 "{tag}: interpreter vs itself nudged by 1e-6: KL {kl_ref:.2e}, top-1 {top1_ref}"
             );
@@ -132,24 +139,32 @@ fn check(scheme: Option<Scheme>, tol: Tol) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The interpreter's logits with the first attention norm's weight scaled by 1 + 1e-6.
-fn perturbed(g: &llmc_ir::Graph, ids: &[u32]) -> Vec<f32> {
+/// The interpreter's logits with every norm weight scaled by 1 ± 1e-6 (the sign alternating
+/// with `seed`): float noise everywhere, as a different summation order gives.
+fn perturbed(g: &llmc_ir::Graph, ids: &[u32], seed: usize) -> Vec<f32> {
     let mut g = g.clone();
-    let w = g
-        .weights
-        .iter_mut()
-        .find(|w| w.name == "blk.0.attn_norm.weight")
-        .expect("a norm weight");
-    let t = w.data.as_ref().unwrap().decode_f32(&w.ty).unwrap();
-    let v: Vec<f32> = t.to_f32_vec().iter().map(|x| x * (1.0 + 1e-6)).collect();
-    w.ty = llmc_ir::TensorType::fixed(&t.shape, llmc_ir::DType::F32);
-    w.data = Some(llmc_ir::WeightData::from_tensor(
-        &Tensor::f32(t.shape.clone(), v),
-        "nudged",
-    ));
-    let value = w.value;
-    let ty = w.ty.clone();
-    g.values[value.0 as usize].ty = ty;
+    for (i, w) in g.weights.iter_mut().enumerate() {
+        if !w.name.contains("norm") {
+            continue;
+        }
+        let sign = if (i + seed) % 2 == 0 { 1.0 } else { -1.0 };
+        let t = w.data.as_ref().unwrap().decode_f32(&w.ty).unwrap();
+        let v: Vec<f32> = t
+            .to_f32_vec()
+            .iter()
+            .map(|x| x * (1.0 + sign * 1e-6))
+            .collect();
+        w.ty = llmc_ir::TensorType::fixed(&t.shape, llmc_ir::DType::F32);
+        w.data = Some(llmc_ir::WeightData::from_tensor(
+            &Tensor::f32(t.shape.clone(), v),
+            "nudged",
+        ));
+    }
+    let tys: Vec<(llmc_ir::ValueId, llmc_ir::TensorType)> =
+        g.weights.iter().map(|w| (w.value, w.ty.clone())).collect();
+    for (v, ty) in tys {
+        g.values[v.0 as usize].ty = ty;
+    }
     let n = ids.len();
     let mut s = Session::new(&g).unwrap();
     s.run(&[
