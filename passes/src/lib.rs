@@ -1,12 +1,15 @@
 //! llmc passes: the rewrite driver, canonicalization and fusion patterns over the graph IR.
 
+pub mod calib;
 pub mod canonicalize;
 pub mod fold;
 pub mod fuse;
+pub mod gptq;
 pub mod manager;
 pub mod quant;
 pub mod registry;
 pub mod rewrite;
+pub mod smooth;
 mod symbolic;
 
 pub use canonicalize::{canonical_patterns, canonicalize};
@@ -41,6 +44,9 @@ pub enum PassError {
     /// A pipeline string that does not parse, or names an unknown pass.
     #[error("pipeline '{pipeline}': {msg}")]
     Pipeline { pipeline: String, msg: String },
+    /// Calibration could not run, or a pass that needs it has none.
+    #[error("calibration: {0}")]
+    Calibration(String),
     /// The patterns kept firing past the sweep bound (two rules undo each other).
     #[error("rewriting did not reach a fixpoint after {sweeps} sweeps; still firing: {patterns}")]
     NoFixpoint { sweeps: usize, patterns: String },

@@ -121,11 +121,60 @@ fn check_value(spec: &OptionSpec, v: &str) -> Result<(), String> {
     }
 }
 
-/// Shared state of one pipeline run: what passes report.
+/// Progress of a long pass: `(what, done, total)`.
+pub type Progress = std::sync::Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
+
+/// Shared state of one pipeline run: what passes report, the calibration data, and the
+/// statistics gathered from it (collected once, when the first pass asks).
 #[derive(Default)]
 pub struct PassContext {
     /// Rows for the build report, in pass order.
     pub report: Vec<serde_json::Value>,
+    /// Inputs to run for calibration.
+    pub calib: Option<crate::calib::Calibration>,
+    /// Statistics of the graph as it stands; passes that rescale inputs keep them current,
+    /// passes that rewrite the graph drop them.
+    pub stats: Option<crate::calib::Stats>,
+    /// Told how long passes and calibration are getting on.
+    pub progress: Option<Progress>,
+    /// Seconds spent running calibration.
+    pub calib_seconds: f64,
+}
+
+impl PassContext {
+    /// Reports progress, when someone listens.
+    pub fn tick(&self, what: &str, done: u64, total: u64) {
+        if let Some(p) = &self.progress {
+            p(what, done, total)
+        }
+    }
+
+    /// The calibration statistics of `g`, gathered now unless already at hand; the caller
+    /// puts them back in `stats` when done. `pass` names who needs them in the error.
+    pub fn take_stats(
+        &mut self,
+        g: &Graph,
+        pass: &str,
+    ) -> Result<crate::calib::Stats, PassError> {
+        if let Some(s) = self.stats.take() {
+            return Ok(s);
+        }
+        let calib = self.calib.as_ref().ok_or_else(|| {
+            PassError::Calibration(format!(
+                "{pass} needs calibration data (llmc build --calib FILES, or the default text that scripts/setup.sh fetches)"
+            ))
+        })?;
+        let t0 = Instant::now();
+        let total = calib.windows.len() as u64;
+        let progress = self.progress.clone();
+        let stats = crate::calib::collect(g, calib, |w| {
+            if let Some(p) = &progress {
+                p("calibration windows", w as u64, total)
+            }
+        })?;
+        self.calib_seconds += t0.elapsed().as_secs_f64();
+        Ok(stats)
+    }
 }
 
 /// A pass over the graph.

@@ -7,9 +7,10 @@
 
 use crate::PassError;
 use llmc_ir::weights::encode_quant;
+use crate::calib::Stats;
 use llmc_ir::{
-    ActQuant, Bytes, DType, Encoding, Format, Graph, Group, Op, QuantSpec, TensorType, WeightData,
-    Zero,
+    ActQuant, Bytes, DType, Encoding, Format, Graph, Group, Op, QuantSpec, TensorType, ValueDef,
+    ValueId, WeightData, Zero,
 };
 use rayon::prelude::*;
 use std::collections::BTreeSet;
@@ -78,6 +79,52 @@ pub struct QuantOptions {
     /// A weight whose rows the group size does not divide is an error (a group the user
     /// asked for); otherwise it takes the largest smaller power of two that divides them.
     pub strict_group: bool,
+    /// How integer weights are rounded.
+    pub method: Method,
+    /// Search each group's clipping range (weighted by calibration energy when available).
+    pub clip: bool,
+    /// Quantize the output head (and the embedding tied to it) too.
+    pub head: bool,
+    /// GPTQ's settings.
+    pub gptq: crate::gptq::GptqOptions,
+}
+
+/// How integer weights are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Round to nearest.
+    Rtn,
+    /// GPTQ: error feedback through the inverse Hessian of the calibration inputs.
+    Gptq,
+    /// AWQ: per-input-channel scales from calibration, searched and folded into the previous
+    /// op, then round to nearest with a clipping search.
+    Awq,
+}
+
+impl Method {
+    pub const NAMES: [&'static str; 3] = ["rtn", "gptq", "awq"];
+
+    pub fn parse(s: &str) -> Option<Method> {
+        Some(match s {
+            "rtn" => Method::Rtn,
+            "gptq" => Method::Gptq,
+            "awq" => Method::Awq,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Rtn => "rtn",
+            Method::Gptq => "gptq",
+            Method::Awq => "awq",
+        }
+    }
+
+    /// Whether the method reads calibration statistics.
+    pub fn calibrated(self) -> bool {
+        self != Method::Rtn
+    }
 }
 
 impl QuantOptions {
@@ -110,7 +157,18 @@ impl QuantOptions {
             zero,
             act,
             strict_group: group.is_some(),
+            method: Method::Rtn,
+            clip: false,
+            head: true,
+            gptq: Default::default(),
         }
+    }
+
+    /// The same options with another rounding method (GPTQ and AWQ search clipping ranges).
+    pub fn with_method(mut self, method: Method) -> QuantOptions {
+        self.method = method;
+        self.clip = method != Method::Rtn;
+        self
     }
 
     fn describe(&self) -> String {
@@ -123,7 +181,7 @@ impl QuantOptions {
                 self.zero
             ),
         };
-        format!("{w} act={} rtn", self.act.name())
+        format!("{w} act={} {}", self.act.name(), self.method.name())
     }
 }
 
@@ -133,31 +191,102 @@ pub struct WeightReport {
     pub name: String,
     pub from: String,
     pub to: String,
+    /// How it was rounded (`rtn`, `rtn+clip`, `gptq`; `awq-scale` for AWQ's search rows).
+    pub method: String,
+    /// Weights in the tensor.
+    pub params: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
-    /// ‖W − Ŵ‖ / ‖W‖ against the weight as it decoded before the pass.
+    /// ‖W − Ŵ‖ / ‖W‖ against the weight as it decoded before the pass (for `awq-scale` rows:
+    /// the searched loss over plain rounding's).
     pub rel_error: f64,
+    /// ‖(W − Ŵ)X‖ / ‖WX‖ over the calibration inputs, when calibrated.
+    pub out_error: Option<f64>,
 }
 
-/// Rewrites linear weights to the scheme's encoding; returns what changed.
+/// Rewrites linear weights to the scheme's encoding by round-to-nearest; returns what changed.
 pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>, PassError> {
+    let opts = QuantOptions {
+        method: Method::Rtn,
+        ..opts.clone()
+    };
+    quantize_with(g, &opts, None, None)
+}
+
+/// The integer spec of a `[rows, cols]` weight under the options.
+fn spec_for(opts: &QuantOptions, bits: u8, name: &str, cols: u64) -> Result<QuantSpec, String> {
+    let group = match opts.group {
+        Some(gs) if cols % gs as u64 == 0 => Group::Size(gs),
+        Some(gs) if !opts.strict_group => {
+            let mut g = gs;
+            while g > 1 && cols % g as u64 != 0 {
+                g /= 2;
+            }
+            if g >= 8 {
+                Group::Size(g)
+            } else {
+                Group::Channel
+            }
+        }
+        Some(gs) => {
+            return Err(format!(
+                "weight @{name} has rows of {cols}, not a multiple of the group size {gs}"
+            ))
+        }
+        None => Group::Channel,
+    };
+    Ok(QuantSpec {
+        bits,
+        group,
+        scale: DType::F16,
+        zero: opts.zero,
+    })
+}
+
+/// The weights the pass changes (indices) and, for each, the value its linear layer reads.
+fn targets(g: &Graph, head: bool) -> Vec<(usize, ValueId)> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for n in &g.nodes {
+        if let Op::Linear { .. } = n.op {
+            let is_head = g.outputs.iter().any(|(_, o)| n.outputs.contains(o));
+            if is_head && !head {
+                continue;
+            }
+            if let ValueDef::Weight(w) = g.def(n.inputs[1]) {
+                if seen.insert(w) {
+                    out.push((w as usize, n.inputs[0]));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Rewrites linear weights to the options' encoding with their method, reading calibration
+/// statistics (`stats`) where the method needs them; returns what changed.
+pub fn quantize_with(
+    g: &mut Graph,
+    opts: &QuantOptions,
+    mut stats: Option<&mut Stats>,
+    progress: Option<&crate::manager::Progress>,
+) -> Result<Vec<WeightReport>, PassError> {
     let err = |msg: String| PassError::Pattern {
         pattern: "quantize",
         at: "graph".into(),
         msg,
     };
-    let mut targets = BTreeSet::new();
-    for n in &g.nodes {
-        if let Op::Linear { .. } = n.op {
-            if let Some(w) = g.weight_of(n.inputs[1]) {
-                targets.insert(w.name.clone());
-            }
-        }
-    }
     if let Some(gs) = opts.group {
         if gs == 0 || !gs.is_power_of_two() {
             return Err(err(format!("group size {gs} must be a power of two")));
         }
+    }
+    if opts.method.calibrated() && stats.is_none() {
+        return Err(PassError::Calibration(format!(
+            "quantize method={} needs calibration statistics",
+            opts.method.name()
+        )));
     }
     let act = opts.act;
     for n in &mut g.nodes {
@@ -165,16 +294,19 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
             *a = act;
         }
     }
-    let indices: Vec<usize> = g
-        .weights
-        .iter()
-        .enumerate()
-        .filter(|(_, w)| targets.contains(&w.name))
-        .map(|(i, _)| i)
-        .collect();
-    let results: Vec<Result<(usize, TensorType, WeightData, WeightReport), PassError>> = indices
+    let mut awq_rows = Vec::new();
+    if let (Method::Awq, WeightFormat::Int(bits), Some(st)) =
+        (opts.method, opts.weights, stats.as_deref_mut())
+    {
+        awq_rows = awq(g, opts, bits, st)?;
+    }
+    let work = targets(g, opts.head);
+    let total = work.len() as u64;
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let stats_ref = stats.as_deref();
+    let results: Vec<Result<(usize, TensorType, WeightData, WeightReport), PassError>> = work
         .par_iter()
-        .map(|&i| {
+        .map(|&(i, input)| {
             let w = &g.weights[i];
             let data = w
                 .data
@@ -190,48 +322,41 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
             let t = data.decode_f32(&w.ty).map_err(|e| err(e.to_string()))?;
             let v = t.to_f32_vec();
             let (rows, cols) = llmc_ir::types::rows_cols(&dims);
-            let (enc, bytes, approx) = match opts.weights {
+            let st = stats_ref.and_then(|s| s.inputs.get(&input)).filter(|s| s.cols as u64 == cols);
+            let (enc, bytes, approx, how) = match opts.weights {
                 WeightFormat::F16 => {
                     let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
                     let approx: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
                     let bytes = h.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    (Encoding::Dense(DType::F16), bytes, approx)
+                    (Encoding::Dense(DType::F16), bytes, approx, "f16")
                 }
                 WeightFormat::F32 => (
                     Encoding::Dense(DType::F32),
                     v.iter().flat_map(|x| x.to_le_bytes()).collect(),
                     v.clone(),
+                    "f32",
                 ),
                 WeightFormat::Int(bits) => {
-                    let group = match opts.group {
-                        Some(gs) if cols % gs as u64 == 0 => Group::Size(gs),
-                        Some(gs) if !opts.strict_group => {
-                            let mut g = gs;
-                            while g > 1 && cols % g as u64 != 0 {
-                                g /= 2;
-                            }
-                            if g >= 8 {
-                                Group::Size(g)
-                            } else {
-                                Group::Channel
-                            }
+                    let q = spec_for(opts, bits, &w.name, cols).map_err(err)?;
+                    let energy: Option<Vec<f32>> = st.map(|s| {
+                        (0..s.cols).map(|j| s.gram[j * s.cols + j] as f32).collect()
+                    });
+                    let (bytes, approx, how) = match (opts.method, st) {
+                        (Method::Gptq, Some(s)) => {
+                            let o = crate::gptq::GptqOptions {
+                                clip: opts.clip,
+                                ..opts.gptq
+                            };
+                            let (b, a) = crate::gptq::gptq(&v, rows as usize, cols as usize, &s.gram, &q, &o)
+                                .map_err(|m| err(format!("weight @{}: {m}", w.name)))?;
+                            (b, a, "gptq")
                         }
-                        Some(gs) => {
-                            return Err(err(format!(
-                            "weight @{} has rows of {cols}, not a multiple of the group size {gs}",
-                            w.name
-                        )))
+                        _ => {
+                            let (b, a) = rtn_with(&v, rows as usize, cols as usize, &q, opts.clip, energy.as_deref());
+                            (b, a, if opts.clip { "rtn+clip" } else { "rtn" })
                         }
-                        None => Group::Channel,
                     };
-                    let q = QuantSpec {
-                        bits,
-                        group,
-                        scale: DType::F16,
-                        zero: opts.zero,
-                    };
-                    let (bytes, approx) = rtn(&v, rows as usize, cols as usize, &q);
-                    (Encoding::Quant(q), bytes, approx)
+                    (Encoding::Quant(q), bytes, approx, how)
                 }
             };
             let (mut num, mut den) = (0f64, 0f64);
@@ -239,6 +364,12 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
                 num += ((a - b) as f64).powi(2);
                 den += (*a as f64).powi(2);
             }
+            let out_error = st.map(|s| {
+                let e = crate::gptq::output_error(&v, &approx, rows as usize, cols as usize, &s.gram);
+                let zero = vec![0f32; v.len()];
+                let base = crate::gptq::output_error(&v, &zero, rows as usize, cols as usize, &s.gram);
+                if base > 0.0 { (e / base).sqrt() } else { 0.0 }
+            });
             let ty = TensorType {
                 shape: w.ty.shape.clone(),
                 enc: enc.clone(),
@@ -253,14 +384,22 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
                 name: w.name.clone(),
                 from: w.ty.enc.to_string(),
                 to: enc.to_string(),
+                method: how.to_string(),
+                params: rows * cols,
                 bytes_before: before,
                 bytes_after: after,
                 rel_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
+                out_error,
             };
+            let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if let Some(p) = progress {
+                p("quantized weights", k, total);
+            }
             Ok((i, ty, wd, rep))
         })
         .collect();
     let mut reports = Vec::new();
+    let changed: Vec<usize> = work.iter().map(|&(i, _)| i).collect();
     for r in results {
         let (i, ty, wd, rep) = r?;
         let w = &mut g.weights[i];
@@ -271,7 +410,8 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
         g.values[v.0 as usize].ty = ty;
         reports.push(rep);
     }
-    keep_other_uses(g, &indices);
+    reports.extend(awq_rows);
+    keep_other_uses(g, &changed);
     g.sort().map_err(|source| PassError::Ir {
         pass: "quantize".into(),
         source,
@@ -281,6 +421,95 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
         source,
     })?;
     Ok(reports)
+}
+
+/// AWQ's search: for every site whose linear layers are all quantized, the per-channel scale
+/// `s = mean|x|^α` (α on a grid of 20 in [0, 1), normalized to a geometric mean of 1) whose
+/// round-to-nearest weights have the least output error on calibration, folded into the
+/// producer. α = 0 is plain rounding, so the search never does worse on its own data.
+fn awq(
+    g: &mut Graph,
+    opts: &QuantOptions,
+    bits: u8,
+    stats: &mut Stats,
+) -> Result<Vec<WeightReport>, PassError> {
+    let quantized: BTreeSet<usize> = targets(g, opts.head).into_iter().map(|(i, _)| i).collect();
+    let mut rows_out = Vec::new();
+    for site in crate::smooth::sites(g) {
+        if !site.linears.iter().all(|i| quantized.contains(i)) {
+            continue;
+        }
+        let Some(st) = stats.inputs.get(&site.input) else {
+            continue;
+        };
+        let mean: Vec<f32> = st.abs_mean().iter().map(|&m| m as f32).collect();
+        let mut layers = Vec::new();
+        for &i in &site.linears {
+            let (v, rows, cols) = crate::smooth::weight_f32(g, i)?;
+            let q = spec_for(opts, bits, &g.weights[i].name, cols as u64).map_err(|m| {
+                PassError::Pattern {
+                    pattern: "quantize",
+                    at: "graph".into(),
+                    msg: m,
+                }
+            })?;
+            layers.push((v, rows, cols, q));
+        }
+        let gram = &st.gram;
+        let grid: Vec<f32> = (0..20).map(|k| k as f32 / 20.0).collect();
+        let losses: Vec<(f64, Vec<f32>)> = grid
+            .par_iter()
+            .map(|&alpha| {
+                let mut s: Vec<f32> = mean.iter().map(|&m| m.max(1e-8).powf(alpha)).collect();
+                let (lo, hi) = s.iter().fold((f32::INFINITY, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+                let norm = (lo * hi).sqrt();
+                s.iter_mut().for_each(|x| *x = (*x / norm).max(1e-4));
+                let loss: f64 = layers
+                    .iter()
+                    .map(|(v, rows, cols, q)| {
+                        let scaled: Vec<f32> = v
+                            .chunks(*cols)
+                            .flat_map(|row| row.iter().zip(&s).map(|(x, s)| x * s))
+                            .collect();
+                        let (_, a) = rtn(&scaled, *rows, *cols, q);
+                        let back: Vec<f32> = a
+                            .chunks(*cols)
+                            .flat_map(|row| row.iter().zip(&s).map(|(x, s)| x / s))
+                            .collect();
+                        crate::gptq::output_error(v, &back, *rows, *cols, gram)
+                    })
+                    .sum();
+                (loss, s)
+            })
+            .collect();
+        let (best, (base_loss, best_loss)) = losses
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0))
+            .map(|(k, (l, _))| (k, (losses[0].0, *l)))
+            .expect("grid is not empty");
+        if best > 0 {
+            let s = losses[best].1.clone();
+            crate::smooth::apply(g, &site, &s, Some(stats), "awq")?;
+        }
+        rows_out.push(WeightReport {
+            name: site
+                .linears
+                .iter()
+                .map(|&i| g.weights[i].name.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+            from: "awq".into(),
+            to: format!("alpha={:.2}", grid[best]),
+            method: "awq-scale".into(),
+            params: 0,
+            bytes_before: 0,
+            bytes_after: 0,
+            rel_error: if base_loss > 0.0 { best_loss / base_loss } else { 1.0 },
+            out_error: None,
+        });
+    }
+    Ok(rows_out)
 }
 
 /// Ops other than linear layers that read a changed weight (an embedding tied to the head)
@@ -313,86 +542,158 @@ fn keep_other_uses(g: &mut Graph, changed: &[usize]) {
     }
 }
 
-/// Round-to-nearest quantization of a `[rows, cols]` matrix: canonical bytes and the values
-/// they decode to. Scales are rounded to the scale type before the codes are chosen.
-pub fn rtn(v: &[f32], rows: usize, cols: usize, q: &QuantSpec) -> (Vec<u8>, Vec<f32>) {
-    let gsize = match q.group {
-        Group::Size(g) => g as usize,
-        Group::Channel => cols,
-        Group::Tensor => rows * cols,
-    };
-    let levels = (1u32 << q.bits) - 1;
-    let center = (1u32 << (q.bits - 1)) as f32;
-    let round_scale = |s: f32| match q.scale {
+/// The grid of one group: scale, and zero (the integer zero point for `asym`, the float
+/// offset for `min`, unused for `sym`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Grid {
+    pub scale: f32,
+    pub zero: f32,
+}
+
+fn round_scale(q: &QuantSpec, s: f32) -> f32 {
+    match q.scale {
         DType::F16 => half::f16::from_f32(s).to_f32(),
         DType::BF16 => half::bf16::from_f32(s).to_f32(),
         _ => s,
-    };
-    let n = rows * cols;
-    let groups = n.div_ceil(gsize);
-    let per: Vec<(Vec<u8>, f32, f32, Vec<f32>)> = (0..groups)
-        .into_par_iter()
-        .map(|gi| {
-            let xs = &v[gi * gsize..((gi + 1) * gsize).min(n)];
-            match q.zero {
-                Zero::Symmetric => {
-                    // the element of largest magnitude maps to the most negative code
-                    let m = xs
-                        .iter()
-                        .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
-                    let s = round_scale(m / -center);
-                    let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
-                    let codes: Vec<u8> = xs
-                        .iter()
-                        .map(|&x| {
-                            ((x * inv).round_ties_even() + center).clamp(0.0, levels as f32) as u8
-                        })
-                        .collect();
-                    let approx = codes.iter().map(|&c| s * (c as f32 - center)).collect();
-                    (codes, s, 0.0, approx)
-                }
-                Zero::Int | Zero::Float => {
-                    let (lo, hi) = xs
-                        .iter()
-                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
-                            (a.min(x), b.max(x))
-                        });
-                    let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-                    let s = round_scale((hi - lo) / levels as f32);
-                    let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
-                    if q.zero == Zero::Int {
-                        let z = (-lo * inv).round_ties_even().clamp(0.0, levels as f32);
-                        let codes: Vec<u8> = xs
-                            .iter()
-                            .map(|&x| {
-                                ((x * inv).round_ties_even() + z).clamp(0.0, levels as f32) as u8
-                            })
-                            .collect();
-                        let approx = codes.iter().map(|&c| s * (c as f32 - z)).collect();
-                        (codes, s, z, approx)
-                    } else {
-                        let m = round_scale(lo);
-                        let codes: Vec<u8> = xs
-                            .iter()
-                            .map(|&x| {
-                                ((x - m) * inv).round_ties_even().clamp(0.0, levels as f32) as u8
-                            })
-                            .collect();
-                        let approx = codes.iter().map(|&c| s * c as f32 + m).collect();
-                        (codes, s, m, approx)
-                    }
+    }
+}
+
+impl Grid {
+    /// The round-to-nearest grid of a group, its range shrunk by `clip` (1: the full range).
+    /// Scales are rounded to the scale type before codes are chosen.
+    pub fn fit(xs: &[f32], q: &QuantSpec, clip: f32) -> Grid {
+        let levels = ((1u32 << q.bits) - 1) as f32;
+        let center = (1u32 << (q.bits - 1)) as f32;
+        match q.zero {
+            Zero::Symmetric => {
+                // the element of largest magnitude maps to the most negative code
+                let m = xs
+                    .iter()
+                    .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+                Grid {
+                    scale: round_scale(q, m * clip / -center),
+                    zero: 0.0,
                 }
             }
+            Zero::Int | Zero::Float => {
+                let (lo, hi) = xs
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                        (a.min(x), b.max(x))
+                    });
+                let (lo, hi) = (lo.min(0.0) * clip, hi.max(0.0) * clip);
+                let s = round_scale(q, (hi - lo) / levels);
+                let zero = if q.zero == Zero::Int {
+                    let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
+                    (-lo * inv).round_ties_even().clamp(0.0, levels)
+                } else {
+                    round_scale(q, lo)
+                };
+                Grid { scale: s, zero }
+            }
+        }
+    }
+
+    /// The grid among clip factors 1, 0.95, … 0.55 with the least squared error on the group,
+    /// each element weighted by `weight` (the layer's input energy per channel) when given.
+    pub fn search(xs: &[f32], weight: Option<&[f32]>, q: &QuantSpec) -> Grid {
+        let mut best = (f64::INFINITY, Grid::fit(xs, q, 1.0));
+        for step in 0..10 {
+            let g = Grid::fit(xs, q, 1.0 - 0.05 * step as f32);
+            let err: f64 = xs
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    let d = (x - g.quantize(x, q).1) as f64;
+                    d * d * weight.map_or(1.0, |w| w[i] as f64)
+                })
+                .sum();
+            if err < best.0 {
+                best = (err, g);
+            }
+        }
+        best.1
+    }
+
+    /// The code of `x` and the value it decodes to.
+    #[inline]
+    pub fn quantize(&self, x: f32, q: &QuantSpec) -> (u8, f32) {
+        let levels = ((1u32 << q.bits) - 1) as f32;
+        let s = self.scale;
+        let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
+        match q.zero {
+            Zero::Symmetric => {
+                let center = (1u32 << (q.bits - 1)) as f32;
+                let c = ((x * inv).round_ties_even() + center).clamp(0.0, levels);
+                (c as u8, s * (c - center))
+            }
+            Zero::Int => {
+                let c = ((x * inv).round_ties_even() + self.zero).clamp(0.0, levels);
+                (c as u8, s * (c - self.zero))
+            }
+            Zero::Float => {
+                let c = ((x - self.zero) * inv).round_ties_even().clamp(0.0, levels);
+                (c as u8, s * c + self.zero)
+            }
+        }
+    }
+}
+
+/// Elements per group of a spec over `[rows, cols]`.
+pub fn group_len(q: &QuantSpec, rows: usize, cols: usize) -> usize {
+    match q.group {
+        Group::Size(g) => g as usize,
+        Group::Channel => cols,
+        Group::Tensor => rows * cols,
+    }
+}
+
+/// Round-to-nearest quantization of a `[rows, cols]` matrix: canonical bytes and the values
+/// they decode to. With `energy` (per input channel, from calibration) each group's range is
+/// clipped where that lowers the energy-weighted error; `clip` without it weighs all alike.
+pub fn rtn(v: &[f32], rows: usize, cols: usize, q: &QuantSpec) -> (Vec<u8>, Vec<f32>) {
+    rtn_with(v, rows, cols, q, false, None)
+}
+
+/// [`rtn`] with the clipping search of [`Grid::search`].
+pub fn rtn_with(
+    v: &[f32],
+    rows: usize,
+    cols: usize,
+    q: &QuantSpec,
+    clip: bool,
+    energy: Option<&[f32]>,
+) -> (Vec<u8>, Vec<f32>) {
+    let gsize = group_len(q, rows, cols);
+    let n = rows * cols;
+    let groups = n.div_ceil(gsize);
+    let per: Vec<(Vec<u8>, Grid, Vec<f32>)> = (0..groups)
+        .into_par_iter()
+        .map(|gi| {
+            let at = gi * gsize;
+            let xs = &v[at..(at + gsize).min(n)];
+            let grid = if clip {
+                // a group never straddles rows unless it is the whole tensor
+                let w = energy.filter(|_| gsize <= cols).map(|e| {
+                    let c0 = at % cols;
+                    &e[c0..c0 + xs.len()]
+                });
+                Grid::search(xs, w, q)
+            } else {
+                Grid::fit(xs, q, 1.0)
+            };
+            let (codes, approx) = xs.iter().map(|&x| grid.quantize(x, q)).unzip();
+            (codes, grid, approx)
         })
         .collect();
     let mut codes = Vec::with_capacity(n);
     let mut scales = Vec::with_capacity(groups);
     let mut zeros = Vec::with_capacity(groups);
     let mut approx = Vec::with_capacity(n);
-    for (c, s, z, a) in per {
+    for (c, g, a) in per {
         codes.extend(c);
-        scales.push(s);
-        zeros.push(z);
+        scales.push(g.scale);
+        zeros.push(g.zero);
         approx.extend(a);
     }
     (
@@ -480,9 +781,33 @@ pub static QUANTIZE_INFO: crate::manager::PassInfo = crate::manager::PassInfo {
         },
         crate::manager::OptionSpec {
             name: "method",
-            kind: "rtn",
+            kind: "rtn|gptq|awq",
             default: "rtn",
-            help: "how weights are rounded",
+            help: "how weights are rounded: round to nearest, GPTQ, or AWQ scales then rounding (gptq and awq need calibration)",
+        },
+        crate::manager::OptionSpec {
+            name: "clip",
+            kind: "auto|true|false",
+            default: "auto",
+            help: "search each group's clipping range; auto: on for gptq and awq",
+        },
+        crate::manager::OptionSpec {
+            name: "head",
+            kind: "bool",
+            default: "true",
+            help: "quantize the output head (and an embedding tied to it)",
+        },
+        crate::manager::OptionSpec {
+            name: "damp",
+            kind: "float",
+            default: "0.01",
+            help: "GPTQ: dampening of the Hessian's diagonal, as a fraction of its mean",
+        },
+        crate::manager::OptionSpec {
+            name: "act_order",
+            kind: "bool",
+            default: "true",
+            help: "GPTQ: quantize columns by decreasing Hessian diagonal",
         },
     ],
 };
@@ -516,8 +841,25 @@ impl QuantizePass {
         } else {
             ActQuant::None
         };
+        let method = Method::parse(o.str("method")).expect("checked by the option spec");
+        let mut opts = QuantOptions::new(weights, group, zero, act).with_method(method);
+        match o.str("clip") {
+            "true" => opts.clip = true,
+            "false" => opts.clip = false,
+            _ => {}
+        }
+        opts.head = o.bool("head");
+        let damp = o.float("damp")?;
+        if !(0.0..1.0).contains(&damp) {
+            return Err(PassError::Options {
+                pass: "quantize".into(),
+                msg: format!("damp must lie in [0, 1), not {damp}"),
+            });
+        }
+        opts.gptq.damp = damp;
+        opts.gptq.act_order = o.bool("act_order");
         Ok(QuantizePass {
-            opts: QuantOptions::new(weights, group, zero, act),
+            opts,
             reports: Vec::new(),
         })
     }
@@ -533,16 +875,30 @@ impl crate::manager::Pass for QuantizePass {
         g: &mut Graph,
         cx: &mut crate::manager::PassContext,
     ) -> Result<(), PassError> {
-        self.reports = quantize(g, &self.opts)?;
+        let int = matches!(self.opts.weights, WeightFormat::Int(_));
+        // statistics sharpen clipping and feed the report's output errors when at hand
+        let want = int && (self.opts.method.calibrated() || (self.opts.clip && cx.calib.is_some()));
+        let mut stats = if want || cx.stats.is_some() {
+            Some(cx.take_stats(g, "quantize")?)
+        } else {
+            None
+        };
+        let progress = cx.progress.clone();
+        self.reports = quantize_with(g, &self.opts, stats.as_mut(), progress.as_ref())?;
+        cx.stats = stats;
         for r in &self.reports {
             cx.report.push(serde_json::json!({
                 "pass": "quantize",
                 "weight": r.name,
                 "from": r.from,
                 "to": r.to,
+                "method": r.method,
+                "params": r.params,
                 "bytes_before": r.bytes_before,
                 "bytes_after": r.bytes_after,
+                "bits_per_weight": if r.params > 0 { r.bytes_after as f64 * 8.0 / r.params as f64 } else { 0.0 },
                 "rel_error": r.rel_error,
+                "out_error": r.out_error,
             }));
         }
         Ok(())

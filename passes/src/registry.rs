@@ -27,6 +27,8 @@ impl Pass for Rewrite {
     }
 
     fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
+        // rewrites renumber values: statistics gathered before no longer apply
+        cx.stats = None;
         let stats = if self.info.name == "fuse" {
             crate::fuse(g)?
         } else {
@@ -40,7 +42,7 @@ impl Pass for Rewrite {
 
 /// The passes, in the order `llmc passes` lists them.
 pub fn infos() -> Vec<&'static PassInfo> {
-    vec![&CANONICALIZE, &FUSE, &QUANTIZE_INFO]
+    vec![&CANONICALIZE, &FUSE, &crate::smooth::SMOOTH_INFO, &QUANTIZE_INFO]
 }
 
 /// A pass from its name and option values.
@@ -65,6 +67,9 @@ pub fn create(
     let opts = Options::new(info, values)?;
     Ok(match name {
         "quantize" => Box::new(QuantizePass::from_options(&opts)?),
+        "smooth" => Box::new(crate::smooth::SmoothPass {
+            alpha: opts.float("alpha")? as f32,
+        }),
         _ => Box::new(Rewrite { info }),
     })
 }

@@ -113,6 +113,18 @@ impl<'g> Session<'g> {
 
     /// Runs the graph on named inputs; returns the outputs in declaration order.
     pub fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>, IrError> {
+        self.run_observed(inputs, &mut |_, _| true)
+    }
+
+    /// As [`Session::run`], showing `observe` every node's index and arguments before the node
+    /// runs (calibration reads the inputs of linear layers this way). When `observe` returns
+    /// false the run stops there and returns no outputs (the state is left partly updated:
+    /// reset it before the next run).
+    pub fn run_observed(
+        &mut self,
+        inputs: &[(&str, Tensor)],
+        observe: &mut dyn FnMut(usize, &[Arc<Tensor>]) -> bool,
+    ) -> Result<Vec<(String, Tensor)>, IrError> {
         let g = self.graph;
         let mut env: Vec<Option<Arc<Tensor>>> = vec![None; g.values.len()];
         let given: HashMap<&str, &Tensor> = inputs.iter().map(|(n, t)| (*n, t)).collect();
@@ -170,6 +182,9 @@ impl<'g> Session<'g> {
                     })?,
                 };
                 args.push(t);
+            }
+            if !observe(i, &args) {
+                return Ok(Vec::new());
             }
             let outs = self
                 .eval(&n.op, &args, &mut appended)
