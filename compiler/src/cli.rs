@@ -120,7 +120,7 @@ pub struct BuildArgs {
     /// Feature switches, as clang takes them: +avx512vnni,-avx512f,+dotprod.
     #[arg(long)]
     pub features: Option<String>,
-    /// Weight/activation scheme: none, f16, w8a16, w8a8, w4a16, w4a8.
+    /// Weight/activation scheme: none, f16, w8a16, w8a8, w4a16, w4a8, w3a16.
     #[arg(long, default_value = "none")]
     pub quant: String,
     /// Group size of 4-bit weights (32, 64, 128); 8-bit weights default to per channel.
@@ -151,6 +151,40 @@ pub struct BuildArgs {
     /// Print the IR to stderr after this pass (repeatable; "all" for every pass).
     #[arg(long = "dump-ir-after", value_name = "PASS")]
     pub dump_ir_after: Vec<String>,
+    /// How integer weights are chosen: rtn, gptq, awq, smoothquant (all but rtn calibrate).
+    #[arg(long, default_value = "rtn")]
+    pub quant_method: String,
+    /// Mixed precision: average bits per quantized weight; the layers most sensitive on
+    /// calibration move to int8 per channel until the target is met (e.g. --bpw 5.5).
+    #[arg(long)]
+    pub bpw: Option<f64>,
+    /// Leave the output head (and an embedding tied to it) as they are.
+    #[arg(long)]
+    pub keep_head: bool,
+    /// Calibration text files (default: the State of the Union addresses 1950–1999 that
+    /// scripts/setup.sh fetches).
+    #[arg(long, num_args = 1..)]
+    pub calib: Vec<PathBuf>,
+    /// Calibration windows, evenly spaced over the text.
+    #[arg(long, default_value_t = 64)]
+    pub calib_windows: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 512)]
+    pub calib_window: usize,
+    /// Measure the compressed model against the uncompressed one on these text files
+    /// (default with no files: the addresses 2016–2021, the evaluation protocol's text).
+    #[arg(long, num_args = 0..)]
+    pub eval: Option<Vec<PathBuf>>,
+    /// Evaluation windows.
+    #[arg(long, default_value_t = 16)]
+    pub eval_windows: usize,
+    /// Tokens per evaluation window.
+    #[arg(long, default_value_t = 512)]
+    pub eval_window: usize,
+    /// Fail the build when perplexity rises more than this over the uncompressed model
+    /// (e.g. 5%); evaluates as --eval does.
+    #[arg(long, value_name = "PERCENT")]
+    pub max_ppl_increase: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -875,7 +909,7 @@ fn default_name(model: &Path) -> String {
 
 fn build(a: BuildArgs) -> Result<()> {
     use llmc_backends::cpu::{BuildOptions, EmitRequest};
-    use llmc_passes::quant::{QuantOptions, Scheme};
+    use llmc_passes::quant::Scheme;
     let scheme = Scheme::parse(&a.quant).ok_or_else(|| {
         miette!(
             help = format!("choose one of {}", Scheme::NAMES.join(", ")),
@@ -942,12 +976,18 @@ fn build(a: BuildArgs) -> Result<()> {
             ));
         }
     }
+    let budget = a
+        .max_ppl_increase
+        .as_deref()
+        .map(crate::compress::parse_percent)
+        .transpose()
+        .map_err(|e| miette!(help = "write --max-ppl-increase 5%", "{e}"))?;
     let pipeline: Vec<Box<dyn llmc_passes::manager::Pass>> = match &a.passes {
         Some(p) => {
-            if a.quant != "none" || a.group.is_some() {
+            if a.quant != "none" || a.group.is_some() || a.quant_method != "rtn" || a.bpw.is_some() {
                 return Err(miette!(
-                    help = "put the quantization in the pipeline: quantize{bits=4,group=64,act=i8}",
-                    "--passes replaces --quant and --group; give one or the other"
+                    help = "put the quantization in the pipeline: quantize{bits=4,group=64,act=i8,method=gptq}",
+                    "--passes replaces --quant, --group and --quant-method; give one or the other"
                 ));
             }
             llmc_passes::registry::pipeline(p).map_err(|e| {
@@ -957,10 +997,8 @@ fn build(a: BuildArgs) -> Result<()> {
                 )
             })?
         }
-        None => vec![Box::new(llmc_passes::quant::QuantizePass {
-            opts: QuantOptions::preset(scheme, a.group),
-            reports: Vec::new(),
-        })],
+        None => crate::compress::preset_pipeline(scheme, a.group, &a.quant_method, a.keep_head, a.bpw)
+            .map_err(|e| miette!("{e}"))?,
     };
     let mut pm = llmc_passes::manager::PassManager::new(pipeline);
     pm.dump_after = a.dump_ir_after.clone();
@@ -975,16 +1013,73 @@ fn build(a: BuildArgs) -> Result<()> {
         ));
     }
     let mut cx = llmc_passes::manager::PassContext::default();
+    let (progress, _bar) = crate::compress::progress_bar();
+    cx.progress = Some(progress.clone());
+    if pm.needs_calibration() || !a.calib.is_empty() {
+        let files = if a.calib.is_empty() {
+            crate::compress::sotu_files(1950, 1999, "--calib").map_err(|e| miette!("{e}"))?
+        } else {
+            a.calib.clone()
+        };
+        cx.calib = Some(
+            crate::compress::calibration(&m, &files, a.calib_windows, a.calib_window)
+                .map_err(|e| miette!("{e}"))?,
+        );
+    }
     let timings = pm
         .run(&mut m.graph, &mut cx, |pass, ir| {
             eprintln!("// IR after {pass}\n{ir}")
         })
         .map_err(|e| miette!("{}: {e}", a.model.display()))?;
+    let evaluation = if a.eval.is_some() || budget.is_some() {
+        let files = match a.eval.as_deref() {
+            Some(f) if !f.is_empty() => f.to_vec(),
+            _ => crate::compress::sotu_files(2016, 2021, "--eval").map_err(|e| miette!("{e}"))?,
+        };
+        let p = crate::eval::Protocol {
+            window: a.eval_window,
+            windows: a.eval_windows,
+        };
+        let res = crate::compress::eval_against(&m, &a.model, &files, p, Some(&progress))
+            .map_err(|e| miette!("{}: evaluation: {e}", a.model.display()))?;
+        Some(res)
+    } else {
+        None
+    };
     let report: Vec<&serde_json::Value> = cx
         .report
         .iter()
         .filter(|r| r["pass"] == "quantize")
         .collect();
+    crate::compress::print_table(&cx.report);
+    if let Some(c) = &cx.calib {
+        println!("calibration: {} in {:.1} s", c.label, cx.calib_seconds);
+    }
+    if let Some(e) = &evaluation {
+        let r = e.reference_perplexity.unwrap_or(f64::NAN);
+        let rise = (e.perplexity / r - 1.0) * 100.0;
+        println!(
+            "eval: {} windows x {} tokens ({} predicted): perplexity {:.3} (uncompressed {:.3}, {:+.2}%), KL {:.5}, top-1 {:.2}%",
+            e.windows,
+            e.window,
+            e.predicted,
+            e.perplexity,
+            r,
+            rise,
+            e.kl.unwrap_or(0.0),
+            e.top1.unwrap_or(0.0) * 100.0
+        );
+        if let Some(max) = budget {
+            if !(rise <= max) {
+                return Err(miette!(
+                    help = "choose a gentler scheme (--quant w8a16), a calibrated method (--quant-method gptq or awq), a smaller --group, or a larger budget",
+                    "{}: the compressed model's perplexity rose {rise:.2}% ({r:.3} -> {:.3}), over the budget of --max-ppl-increase {max}%; no bundle was written",
+                    a.model.display(),
+                    e.perplexity
+                ));
+            }
+        }
+    }
     let opts = BuildOptions {
         name,
         max_context: a.max_context,
@@ -1010,22 +1105,44 @@ fn build(a: BuildArgs) -> Result<()> {
             y + r["bytes_after"].as_u64().unwrap_or(0),
         )
     });
+    let totals_json = {
+        let (params, before, after) = crate::compress::totals(&cx.report);
+        serde_json::json!({"params": params, "bytes_before": before, "bytes_after": after,
+            "bits_per_weight": if params > 0 { after as f64 * 8.0 / params as f64 } else { 0.0 }})
+    };
     let report_json = serde_json::json!({
         // no timings here: the same build must give the same bundle, byte for byte
         "passes": timings.iter().map(|t| serde_json::json!({"pass": t.name, "nodes_after": t.nodes_after})).collect::<Vec<_>>(),
         "rows": cx.report,
+        "calibration": cx.calib.as_ref().map(|c| c.label.clone()),
+        "eval": evaluation.as_ref().map(|e| serde_json::json!({
+            "windows": e.windows,
+            "window": e.window,
+            "predicted": e.predicted,
+            "perplexity": e.perplexity,
+            "reference_perplexity": e.reference_perplexity,
+            "kl": e.kl,
+            "top1": e.top1,
+        })),
+        "totals": totals_json,
     });
     std::fs::write(
         a.output.join("report.json"),
         serde_json::to_string_pretty(&report_json).expect("json"),
     )
     .map_err(|e| miette!("{}: {e}", a.output.join("report.json").display()))?;
+    let eval_s = evaluation.as_ref().map_or(0.0, |e| e.seconds);
     println!(
-        "built {} for {} cpu={} in {:.1} s",
+        "built {} for {} cpu={} in {:.1} s{}",
         bundle.name,
         spec.llvm_triple(),
         spec.cpu(),
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64() - eval_s,
+        if eval_s > 0.0 {
+            format!(" (plus {eval_s:.1} s of evaluation)")
+        } else {
+            String::new()
+        }
     );
     if !report.is_empty() {
         let worst = report

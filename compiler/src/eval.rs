@@ -67,6 +67,8 @@ pub struct EvalResult {
     pub kl: Option<f64>,
     /// Fraction of predicted positions where the model's top token is the reference's.
     pub top1: Option<f64>,
+    /// The reference's perplexity on the same windows.
+    pub reference_perplexity: Option<f64>,
     pub seconds: f64,
 }
 
@@ -275,7 +277,7 @@ pub fn evaluate_with(
     }
     let has_ref = reference.is_some();
     let v = scorer.vocab();
-    let (mut nll, mut kl, mut agree, mut count) = (0f64, 0f64, 0usize, 0usize);
+    let (mut nll, mut ref_nll, mut kl, mut agree, mut count) = (0f64, 0f64, 0f64, 0usize, 0usize);
     for w in 0..p.windows {
         let win = &ids[w * p.window..(w + 1) * p.window];
         let lp = scorer.log_probs(win)?;
@@ -294,6 +296,7 @@ pub fn evaluate_with(
             nll -= row[next] as f64;
             if let Some(rp) = &rp {
                 let rrow = &rp[i * v..(i + 1) * v];
+                ref_nll -= rrow[next] as f64;
                 kl += rrow
                     .iter()
                     .zip(row)
@@ -317,6 +320,7 @@ pub fn evaluate_with(
         perplexity: mean.exp(),
         kl: has_ref.then(|| kl / count as f64),
         top1: has_ref.then(|| agree as f64 / count as f64),
+        reference_perplexity: has_ref.then(|| (ref_nll / count as f64).exp()),
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bundle;
 pub mod cli;
+pub mod compress;
 pub mod eval;
 pub mod frontend;
 pub mod npy;

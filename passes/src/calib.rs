@@ -7,7 +7,6 @@
 //! place with [`InputStats::divide_channels`], so later passes see the graph as it is.
 
 use crate::PassError;
-use llmc_ir::interp::kernels::gemm_f32;
 use llmc_ir::{Graph, Op, Session, Tensor, ValueId};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,13 +62,49 @@ impl InputStats {
                 *m = m.max(v.abs());
             }
         }
-        // XᵀX of this window in f32 (at most a window of tokens), summed in f64
+        // XᵀX of this window in f32 (at most a window of tokens), summed in f64; only the
+        // lower triangle is computed here, [`InputStats::finish`] mirrors it
         let mut g = vec![0f32; c * c];
-        gemm_f32(c, c, rows, x, 1, c as isize, x, c as isize, 1, &mut g, true);
+        // SAFETY: x holds rows × c values and g c × c, matching the shapes and strides.
+        let (xt, xm, dst) = unsafe {
+            (
+                faer::MatRef::<f32>::from_raw_parts(x.as_ptr(), c, rows, 1, c as isize),
+                faer::MatRef::<f32>::from_raw_parts(x.as_ptr(), rows, c, c as isize, 1),
+                faer::MatMut::<f32>::from_raw_parts_mut(g.as_mut_ptr(), c, c, c as isize, 1),
+            )
+        };
+        use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+        matmul(
+            dst,
+            BlockStructure::TriangularLower,
+            faer::Accum::Replace,
+            xt,
+            BlockStructure::Rectangular,
+            xm,
+            BlockStructure::Rectangular,
+            1.0f32,
+            faer::Par::rayon(0),
+        );
         self.gram
             .par_chunks_mut(c)
             .zip(g.par_chunks(c))
-            .for_each(|(acc, w)| acc.iter_mut().zip(w).for_each(|(a, &b)| *a += b as f64));
+            .enumerate()
+            .for_each(|(i, (acc, w))| {
+                acc[..=i]
+                    .iter_mut()
+                    .zip(&w[..=i])
+                    .for_each(|(a, &b)| *a += b as f64)
+            });
+    }
+
+    /// Fills the upper triangle of the Gram matrix from the lower one.
+    fn finish(&mut self) {
+        let c = self.cols;
+        for i in 0..c {
+            for j in i + 1..c {
+                self.gram[i * c + j] = self.gram[j * c + i];
+            }
+        }
     }
 
     /// The statistics of `x / s` (channel j divided by `s[j]`): what the layer sees after a
@@ -172,6 +207,7 @@ pub fn collect(
         }
         progress(w + 1);
     }
+    stats.values_mut().for_each(InputStats::finish);
     Ok(Stats {
         inputs: stats,
         windows: calib.windows.len(),
@@ -241,6 +277,7 @@ mod tests {
         let x: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) * 0.5).collect(); // 4 x 3
         let mut s = InputStats::new(3);
         s.add(&x);
+        s.finish();
         assert_eq!(s.tokens, 4);
         for i in 0..3 {
             for j in 0..3 {

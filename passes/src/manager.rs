@@ -182,6 +182,10 @@ pub trait Pass {
     fn info(&self) -> &'static PassInfo;
     /// Rewrites the graph; leaves a graph the verifier accepts.
     fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError>;
+    /// Whether the pass reads calibration statistics.
+    fn needs_calibration(&self) -> bool {
+        false
+    }
 }
 
 /// One entry of a pipeline string: a pass name and its `key=value` options.
@@ -278,6 +282,11 @@ impl PassManager {
 
     pub fn names(&self) -> Vec<&'static str> {
         self.passes.iter().map(|p| p.info().name).collect()
+    }
+
+    /// Whether a pass of the pipeline reads calibration statistics.
+    pub fn needs_calibration(&self) -> bool {
+        self.passes.iter().any(|p| p.needs_calibration())
     }
 
     /// Runs the pipeline; `dump` receives `(pass, IR text)` for the passes named in

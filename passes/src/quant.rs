@@ -25,10 +25,12 @@ pub enum Scheme {
     W8A8,
     W4A16,
     W4A8,
+    W3A16,
 }
 
 impl Scheme {
-    pub const NAMES: [&'static str; 6] = ["none", "f16", "w8a16", "w8a8", "w4a16", "w4a8"];
+    pub const NAMES: [&'static str; 7] =
+        ["none", "f16", "w8a16", "w8a8", "w4a16", "w4a8", "w3a16"];
 
     pub fn parse(s: &str) -> Option<Scheme> {
         Some(match s {
@@ -38,6 +40,7 @@ impl Scheme {
             "w8a8" => Scheme::W8A8,
             "w4a16" => Scheme::W4A16,
             "w4a8" => Scheme::W4A8,
+            "w3a16" => Scheme::W3A16,
             _ => return None,
         })
     }
@@ -46,6 +49,7 @@ impl Scheme {
         match self {
             Scheme::W8A16 | Scheme::W8A8 => Some(8),
             Scheme::W4A16 | Scheme::W4A8 => Some(4),
+            Scheme::W3A16 => Some(3),
             _ => None,
         }
     }
@@ -76,8 +80,9 @@ pub struct QuantOptions {
     pub zero: Zero,
     /// What linear layers do to their activations.
     pub act: ActQuant,
-    /// A weight whose rows the group size does not divide is an error (a group the user
-    /// asked for); otherwise it takes the largest smaller power of two that divides them.
+    /// A weight whose rows the group size does not divide is an error; otherwise (the
+    /// default) it takes the largest smaller power of two that divides them (SmolLM2's rows
+    /// of 576 take groups of 64 under `--group 128`), and the report shows which.
     pub strict_group: bool,
     /// How integer weights are rounded.
     pub method: Method,
@@ -87,6 +92,10 @@ pub struct QuantOptions {
     pub head: bool,
     /// GPTQ's settings.
     pub gptq: crate::gptq::GptqOptions,
+    /// Mixed precision: a bits-per-weight target over the quantized weights; layers whose
+    /// calibration output error falls most per extra byte move to int8 per channel until the
+    /// target is met.
+    pub bpw: Option<f64>,
 }
 
 /// How integer weights are chosen.
@@ -156,11 +165,12 @@ impl QuantOptions {
             group: group.or(default_group),
             zero,
             act,
-            strict_group: group.is_some(),
+            strict_group: false,
             method: Method::Rtn,
             clip: false,
             head: true,
             gptq: Default::default(),
+            bpw: None,
         }
     }
 
@@ -301,6 +311,21 @@ pub fn quantize_with(
         awq_rows = awq(g, opts, bits, st)?;
     }
     let work = targets(g, opts.head);
+    let high = match (opts.bpw, opts.weights, stats.as_deref()) {
+        (Some(bpw), WeightFormat::Int(bits), Some(st)) => mixed_precision(g, opts, bits, bpw, &work, st)?,
+        (Some(_), WeightFormat::Int(_), None) => {
+            return Err(PassError::Calibration(
+                "quantize bpw= (mixed precision) needs calibration statistics".into(),
+            ))
+        }
+        (Some(_), _, _) => {
+            return Err(PassError::Options {
+                pass: "quantize".into(),
+                msg: "bpw= chooses among integer encodings; give bits=3..8".into(),
+            })
+        }
+        _ => BTreeSet::new(),
+    };
     let total = work.len() as u64;
     let done = std::sync::atomic::AtomicU64::new(0);
     let stats_ref = stats.as_deref();
@@ -337,7 +362,11 @@ pub fn quantize_with(
                     "f32",
                 ),
                 WeightFormat::Int(bits) => {
-                    let q = spec_for(opts, bits, &w.name, cols).map_err(err)?;
+                    let q = if high.contains(&i) {
+                        HIGH
+                    } else {
+                        spec_for(opts, bits, &w.name, cols).map_err(err)?
+                    };
                     let energy: Option<Vec<f32>> = st.map(|s| {
                         (0..s.cols).map(|j| s.gram[j * s.cols + j] as f32).collect()
                     });
@@ -421,6 +450,91 @@ pub fn quantize_with(
         source,
     })?;
     Ok(reports)
+}
+
+/// What mixed precision promotes layers to: int8, symmetric, per output channel.
+const HIGH: QuantSpec = QuantSpec {
+    bits: 8,
+    group: Group::Channel,
+    scale: DType::F16,
+    zero: Zero::Symmetric,
+};
+
+/// Mixed precision: the weights to promote to [`HIGH`] so the quantized weights average at
+/// most `bpw` bits. Each layer's relative output error on calibration at both encodings
+/// (round to nearest) ranks it; promotions go by error removed per extra byte, greedily.
+fn mixed_precision(
+    g: &Graph,
+    opts: &QuantOptions,
+    bits: u8,
+    bpw: f64,
+    work: &[(usize, ValueId)],
+    stats: &Stats,
+) -> Result<BTreeSet<usize>, PassError> {
+    let err = |msg: String| PassError::Options {
+        pass: "quantize".into(),
+        msg,
+    };
+    struct Choice {
+        idx: usize,
+        params: u64,
+        low: u64,
+        high: u64,
+        gain: f64,
+    }
+    let choices: Vec<Result<Choice, PassError>> = work
+        .par_iter()
+        .map(|&(i, input)| {
+            let (v, rows, cols) = crate::smooth::weight_f32(g, i)?;
+            let dims = [rows as u64, cols as u64];
+            let lq = spec_for(opts, bits, &g.weights[i].name, cols as u64).map_err(err)?;
+            let low = Encoding::Quant(lq).byte_size(&dims).unwrap_or(0);
+            let high = Encoding::Quant(HIGH).byte_size(&dims).unwrap_or(0);
+            let gain = match stats.inputs.get(&input).filter(|s| s.cols == cols) {
+                Some(st) => {
+                    let zero = vec![0f32; v.len()];
+                    let base = crate::gptq::output_error(&v, &zero, rows, cols, &st.gram).max(1e-30);
+                    let (_, a) = rtn(&v, rows, cols, &lq);
+                    let (_, b) = rtn(&v, rows, cols, &HIGH);
+                    (crate::gptq::output_error(&v, &a, rows, cols, &st.gram)
+                        - crate::gptq::output_error(&v, &b, rows, cols, &st.gram))
+                        / base
+                }
+                None => 0.0,
+            };
+            Ok(Choice {
+                idx: i,
+                params: (rows * cols) as u64,
+                low,
+                high,
+                gain,
+            })
+        })
+        .collect();
+    let mut choices: Vec<Choice> = choices.into_iter().collect::<Result<_, _>>()?;
+    let params: u64 = choices.iter().map(|c| c.params).sum();
+    let budget = (bpw * params as f64 / 8.0).floor() as u64;
+    let mut used: u64 = choices.iter().map(|c| c.low).sum();
+    if used > budget {
+        return Err(err(format!(
+            "bpw={bpw} is below what int{bits} alone takes ({:.3} bits per weight)",
+            used as f64 * 8.0 / params.max(1) as f64
+        )));
+    }
+    choices.sort_by(|a, b| {
+        let ra = a.gain / (a.high.saturating_sub(a.low).max(1)) as f64;
+        let rb = b.gain / (b.high.saturating_sub(b.low).max(1)) as f64;
+        rb.total_cmp(&ra).then(a.idx.cmp(&b.idx))
+    });
+    let mut out = BTreeSet::new();
+    for c in &choices {
+        let extra = c.high.saturating_sub(c.low);
+        if c.gain > 0.0 && used + extra <= budget {
+            used += extra;
+            out.insert(c.idx);
+        }
+    }
+    Ok(out)
 }
 
 /// AWQ's search: for every site whose linear layers are all quantized, the per-channel scale
@@ -798,6 +912,12 @@ pub static QUANTIZE_INFO: crate::manager::PassInfo = crate::manager::PassInfo {
             help: "quantize the output head (and an embedding tied to it)",
         },
         crate::manager::OptionSpec {
+            name: "bpw",
+            kind: "float",
+            default: "0",
+            help: "mixed precision: average bits per weight to reach by moving the most sensitive layers to int8 (0: off; needs calibration)",
+        },
+        crate::manager::OptionSpec {
             name: "damp",
             kind: "float",
             default: "0.01",
@@ -858,6 +978,8 @@ impl QuantizePass {
         }
         opts.gptq.damp = damp;
         opts.gptq.act_order = o.bool("act_order");
+        let bpw = o.float("bpw")?;
+        opts.bpw = (bpw > 0.0).then_some(bpw);
         Ok(QuantizePass {
             opts,
             reports: Vec::new(),
@@ -870,6 +992,11 @@ impl crate::manager::Pass for QuantizePass {
         &QUANTIZE_INFO
     }
 
+    fn needs_calibration(&self) -> bool {
+        matches!(self.opts.weights, WeightFormat::Int(_))
+            && (self.opts.method.calibrated() || self.opts.bpw.is_some())
+    }
+
     fn run(
         &mut self,
         g: &mut Graph,
@@ -877,7 +1004,10 @@ impl crate::manager::Pass for QuantizePass {
     ) -> Result<(), PassError> {
         let int = matches!(self.opts.weights, WeightFormat::Int(_));
         // statistics sharpen clipping and feed the report's output errors when at hand
-        let want = int && (self.opts.method.calibrated() || (self.opts.clip && cx.calib.is_some()));
+        let want = int
+            && (self.opts.method.calibrated()
+                || self.opts.bpw.is_some()
+                || (self.opts.clip && cx.calib.is_some()));
         let mut stats = if want || cx.stats.is_some() {
             Some(cx.take_stats(g, "quantize")?)
         } else {

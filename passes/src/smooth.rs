@@ -271,6 +271,10 @@ impl crate::manager::Pass for SmoothPass {
         &SMOOTH_INFO
     }
 
+    fn needs_calibration(&self) -> bool {
+        true
+    }
+
     fn run(&mut self, g: &mut Graph, cx: &mut crate::manager::PassContext) -> Result<(), PassError> {
         if !(0.0..=1.0).contains(&self.alpha) {
             return Err(PassError::Options {

@@ -4,17 +4,12 @@
 use crate::ops::{BinaryOp, RopeMode, UnaryOp};
 use crate::tensor::{strides, Data, Tensor};
 use crate::types::DType;
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 type R<T> = Result<T, String>;
 
 /// Elements above which elementwise work is split across threads.
 const PAR_MIN: usize = 1 << 15;
-
-fn par() -> Parallelism {
-    Parallelism::Rayon(rayon::current_num_threads())
-}
 
 /// `out[m, n] = Σ_k a[m, k] · b[k, n]` with arbitrary element strides (row, column).
 #[allow(clippy::too_many_arguments)]
@@ -31,7 +26,7 @@ pub fn gemm_f32(
     out: &mut [f32],
     threads: bool,
 ) {
-    debug_assert!(out.len() >= m * n);
+    assert!(out.len() >= m * n);
     if m == 0 || n == 0 {
         return;
     }
@@ -39,31 +34,29 @@ pub fn gemm_f32(
         out[..m * n].fill(0.0);
         return;
     }
-    // SAFETY: the slices cover every element the strides reach (checked by the callers'
-    // shape logic); gemm reads a and b and writes out only at those positions.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            if threads { par() } else { Parallelism::None },
+    let reach = |rows: usize, cols: usize, rs: isize, cs: isize| {
+        (rows as isize - 1) * rs.max(0) + (cols as isize - 1) * cs.max(0)
+    };
+    assert!(
+        a_rs >= 0 && a_cs >= 0 && b_rs >= 0 && b_cs >= 0,
+        "gemm_f32 takes non-negative strides"
+    );
+    assert!((reach(m, k, a_rs, a_cs) as usize) < a.len());
+    assert!((reach(k, n, b_rs, b_cs) as usize) < b.len());
+    // SAFETY: the asserts above keep every element the strides reach inside the slices.
+    let (lhs, rhs, dst) = unsafe {
+        (
+            faer::MatRef::<f32>::from_raw_parts(a.as_ptr(), m, k, a_rs, a_cs),
+            faer::MatRef::<f32>::from_raw_parts(b.as_ptr(), k, n, b_rs, b_cs),
+            faer::MatMut::<f32>::from_raw_parts_mut(out.as_mut_ptr(), m, n, n as isize, 1),
         )
-    }
+    };
+    let par = if threads {
+        faer::Par::rayon(0)
+    } else {
+        faer::Par::Seq
+    };
+    faer::linalg::matmul::matmul(dst, faer::Accum::Replace, lhs, rhs, 1.0f32, par);
 }
 
 /// `x [rows, k] · wᵀ` for `w [n, k]`, plus an optional bias.

@@ -1,0 +1,244 @@
+//! What `llmc build` does between reading a model and generating code: the compression
+//! pipeline the flags ask for, the calibration data it reads, the accuracy budget, and the
+//! report table.
+
+use crate::eval::{evaluate, join_texts, year_files, EvalResult, Protocol};
+use crate::frontend::{Model, ModelKind};
+use llmc_passes::calib::{decoder_feeds, spaced_windows, Calibration};
+use llmc_passes::manager::{Pass, Progress};
+use llmc_passes::quant::{Method, QuantOptions, QuantizePass, Scheme};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The asset cache: `$LLMC_CACHE`, by default `~/.cache/llmc`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(c) = std::env::var_os("LLMC_CACHE") {
+        return PathBuf::from(c);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".cache/llmc")
+}
+
+/// The default text of a year range of the State of the Union corpus that `scripts/setup.sh`
+/// fetches (calibration: 1950–1999; evaluation: 2016–2021).
+pub fn sotu_files(from: u32, to: u32, flag: &str) -> Result<Vec<PathBuf>, String> {
+    let dir = cache_dir().join("sotu");
+    let files = year_files(&dir, from, to).map_err(|e| {
+        format!("{flag}: no files given and the default text is missing ({e}); run scripts/setup.sh, or pass {flag} FILES")
+    })?;
+    if files.is_empty() {
+        return Err(format!(
+            "{flag}: no files given and {} has none from {from}–{to}; run scripts/setup.sh, or pass {flag} FILES",
+            dir.display()
+        ));
+    }
+    Ok(files)
+}
+
+/// The `--quant-method` choices: the quantizer's methods and SmoothQuant (a `smooth` pass
+/// before round-to-nearest).
+pub const METHODS: [&str; 4] = ["rtn", "gptq", "awq", "smoothquant"];
+
+/// The passes behind `--quant SCHEME --group N --quant-method M`.
+pub fn preset_pipeline(
+    scheme: Scheme,
+    group: Option<u32>,
+    method: &str,
+    keep_head: bool,
+    bpw: Option<f64>,
+) -> Result<Vec<Box<dyn Pass>>, String> {
+    let (m, smooth) = match method {
+        "smoothquant" => (Method::Rtn, true),
+        other => (
+            Method::parse(other).ok_or_else(|| {
+                format!(
+                    "--quant-method '{other}' is not a method llmc knows (choose one of {})",
+                    METHODS.join(", ")
+                )
+            })?,
+            false,
+        ),
+    };
+    if method != "rtn" && scheme.bits().is_none() {
+        return Err(format!(
+            "--quant-method {method} chooses integer weights; --quant {} has none (use w8a8, w4a16, ...)",
+            Scheme::NAMES
+                .iter()
+                .find(|n| Scheme::parse(n) == Some(scheme))
+                .unwrap_or(&"none")
+        ));
+    }
+    let mut opts = QuantOptions::preset(scheme, group).with_method(m);
+    opts.head = !keep_head;
+    if let Some(b) = bpw {
+        if scheme.bits().is_none() {
+            return Err("--bpw mixes integer encodings; give --quant w4a16, w4a8, w3a16, ...".into());
+        }
+        if !(b > 0.0 && b <= 32.0) {
+            return Err(format!("--bpw {b} is not a bits-per-weight target (e.g. 5.5)"));
+        }
+        opts.bpw = Some(b);
+    }
+    let mut out: Vec<Box<dyn Pass>> = Vec::new();
+    if smooth {
+        out.push(Box::new(llmc_passes::smooth::SmoothPass { alpha: 0.5 }));
+    }
+    out.push(Box::new(QuantizePass {
+        opts,
+        reports: Vec::new(),
+    }));
+    Ok(out)
+}
+
+/// Calibration windows of a decoder from text files: the files joined as the evaluation
+/// protocol joins them, tokenized, `count` windows of `len` tokens evenly spaced.
+pub fn calibration(
+    m: &Model,
+    files: &[PathBuf],
+    count: usize,
+    len: usize,
+) -> Result<Calibration, String> {
+    let ModelKind::CausalLm { max_context, .. } = m.kind else {
+        return Err(format!(
+            "{}: calibration runs language models for now; this model is {:?}",
+            m.path.display(),
+            m.kind
+        ));
+    };
+    let len = len.min(max_context);
+    let tok = m.tokenizer.as_ref().ok_or_else(|| {
+        format!(
+            "{}: the model carries no tokenizer to read calibration text with",
+            m.path.display()
+        )
+    })?;
+    let text = join_texts(files).map_err(|e| e.to_string())?;
+    let ids = tok.encode(&text, false).map_err(|e| e.to_string())?;
+    let windows = spaced_windows(&ids, len, count).map_err(|e| format!("--calib: {e}"))?;
+    Ok(Calibration {
+        windows: decoder_feeds(&windows),
+        label: format!(
+            "{count} windows of {len} tokens from {} files ({} tokens)",
+            files.len(),
+            ids.len()
+        ),
+    })
+}
+
+/// A progress bar on stderr for long passes (hidden when stderr is not a terminal).
+pub fn progress_bar() -> (Progress, Arc<Mutex<Option<indicatif::ProgressBar>>>) {
+    let slot: Arc<Mutex<Option<indicatif::ProgressBar>>> = Arc::new(Mutex::new(None));
+    let s = slot.clone();
+    let p: Progress = Arc::new(move |what: &str, done: u64, total: u64| {
+        let mut g = s.lock().expect("progress lock");
+        let bar = g.get_or_insert_with(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:24} [{bar:30}] {pos}/{len} {elapsed} (eta {eta})",
+                )
+                .expect("template")
+                .progress_chars("=> "),
+            );
+            b
+        });
+        if bar.message() != what {
+            bar.reset();
+            bar.set_message(what.to_string());
+        }
+        bar.set_length(total);
+        bar.set_position(done);
+        if done >= total {
+            bar.finish_and_clear();
+            *g = None;
+        }
+    });
+    (p, slot)
+}
+
+/// `5%` or `5`: a percentage.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let t = s.trim().trim_end_matches('%');
+    match t.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!(
+            "--max-ppl-increase '{s}' is not a percentage (write 5%)"
+        )),
+    }
+}
+
+/// Evaluates the compressed model against the uncompressed one on the protocol's windows.
+pub fn eval_against(
+    compressed: &Model,
+    model_path: &Path,
+    files: &[PathBuf],
+    p: Protocol,
+    progress: Option<&Progress>,
+) -> Result<EvalResult, String> {
+    let reference = crate::frontend::load(model_path).map_err(|e| e.to_string())?;
+    let tok = compressed
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| format!("{}: the model carries no tokenizer", model_path.display()))?;
+    let text = join_texts(files).map_err(|e| e.to_string())?;
+    let ids = tok.encode(&text, false).map_err(|e| e.to_string())?;
+    let total = p.windows as u64;
+    evaluate(compressed, Some(&reference), &ids, p, |w| {
+        if let Some(pr) = progress {
+            pr("evaluation windows", w as u64, total)
+        }
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Bits per weight of the rows the quantizer reported (every scale and zero counted), over
+/// the weights it changed: `(params, bytes before, bytes after)`.
+pub fn totals(rows: &[serde_json::Value]) -> (u64, u64, u64) {
+    rows.iter()
+        .filter(|r| r["pass"] == "quantize" && r["params"].as_u64().unwrap_or(0) > 0)
+        .fold((0, 0, 0), |(p, b, a), r| {
+            (
+                p + r["params"].as_u64().unwrap_or(0),
+                b + r["bytes_before"].as_u64().unwrap_or(0),
+                a + r["bytes_after"].as_u64().unwrap_or(0),
+            )
+        })
+}
+
+/// The report as a table: one line per quantized weight, then totals.
+pub fn print_table(rows: &[serde_json::Value]) {
+    let q: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["pass"] == "quantize" && r["params"].as_u64().unwrap_or(0) > 0)
+        .collect();
+    if q.is_empty() {
+        return;
+    }
+    println!(
+        "{:<28} {:<34} {:<8} {:>6} {:>10} {:>10} {:>8} {:>8}",
+        "weight", "encoding", "method", "bpw", "bytes", "after", "w err", "out err"
+    );
+    for r in &q {
+        let out = r["out_error"]
+            .as_f64()
+            .map_or("-".to_string(), |e| format!("{e:.4}"));
+        println!(
+            "{:<28} {:<34} {:<8} {:>6.3} {:>10} {:>10} {:>8.4} {:>8}",
+            r["weight"].as_str().unwrap_or("?"),
+            r["to"].as_str().unwrap_or("?"),
+            r["method"].as_str().unwrap_or("?"),
+            r["bits_per_weight"].as_f64().unwrap_or(0.0),
+            r["bytes_before"].as_u64().unwrap_or(0),
+            r["bytes_after"].as_u64().unwrap_or(0),
+            r["rel_error"].as_f64().unwrap_or(0.0),
+            out
+        );
+    }
+    let (params, before, after) = totals(rows);
+    println!(
+        "total: {} weights in {} tensors, {before} -> {after} bytes, {:.3} bits per weight",
+        params,
+        q.len(),
+        after as f64 * 8.0 / params.max(1) as f64
+    );
+}

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The README's quality table: SmolLM2-135M compressed by llmc under each configuration,
+# measured with the ASSETS.md protocol (SOTU 2016-2021, 16 windows of 512 tokens from an
+# empty cache, 8,176 predicted tokens; KL and top-1 against the uncompressed model, which
+# the same run measures), beside llama.cpp's Q8_0 / Q4_0 / Q4_K_M on the same tokens.
+#
+#   scripts/quality_table.sh [--rows NAME,NAME...] [--no-peer]
+#
+# Each llmc row is one `llmc build ... --eval --keep-head` (the 210 linear layers are
+# compressed; the tied embedding / output head stays as shipped, Q8_0, which the reference
+# decodes alike). Calibration: 64 windows of 512 tokens from SOTU 1950-1999, as ASSETS.md
+# says. bpw counts every scale and zero point of the 210 linears. "compress s" is the time
+# of the compression passes (calibration included); "build s" the whole build without the
+# evaluation. Results: target/quality/<row>/report.json and target/quality/table.md.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+cache=${LLMC_CACHE:-$HOME/.cache/llmc}
+model=$cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+out=$root/target/quality
+rows_wanted=""
+peer=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rows) rows_wanted=$2; shift 2 ;;
+    --no-peer) peer=0; shift ;;
+    *) echo "quality_table.sh: unknown argument '$1' (takes --rows A,B and --no-peer)" >&2; exit 2 ;;
+  esac
+done
+[ -f "$model" ] || { echo "quality_table.sh: $model is missing; run scripts/setup.sh" >&2; exit 1; }
+
+# name | llmc build flags
+configs=(
+  "w8a16 rtn pc|--quant w8a16"
+  "w8a8 rtn|--quant w8a8"
+  "w8a8 smoothquant|--quant w8a8 --quant-method smoothquant"
+  "w4a16 g128 rtn|--quant w4a16 --group 128"
+  "w4a16 g128 gptq|--quant w4a16 --group 128 --quant-method gptq"
+  "w4a16 g128 awq|--quant w4a16 --group 128 --quant-method awq"
+  "w4a8 g128 gptq|--quant w4a8 --group 128 --quant-method gptq"
+  "w3a16 g128 gptq|--quant w3a16 --group 128 --quant-method gptq"
+  "mixed w4/w8 5.5 gptq|--quant w4a16 --group 128 --quant-method gptq --bpw 5.5"
+)
+
+cd "$root"
+cargo build -q -p llmc
+llmc=$root/target/debug/llmc
+mkdir -p "$out"
+results=$out/results.tsv
+: >"$results"
+for c in "${configs[@]}"; do
+  name=${c%%|*}
+  flags=${c#*|}
+  slug=$(echo "$name" | tr ' /.' '___')
+  if [ -n "$rows_wanted" ] && [[ ",$rows_wanted," != *",$name,"* ]] && [[ ",$rows_wanted," != *",$slug,"* ]]; then
+    continue
+  fi
+  echo "== $name: llmc build $flags" >&2
+  dir=$out/$slug
+  # shellcheck disable=SC2086
+  "$llmc" build "$model" -o "$dir" --force --keep-head --eval $flags >"$dir.log" 2>&1 \
+    || { tail -n 20 "$dir.log" >&2; echo "quality_table.sh: row '$name' failed (log: $dir.log)" >&2; exit 1; }
+  python3 - "$name" "$dir/report.json" "$dir.log" >>"$results" <<'EOF'
+import json, re, sys
+name, report, log = sys.argv[1:]
+r = json.load(open(report))
+text = open(log).read()
+compress = sum(float(m) for m in re.findall(r"^pass \S+\s+([0-9.]+) s", text, re.M))
+build = float(re.search(r"^built .* in ([0-9.]+) s", text, re.M).group(1))
+e, t = r["eval"], r["totals"]
+dppl = 100 * (e["perplexity"] / e["reference_perplexity"] - 1)
+print("\t".join(map(str, [name, f"{t['bits_per_weight']:.3f}", f"{e['perplexity']:.3f}",
+                          f"{dppl:+.2f}%", f"{e['kl']:.4f}", f"{100 * e['top1']:.2f}%",
+                          f"{compress:.0f}", f"{build:.0f}", e["reference_perplexity"], e["predicted"]])))
+EOF
+  tail -n 1 "$results" >&2
+done
+
+peer_json=$out/llamacpp.json
+if [ "$peer" = 1 ]; then
+  echo "== llama.cpp (scripts/llamacpp_peer.sh quality)" >&2
+  "$here/llamacpp_peer.sh" quality --json "$peer_json" >&2
+fi
+
+python3 - "$results" "$peer_json" "$peer" <<'EOF' | tee "$out/table.md"
+import json, os, sys
+results, peer_json, peer = sys.argv[1:]
+rows = [l.rstrip("\n").split("\t") for l in open(results) if l.strip()]
+ref = float(rows[0][8]) if rows else float("nan")
+n = rows[0][9] if rows else "?"
+print(f"SmolLM2-135M, ASSETS.md protocol: {n} predicted tokens; uncompressed perplexity {ref:.3f}.")
+print("bpw: bits per weight of the 210 linear layers, every scale and zero included.\n")
+print("| configuration | bpw | perplexity | Δppl | KL | top-1 | compress s | build s |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    print(f"| llmc {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]} | {r[7]} |")
+if peer == "1" and os.path.exists(peer_json):
+    for r in json.load(open(peer_json))["rows"]:
+        if r["model"] == "F32":
+            continue
+        print(f"| llama.cpp {r['model']} | {r['linear_bpw']:.3f} | {r['ppl']:.3f} | {r['dppl_pct']:+.2f}% "
+              f"| {r['kl']:.4f} | {100 * r['top1']:.2f}% | - | - |")
+EOF
