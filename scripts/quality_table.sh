@@ -44,8 +44,10 @@ configs=(
 
 cd "$root"
 cargo build -q -p llmc
-llmc=$root/target/debug/llmc
 mkdir -p "$out"
+# a copy, so rebuilding llmc while the table runs does not change its rows
+cp "$root/target/debug/llmc" "$out/llmc"
+llmc=$out/llmc
 results=$out/results.tsv
 : >"$results"
 for c in "${configs[@]}"; do

@@ -298,10 +298,20 @@ pub fn quantize_with(
             opts.method.name()
         )));
     }
+    // the linear layers whose weights change take the scheme's activations too
     let act = opts.act;
-    for n in &mut g.nodes {
+    let heads: BTreeSet<usize> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| g.outputs.iter().any(|(_, o)| n.outputs.contains(o)))
+        .map(|(i, _)| i)
+        .collect();
+    for (i, n) in g.nodes.iter_mut().enumerate() {
         if let Op::Linear { act: a } = &mut n.op {
-            *a = act;
+            if opts.head || !heads.contains(&i) {
+                *a = act;
+            }
         }
     }
     let mut awq_rows = Vec::new();
