@@ -323,3 +323,67 @@ fn llama_act_i8_quantization() {
         },
     );
 }
+
+/// Calibrated compression on random Llamas (calibration: 4 windows of 48 random tokens):
+/// SmoothQuant then w8a8, GPTQ w4a8 g32, AWQ w4a16 g32 and GPTQ w3a16 g32, each compiled
+/// for the host and AArch64 and checked against the interpreter on the compressed graph.
+#[test]
+fn llama_calibrated_methods() {
+    use llmc_passes::manager::{PassContext, PassManager};
+    let pipelines = [
+        "smooth,quantize{bits=8,act=i8}",
+        "quantize{bits=4,group=32,act=i8,method=gptq}",
+        "quantize{bits=4,group=32,method=awq}",
+        "quantize{bits=3,group=32,method=gptq}",
+    ];
+    let graphs: Vec<(String, Graph)> = pipelines
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut g = cases::random_llama(60 + i as u64, i % 2 == 1, false);
+            let mut rng = 0x9e3779b97f4a7c15u64.wrapping_mul(i as u64 + 1);
+            let windows: Vec<Vec<u32>> = (0..4)
+                .map(|_| {
+                    (0..48)
+                        .map(|_| {
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            (rng % 96) as u32
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut cx = PassContext {
+                calib: Some(llmc_passes::calib::Calibration {
+                    windows: llmc_passes::calib::decoder_feeds(&windows),
+                    label: "random tokens".into(),
+                }),
+                ..Default::default()
+            };
+            let mut pm = PassManager::new(llmc_passes::registry::pipeline(p).unwrap());
+            pm.run(&mut g, &mut cx, |_, _| {}).unwrap();
+            (format!("calibrated{i}"), g)
+        })
+        .collect();
+    let jobs: Vec<(usize, Target)> = (0..graphs.len())
+        .flat_map(|i| model_targets().map(|t| (i, t)))
+        .collect();
+    let chunks: Vec<&[i32]> = vec![&[5, 17, 42, 95, 3], &[64], &[8, 0, 33]];
+    let errs = cases::par_each(&jobs, |(i, t)| {
+        let (name, g) = &graphs[*i];
+        let c = build(g, t, &decoder_opts(name)).map_err(|e| format!("{name}: {e}"))?;
+        let tol = if pipelines[*i].contains("act=i8") {
+            cases::LogitTol {
+                tol: Tol::new(1e-3, 1e-3),
+                outlier_per_rows: 8,
+                outlier_cap: 0.5,
+            }
+        } else {
+            cases::LogitTol::strict(Tol::new(1e-4, 1e-4))
+        };
+        cases::check_decoder_rows(&c, g, &chunks, Exec::Serial, tol)
+            .map_err(|e| format!("{}: {e}", pipelines[*i]))
+    });
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+}

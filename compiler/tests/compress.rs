@@ -1,0 +1,274 @@
+//! Compression through `llmc build`: calibrated methods (GPTQ, AWQ, SmoothQuant) on SmolLM2,
+//! the accuracy budget, MiniLM-L6 embeddings under quantization, and clear errors for flags
+//! that do not fit.
+
+#[path = "../../tests/src/assets.rs"]
+#[allow(dead_code)]
+mod assets;
+mod support;
+
+use llmc_ir::{Session, Tensor};
+use llmc_passes::quant::{quantize, QuantOptions, Scheme};
+use support::*;
+
+const PROMPT: &str = "The capital of France is";
+
+fn eval_file() -> String {
+    s(&assets::sotu_dir().join("2016_barack_obama_d.txt"))
+}
+
+/// Calibration small enough for a test: 8 windows of 256 tokens of one address.
+fn calib_args() -> Vec<String> {
+    [
+        "--calib",
+        &s(&assets::sotu_dir().join("1962_john_f_kennedy_d.txt")),
+        "--calib-windows",
+        "8",
+        "--calib-window",
+        "256",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
+fn build(dir: &std::path::Path, extra: &[&str]) -> String {
+    let model = s(&assets::smollm2_gguf());
+    let mut args: Vec<String> = vec![
+        "build".into(),
+        model,
+        "-o".into(),
+        s(dir),
+        "--name".into(),
+        "smol".into(),
+        "--emit".into(),
+        "so".into(),
+        "--max-context".into(),
+        "64".into(),
+        "--max-tokens".into(),
+        "32".into(),
+        "--force".into(),
+    ];
+    args.extend(extra.iter().map(|x| x.to_string()));
+    let refs: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
+    ok(&refs)
+}
+
+#[test]
+fn calibrated_bundles_continue_with_paris() {
+    let calib = calib_args();
+    let c: Vec<&str> = calib.iter().map(|x| x.as_str()).collect();
+    for (tag, flags) in [
+        ("gptq", &["--quant", "w4a8", "--quant-method", "gptq"][..]),
+        ("smooth", &["--quant", "w8a8", "--quant-method", "smoothquant"][..]),
+        ("awq", &["--quant", "w4a16", "--quant-method", "awq"][..]),
+    ] {
+        let dir = tmp(tag);
+        let mut extra = flags.to_vec();
+        extra.extend(&c);
+        let out = build(&dir, &extra);
+        assert!(out.contains("calibration: 8 windows of 256 tokens"), "{out}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
+                .unwrap();
+        let rows = report["rows"].as_array().unwrap();
+        let method = match tag {
+            "gptq" => "gptq",
+            "smooth" => "rtn",
+            _ => "rtn+clip",
+        };
+        let quantized: Vec<&serde_json::Value> = rows
+            .iter()
+            .filter(|r| r["pass"] == "quantize" && r["params"].as_u64().unwrap_or(0) > 0)
+            .collect();
+        assert_eq!(quantized.len(), 211, "210 linears and the head");
+        assert!(
+            quantized.iter().all(|r| r["method"] == method),
+            "{tag}: {:?}",
+            quantized[0]
+        );
+        // every calibrated row reports its output error on calibration
+        assert!(quantized.iter().all(|r| r["out_error"].as_f64().is_some()));
+        if tag == "smooth" {
+            // per layer: the attention norm (q, k, v), the FFN norm (gate, up), up's rows (down)
+            assert_eq!(rows.iter().filter(|r| r["pass"] == "smooth").count(), 90);
+        }
+        let text = ok(&["run", &s(&dir), "--prompt", PROMPT, "-n", "4"]);
+        assert!(text.contains("Paris"), "{tag}: {text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn over_budget_builds_fail_and_write_nothing() {
+    let dir = tmp("budget");
+    let model = s(&assets::smollm2_gguf());
+    let eval = eval_file();
+    let base = [
+        "build",
+        &model,
+        "-o",
+        &s(&dir),
+        "--eval",
+        &eval,
+        "--eval-windows",
+        "2",
+        "--eval-window",
+        "128",
+    ];
+    let mut args = base.to_vec();
+    args.extend([
+        "--quant",
+        "w3a16",
+        "--group",
+        "32",
+        "--max-ppl-increase",
+        "1%",
+    ]);
+    fails_with(&args, "over the budget of --max-ppl-increase 1%");
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "a failed build leaves no files"
+    );
+    // within budget: the bundle and the figures in report.json
+    let mut args = base.to_vec();
+    args.extend(["--quant", "w8a16", "--max-ppl-increase", "5"]);
+    let out = ok(&args);
+    assert!(out.contains("eval: 2 windows x 128 tokens"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let e = &report["eval"];
+    let rise = e["perplexity"].as_f64().unwrap() / e["reference_perplexity"].as_f64().unwrap();
+    assert!(rise < 1.05, "{e}");
+    assert!(e["top1"].as_f64().unwrap() > 0.8, "{e}");
+    let bpw = report["totals"]["bits_per_weight"].as_f64().unwrap();
+    assert!((8.0..8.1).contains(&bpw), "w8 per channel: {bpw}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn compression_flags_that_do_not_fit_get_clear_errors() {
+    let model = s(&assets::smollm2_gguf());
+    let dir = tmp("flags");
+    let o = s(&dir);
+    let missing = s(&dir.join("missing.txt"));
+    for (args, needle) in [
+        (
+            vec!["--quant", "w4a16", "--quant-method", "optq"],
+            "--quant-method 'optq' is not a method llmc knows",
+        ),
+        (
+            vec!["--quant", "f16", "--quant-method", "gptq"],
+            "--quant-method gptq chooses integer weights",
+        ),
+        (
+            vec!["--quant", "w4a16", "--quant-method", "gptq", "--calib", &missing],
+            "missing.txt",
+        ),
+        (
+            vec!["--quant", "w4a8", "--max-ppl-increase", "lots"],
+            "--max-ppl-increase 'lots' is not a percentage",
+        ),
+        (vec!["--quant", "f16", "--bpw", "5"], "--bpw mixes integer encodings"),
+        (
+            vec!["--passes", "quantize{bits=4,method=gptq,damp=2}"],
+            "damp must lie in [0, 1)",
+        ),
+    ] {
+        let mut a = vec!["build", model.as_str(), "-o", o.as_str()];
+        a.extend(args);
+        fails_with(&a, needle);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Mean of the token vectors under the attention mask.
+fn pooled(h: &Tensor) -> Vec<f32> {
+    let (s, d) = (h.shape[1], h.shape[2]);
+    let v = h.to_f32_vec();
+    (0..d)
+        .map(|k| (0..s).map(|t| v[t * d + k]).sum::<f32>() / s as f32)
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// The first 100 sentences of 20 to 300 characters of the 2016–2021 addresses.
+fn sentences() -> Vec<String> {
+    let mut out = Vec::new();
+    for f in llmc::eval::year_files(&assets::sotu_dir(), 2016, 2021).unwrap() {
+        let text = std::fs::read_to_string(f).unwrap();
+        for s in text.split(['.', '?', '!']) {
+            let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+            if (20..=300).contains(&s.len()) && out.len() < 100 {
+                out.push(format!("{s}."));
+            }
+        }
+    }
+    assert_eq!(out.len(), 100);
+    out
+}
+
+#[test]
+fn minilm_embeddings_survive_quantization() {
+    let model = llmc::frontend::load(&assets::minilm_l6_dir()).unwrap();
+    let tok = model.tokenizer.as_ref().unwrap();
+    let token_types = model.graph.inputs.iter().any(|(n, _)| n == "token_type_ids");
+    let feeds: Vec<Vec<(String, Tensor)>> = sentences()
+        .iter()
+        .map(|s| {
+            let ids = tok.encode(s, true).unwrap();
+            let n = ids.len();
+            let mut f = vec![
+                (
+                    "input_ids".to_string(),
+                    Tensor::i64(vec![1, n], ids.iter().map(|&t| t as i64).collect()),
+                ),
+                ("attention_mask".to_string(), Tensor::i64(vec![1, n], vec![1; n])),
+            ];
+            if token_types {
+                f.push(("token_type_ids".to_string(), Tensor::i64(vec![1, n], vec![0; n])));
+            }
+            f
+        })
+        .collect();
+    let embed = |g: &llmc_ir::Graph| -> Vec<Vec<f32>> {
+        let mut sess = Session::new(g).unwrap();
+        feeds
+            .iter()
+            .map(|f| {
+                let inputs: Vec<(&str, Tensor)> =
+                    f.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+                let out = sess.run(&inputs).unwrap();
+                let h = &out
+                    .iter()
+                    .find(|(n, _)| n == "last_hidden_state")
+                    .unwrap()
+                    .1;
+                pooled(h)
+            })
+            .collect()
+    };
+    let reference = embed(&model.graph);
+    let mut means = Vec::new();
+    for (scheme, group) in [(Scheme::W8A8, None), (Scheme::W4A16, Some(128))] {
+        let mut g = model.graph.clone();
+        quantize(&mut g, &QuantOptions::preset(scheme, group)).unwrap();
+        let got = embed(&g);
+        let mean = got
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| cosine(a, b))
+            .sum::<f64>()
+            / got.len() as f64;
+        println!("MiniLM-L6 {scheme:?} g{group:?}: mean cosine to f32 over 100 SOTU sentences {mean:.5}");
+        means.push(mean);
+    }
+    assert!(means[0] >= 0.995, "w8a8 mean cosine {}", means[0]);
+    assert!(means[1] >= 0.95, "w4a16 g128 mean cosine {}", means[1]);
+}
