@@ -3,6 +3,8 @@
 //! the interpreter before and after on the same inputs (outputs within 1e-5).
 
 use llmc_ir::{parse, print, verify, DType, Data, Dim, Graph, Tensor, WeightData};
+use llmc_passes::calib::Calibration;
+use llmc_passes::manager::{PassContext, PassManager};
 use llmc_passes::{apply_patterns, patterns_by_name, RewriteConfig};
 use std::collections::HashMap;
 use std::path::Path;
@@ -83,11 +85,17 @@ fn run_file(file: &str) -> String {
         .join(file);
     let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let run_line = directives(&src, "RUN");
+    let pass_line = directives(&src, "PASSES");
     assert_eq!(
-        run_line.len(),
+        run_line.len() + pass_line.len(),
         1,
-        "{file}: needs exactly one // RUN: line naming the patterns"
+        "{file}: needs exactly one // RUN: line naming patterns or one // PASSES: pipeline"
     );
+    let what = run_line.first().or(pass_line.first()).copied().unwrap_or("");
+    // lossy passes state how far outputs may move, relative to the largest output
+    let rel_tol: Option<f32> = directives(&src, "TOL")
+        .first()
+        .map(|t| t.parse().expect("// TOL: a number"));
     let dims: HashMap<String, usize> = directives(&src, "DIMS")
         .iter()
         .flat_map(|l| l.split(','))
@@ -102,16 +110,33 @@ fn run_file(file: &str) -> String {
     verify(&g).unwrap_or_else(|e| panic!("{file} does not verify before the pass: {e}"));
     let inputs = make_inputs(&g, &dims, &mut rng);
     let before = run(&g, &inputs);
-    let patterns = patterns_by_name(run_line[0]).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let stats = apply_patterns(&mut g, &patterns, &RewriteConfig::default())
-        .unwrap_or_else(|e| panic!("{file}: {e}"));
-    verify(&g).unwrap_or_else(|e| {
-        panic!(
-            "{file} does not verify after {}: {e}\n{}",
-            run_line[0],
-            print(&g)
-        )
-    });
+    let fired_line = if let Some(p) = pass_line.first() {
+        // calibration: eight more draws of the inputs
+        let windows = (0..8).map(|_| make_inputs(&g, &dims, &mut rng)).collect();
+        let mut cx = PassContext {
+            calib: Some(Calibration {
+                windows,
+                label: "filetest inputs".into(),
+            }),
+            ..Default::default()
+        };
+        let passes = llmc_passes::registry::pipeline(p).unwrap_or_else(|e| panic!("{file}: {e}"));
+        PassManager::new(passes)
+            .run(&mut g, &mut cx, |_, _| {})
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        format!("// passes: {p}")
+    } else {
+        let patterns = patterns_by_name(run_line[0]).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let stats = apply_patterns(&mut g, &patterns, &RewriteConfig::default())
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let fired: Vec<String> = stats
+            .fired
+            .iter()
+            .map(|(k, v)| format!("{k} x{v}"))
+            .collect();
+        format!("// fired: {}", fired.join(", "))
+    };
+    verify(&g).unwrap_or_else(|e| panic!("{file} does not verify after {what}: {e}\n{}", print(&g)));
     let text = print(&g);
     // The printed form is a fixed point of the parser.
     let reparsed = parse(file, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -130,10 +155,12 @@ fn run_file(file: &str) -> String {
             .zip(&y)
             .map(|(p, q)| (p - q).abs())
             .fold(0.0f32, f32::max);
+        // without a TOL line: 1e-5 absolute
+        let scale = x.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let (tol, scale) = rel_tol.map_or((1e-5, 1.0), |t| (t, scale));
         assert!(
-            worst <= 1e-5,
-            "{file}: output {name} differs by {worst} after {}",
-            run_line[0]
+            worst <= tol * scale,
+            "{file}: output {name} differs by {worst} (scale {scale}) after {what}"
         );
     }
     let hist = g.op_histogram();
@@ -155,12 +182,7 @@ fn run_file(file: &str) -> String {
             "{file}: CHECK-COUNT: {line}\n{text}"
         );
     }
-    let fired: Vec<String> = stats
-        .fired
-        .iter()
-        .map(|(k, v)| format!("{k} x{v}"))
-        .collect();
-    format!("// fired: {}\n{text}", fired.join(", "))
+    format!("{fired_line}\n{text}")
 }
 
 macro_rules! filetest {
@@ -187,6 +209,12 @@ filetest!(linear, "linear.llmc");
 filetest!(canonicalize, "canonicalize.llmc");
 filetest!(fold_large, "fold_large.llmc");
 filetest!(shape_exprs, "shape_exprs.llmc");
+filetest!(smooth, "smooth.llmc");
+filetest!(quantize_rtn, "quantize_rtn.llmc");
+filetest!(quantize_gptq, "quantize_gptq.llmc");
+filetest!(quantize_awq, "quantize_awq.llmc");
+filetest!(quantize_mixed, "quantize_mixed.llmc");
+filetest!(smooth_then_w8a8, "smooth_then_w8a8.llmc");
 
 #[test]
 fn every_fixture_has_a_test() {
