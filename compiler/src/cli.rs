@@ -984,7 +984,8 @@ fn build(a: BuildArgs) -> Result<()> {
         .map_err(|e| miette!(help = "write --max-ppl-increase 5%", "{e}"))?;
     let pipeline: Vec<Box<dyn llmc_passes::manager::Pass>> = match &a.passes {
         Some(p) => {
-            if a.quant != "none" || a.group.is_some() || a.quant_method != "rtn" || a.bpw.is_some() {
+            if a.quant != "none" || a.group.is_some() || a.quant_method != "rtn" || a.bpw.is_some()
+            {
                 return Err(miette!(
                     help = "put the quantization in the pipeline: quantize{bits=4,group=64,act=i8,method=gptq}",
                     "--passes replaces --quant, --group and --quant-method; give one or the other"
@@ -997,8 +998,10 @@ fn build(a: BuildArgs) -> Result<()> {
                 )
             })?
         }
-        None => crate::compress::preset_pipeline(scheme, a.group, &a.quant_method, a.keep_head, a.bpw)
-            .map_err(|e| miette!("{e}"))?,
+        None => {
+            crate::compress::preset_pipeline(scheme, a.group, &a.quant_method, a.keep_head, a.bpw)
+                .map_err(|e| miette!("{e}"))?
+        }
     };
     let mut pm = llmc_passes::manager::PassManager::new(pipeline);
     pm.dump_after = a.dump_ir_after.clone();

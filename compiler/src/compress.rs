@@ -72,10 +72,14 @@ pub fn preset_pipeline(
     opts.head = !keep_head;
     if let Some(b) = bpw {
         if scheme.bits().is_none() {
-            return Err("--bpw mixes integer encodings; give --quant w4a16, w4a8, w3a16, ...".into());
+            return Err(
+                "--bpw mixes integer encodings; give --quant w4a16, w4a8, w3a16, ...".into(),
+            );
         }
         if !(b > 0.0 && b <= 32.0) {
-            return Err(format!("--bpw {b} is not a bits-per-weight target (e.g. 5.5)"));
+            return Err(format!(
+                "--bpw {b} is not a bits-per-weight target (e.g. 5.5)"
+            ));
         }
         opts.bpw = Some(b);
     }

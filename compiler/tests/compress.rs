@@ -60,14 +60,20 @@ fn calibrated_bundles_continue_with_paris() {
     let c: Vec<&str> = calib.iter().map(|x| x.as_str()).collect();
     for (tag, flags) in [
         ("gptq", &["--quant", "w4a8", "--quant-method", "gptq"][..]),
-        ("smooth", &["--quant", "w8a8", "--quant-method", "smoothquant"][..]),
+        (
+            "smooth",
+            &["--quant", "w8a8", "--quant-method", "smoothquant"][..],
+        ),
         ("awq", &["--quant", "w4a16", "--quant-method", "awq"][..]),
     ] {
         let dir = tmp(tag);
         let mut extra = flags.to_vec();
         extra.extend(&c);
         let out = build(&dir, &extra);
-        assert!(out.contains("calibration: 8 windows of 256 tokens"), "{out}");
+        assert!(
+            out.contains("calibration: 8 windows of 256 tokens"),
+            "{out}"
+        );
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
                 .unwrap();
@@ -162,14 +168,24 @@ fn compression_flags_that_do_not_fit_get_clear_errors() {
             "--quant-method gptq chooses integer weights",
         ),
         (
-            vec!["--quant", "w4a16", "--quant-method", "gptq", "--calib", &missing],
+            vec![
+                "--quant",
+                "w4a16",
+                "--quant-method",
+                "gptq",
+                "--calib",
+                &missing,
+            ],
             "missing.txt",
         ),
         (
             vec!["--quant", "w4a8", "--max-ppl-increase", "lots"],
             "--max-ppl-increase 'lots' is not a percentage",
         ),
-        (vec!["--quant", "f16", "--bpw", "5"], "--bpw mixes integer encodings"),
+        (
+            vec!["--quant", "f16", "--bpw", "5"],
+            "--bpw mixes integer encodings",
+        ),
         (
             vec!["--passes", "quantize{bits=4,method=gptq,damp=2}"],
             "damp must lie in [0, 1)",
@@ -192,7 +208,11 @@ fn pooled(h: &Tensor) -> Vec<f32> {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64) * (*y as f64))
+        .sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
@@ -218,7 +238,11 @@ fn sentences() -> Vec<String> {
 fn minilm_embeddings_survive_quantization() {
     let model = llmc::frontend::load(&assets::minilm_l6_dir()).unwrap();
     let tok = model.tokenizer.as_ref().unwrap();
-    let token_types = model.graph.inputs.iter().any(|(n, _)| n == "token_type_ids");
+    let token_types = model
+        .graph
+        .inputs
+        .iter()
+        .any(|(n, _)| n == "token_type_ids");
     let feeds: Vec<Vec<(String, Tensor)>> = sentences()
         .iter()
         .map(|s| {
@@ -229,10 +253,16 @@ fn minilm_embeddings_survive_quantization() {
                     "input_ids".to_string(),
                     Tensor::i64(vec![1, n], ids.iter().map(|&t| t as i64).collect()),
                 ),
-                ("attention_mask".to_string(), Tensor::i64(vec![1, n], vec![1; n])),
+                (
+                    "attention_mask".to_string(),
+                    Tensor::i64(vec![1, n], vec![1; n]),
+                ),
             ];
             if token_types {
-                f.push(("token_type_ids".to_string(), Tensor::i64(vec![1, n], vec![0; n])));
+                f.push((
+                    "token_type_ids".to_string(),
+                    Tensor::i64(vec![1, n], vec![0; n]),
+                ));
             }
             f
         })
@@ -266,7 +296,9 @@ fn minilm_embeddings_survive_quantization() {
             .map(|(a, b)| cosine(a, b))
             .sum::<f64>()
             / got.len() as f64;
-        println!("MiniLM-L6 {scheme:?} g{group:?}: mean cosine to f32 over 100 SOTU sentences {mean:.5}");
+        println!(
+            "MiniLM-L6 {scheme:?} g{group:?}: mean cosine to f32 over 100 SOTU sentences {mean:.5}"
+        );
         means.push(mean);
     }
     assert!(means[0] >= 0.995, "w8a8 mean cosine {}", means[0]);

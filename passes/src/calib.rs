@@ -116,12 +116,15 @@ impl InputStats {
             self.abs_sum[j] *= inv;
             self.abs_max[j] = (self.abs_max[j] as f64 * inv) as f32;
         }
-        self.gram.par_chunks_mut(c).enumerate().for_each(|(i, row)| {
-            let si = s[i] as f64;
-            row.iter_mut()
-                .zip(s)
-                .for_each(|(g, &sj)| *g /= si * sj as f64);
-        });
+        self.gram
+            .par_chunks_mut(c)
+            .enumerate()
+            .for_each(|(i, row)| {
+                let si = s[i] as f64;
+                row.iter_mut()
+                    .zip(s)
+                    .for_each(|(g, &sj)| *g /= si * sj as f64);
+            });
     }
 }
 
@@ -231,7 +234,11 @@ pub fn spaced_windows(ids: &[u32], len: usize, count: usize) -> Result<Vec<Vec<u
     let span = ids.len() - len;
     Ok((0..count)
         .map(|i| {
-            let off = if count == 1 { 0 } else { i * span / (count - 1) };
+            let off = if count == 1 {
+                0
+            } else {
+                i * span / (count - 1)
+            };
             ids[off..off + len].to_vec()
         })
         .collect())

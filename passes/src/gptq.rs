@@ -83,9 +83,7 @@ pub fn gptq(
     }
     let energy: Vec<f32> = diag.iter().map(|&d| d as f32).collect();
     let fit = |wt: &[f32], r: usize, gi: usize| -> Grid {
-        let xs: Vec<f32> = (gi * gs..(gi + 1) * gs)
-            .map(|c| wt[c * rows + r])
-            .collect();
+        let xs: Vec<f32> = (gi * gs..(gi + 1) * gs).map(|c| wt[c * rows + r]).collect();
         if o.clip {
             Grid::search(&xs, Some(&energy[gi * gs..(gi + 1) * gs]), q)
         } else {
@@ -169,7 +167,9 @@ pub fn gptq(
                     continue;
                 }
                 let dst = &mut tail[(j - i - 1) * rows..(j - i) * rows];
-                dst.iter_mut().zip(e.iter()).for_each(|(x, &e)| *x -= uij * e);
+                dst.iter_mut()
+                    .zip(e.iter())
+                    .for_each(|(x, &e)| *x -= uij * e);
             }
         }
         if b1 < cols {
@@ -224,7 +224,10 @@ pub fn output_error(w: &[f32], approx: &[f32], rows: usize, cols: usize, gram: &
         &mut dg,
         true,
     );
-    dg.iter().zip(&d).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+    dg.iter()
+        .zip(&d)
+        .map(|(a, b)| (*a as f64) * (*b as f64))
+        .sum()
 }
 
 #[cfg(test)]
@@ -234,7 +237,9 @@ mod tests {
     use llmc_ir::{DType, Group, Zero};
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
     }
 

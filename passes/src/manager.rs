@@ -151,11 +151,7 @@ impl PassContext {
 
     /// The calibration statistics of `g`, gathered now unless already at hand; the caller
     /// puts them back in `stats` when done. `pass` names who needs them in the error.
-    pub fn take_stats(
-        &mut self,
-        g: &Graph,
-        pass: &str,
-    ) -> Result<crate::calib::Stats, PassError> {
+    pub fn take_stats(&mut self, g: &Graph, pass: &str) -> Result<crate::calib::Stats, PassError> {
         if let Some(s) = self.stats.take() {
             return Ok(s);
         }

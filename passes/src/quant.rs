@@ -5,9 +5,9 @@
 //! changes with it); the numeric error is the rounding of each weight to its group's grid,
 //! reported per weight as the relative Frobenius error.
 
+use crate::calib::Stats;
 use crate::PassError;
 use llmc_ir::weights::encode_quant;
-use crate::calib::Stats;
 use llmc_ir::{
     ActQuant, Bytes, DType, Encoding, Format, Graph, Group, Op, QuantSpec, TensorType, ValueDef,
     ValueId, WeightData, Zero,
@@ -29,8 +29,7 @@ pub enum Scheme {
 }
 
 impl Scheme {
-    pub const NAMES: [&'static str; 7] =
-        ["none", "f16", "w8a16", "w8a8", "w4a16", "w4a8", "w3a16"];
+    pub const NAMES: [&'static str; 7] = ["none", "f16", "w8a16", "w8a8", "w4a16", "w4a8", "w3a16"];
 
     pub fn parse(s: &str) -> Option<Scheme> {
         Some(match s {
@@ -314,6 +313,16 @@ pub fn quantize_with(
             }
         }
     }
+    // what each weight was before this pass (AWQ's scaling rewrites them as f32 first)
+    let original: std::collections::BTreeMap<usize, (String, Option<u64>)> = targets(g, opts.head)
+        .into_iter()
+        .map(|(i, _)| {
+            let w = &g.weights[i];
+            let dims: Option<Vec<u64>> = w.ty.shape.0.iter().map(|d| d.fixed()).collect();
+            let bytes = dims.and_then(|d| w.ty.enc.byte_size(&d));
+            (i, (w.ty.enc.to_string(), bytes))
+        })
+        .collect();
     let mut awq_rows = Vec::new();
     if let (Method::Awq, WeightFormat::Int(bits), Some(st)) =
         (opts.method, opts.weights, stats.as_deref_mut())
@@ -322,7 +331,9 @@ pub fn quantize_with(
     }
     let work = targets(g, opts.head);
     let high = match (opts.bpw, opts.weights, stats.as_deref()) {
-        (Some(bpw), WeightFormat::Int(bits), Some(st)) => mixed_precision(g, opts, bits, bpw, &work, st)?,
+        (Some(bpw), WeightFormat::Int(bits), Some(st)) => {
+            mixed_precision(g, opts, bits, bpw, &work, st)?
+        }
         (Some(_), WeightFormat::Int(_), None) => {
             return Err(PassError::Calibration(
                 "quantize bpw= (mixed precision) needs calibration statistics".into(),
@@ -353,11 +364,16 @@ pub fn quantize_with(
                     .iter()
                     .map(|d| d.fixed().expect("weights are fixed"))
                     .collect();
-            let before = w.ty.enc.byte_size(&dims).unwrap_or(0);
+            let (from, before) = match original.get(&i) {
+                Some((e, b)) => (e.clone(), b.unwrap_or(0)),
+                None => (w.ty.enc.to_string(), w.ty.enc.byte_size(&dims).unwrap_or(0)),
+            };
             let t = data.decode_f32(&w.ty).map_err(|e| err(e.to_string()))?;
             let v = t.to_f32_vec();
             let (rows, cols) = llmc_ir::types::rows_cols(&dims);
-            let st = stats_ref.and_then(|s| s.inputs.get(&input)).filter(|s| s.cols as u64 == cols);
+            let st = stats_ref
+                .and_then(|s| s.inputs.get(&input))
+                .filter(|s| s.cols as u64 == cols);
             let (enc, bytes, approx, how) = match opts.weights {
                 WeightFormat::F16 => {
                     let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
@@ -377,21 +393,34 @@ pub fn quantize_with(
                     } else {
                         spec_for(opts, bits, &w.name, cols).map_err(err)?
                     };
-                    let energy: Option<Vec<f32>> = st.map(|s| {
-                        (0..s.cols).map(|j| s.gram[j * s.cols + j] as f32).collect()
-                    });
+                    let energy: Option<Vec<f32>> =
+                        st.map(|s| (0..s.cols).map(|j| s.gram[j * s.cols + j] as f32).collect());
                     let (bytes, approx, how) = match (opts.method, st) {
                         (Method::Gptq, Some(s)) => {
                             let o = crate::gptq::GptqOptions {
                                 clip: opts.clip,
                                 ..opts.gptq
                             };
-                            let (b, a) = crate::gptq::gptq(&v, rows as usize, cols as usize, &s.gram, &q, &o)
-                                .map_err(|m| err(format!("weight @{}: {m}", w.name)))?;
+                            let (b, a) = crate::gptq::gptq(
+                                &v,
+                                rows as usize,
+                                cols as usize,
+                                &s.gram,
+                                &q,
+                                &o,
+                            )
+                            .map_err(|m| err(format!("weight @{}: {m}", w.name)))?;
                             (b, a, "gptq")
                         }
                         _ => {
-                            let (b, a) = rtn_with(&v, rows as usize, cols as usize, &q, opts.clip, energy.as_deref());
+                            let (b, a) = rtn_with(
+                                &v,
+                                rows as usize,
+                                cols as usize,
+                                &q,
+                                opts.clip,
+                                energy.as_deref(),
+                            );
                             (b, a, if opts.clip { "rtn+clip" } else { "rtn" })
                         }
                     };
@@ -404,10 +433,16 @@ pub fn quantize_with(
                 den += (*a as f64).powi(2);
             }
             let out_error = st.map(|s| {
-                let e = crate::gptq::output_error(&v, &approx, rows as usize, cols as usize, &s.gram);
+                let e =
+                    crate::gptq::output_error(&v, &approx, rows as usize, cols as usize, &s.gram);
                 let zero = vec![0f32; v.len()];
-                let base = crate::gptq::output_error(&v, &zero, rows as usize, cols as usize, &s.gram);
-                if base > 0.0 { (e / base).sqrt() } else { 0.0 }
+                let base =
+                    crate::gptq::output_error(&v, &zero, rows as usize, cols as usize, &s.gram);
+                if base > 0.0 {
+                    (e / base).sqrt()
+                } else {
+                    0.0
+                }
             });
             let ty = TensorType {
                 shape: w.ty.shape.clone(),
@@ -421,7 +456,7 @@ pub fn quantize_with(
             );
             let rep = WeightReport {
                 name: w.name.clone(),
-                from: w.ty.enc.to_string(),
+                from,
                 to: enc.to_string(),
                 method: how.to_string(),
                 params: rows * cols,
@@ -503,7 +538,8 @@ fn mixed_precision(
             let gain = match stats.inputs.get(&input).filter(|s| s.cols == cols) {
                 Some(st) => {
                     let zero = vec![0f32; v.len()];
-                    let base = crate::gptq::output_error(&v, &zero, rows, cols, &st.gram).max(1e-30);
+                    let base =
+                        crate::gptq::output_error(&v, &zero, rows, cols, &st.gram).max(1e-30);
                     let (_, a) = rtn(&v, rows, cols, &lq);
                     let (_, b) = rtn(&v, rows, cols, &HIGH);
                     (crate::gptq::output_error(&v, &a, rows, cols, &st.gram)
@@ -585,7 +621,9 @@ fn awq(
             .par_iter()
             .map(|&alpha| {
                 let mut s: Vec<f32> = mean.iter().map(|&m| m.max(1e-8).powf(alpha)).collect();
-                let (lo, hi) = s.iter().fold((f32::INFINITY, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+                let (lo, hi) = s
+                    .iter()
+                    .fold((f32::INFINITY, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
                 let norm = (lo * hi).sqrt();
                 s.iter_mut().for_each(|x| *x = (*x / norm).max(1e-4));
                 let loss: f64 = layers
@@ -629,7 +667,11 @@ fn awq(
             params: 0,
             bytes_before: 0,
             bytes_after: 0,
-            rel_error: if base_loss > 0.0 { best_loss / base_loss } else { 1.0 },
+            rel_error: if base_loss > 0.0 {
+                best_loss / base_loss
+            } else {
+                1.0
+            },
             out_error: None,
         });
     }

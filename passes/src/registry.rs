@@ -42,7 +42,12 @@ impl Pass for Rewrite {
 
 /// The passes, in the order `llmc passes` lists them.
 pub fn infos() -> Vec<&'static PassInfo> {
-    vec![&CANONICALIZE, &FUSE, &crate::smooth::SMOOTH_INFO, &QUANTIZE_INFO]
+    vec![
+        &CANONICALIZE,
+        &FUSE,
+        &crate::smooth::SMOOTH_INFO,
+        &QUANTIZE_INFO,
+    ]
 }
 
 /// A pass from its name and option values.

@@ -43,10 +43,10 @@ fn weight_index(g: &Graph, v: ValueId) -> Option<usize> {
 pub fn sites(g: &Graph) -> Vec<Site> {
     let users = g.users();
     let producers = g.producers();
-    let only_use = |v: ValueId| users[v.0 as usize].len() == 1 && !g.outputs.iter().any(|(_, o)| *o == v);
-    let fixed = |v: ValueId| -> Option<Vec<u64>> {
-        g.ty(v).shape.0.iter().map(|d| d.fixed()).collect()
-    };
+    let only_use =
+        |v: ValueId| users[v.0 as usize].len() == 1 && !g.outputs.iter().any(|(_, o)| *o == v);
+    let fixed =
+        |v: ValueId| -> Option<Vec<u64>> { g.ty(v).shape.0.iter().map(|d| d.fixed()).collect() };
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for n in &g.nodes {
@@ -144,9 +144,10 @@ pub fn sites(g: &Graph) -> Vec<Site> {
 /// A weight's values as f32, with its rows and columns.
 pub fn weight_f32(g: &Graph, i: usize) -> Result<(Vec<f32>, usize, usize), PassError> {
     let w = &g.weights[i];
-    let data = w.data.as_ref().ok_or_else(|| {
-        PassError::Calibration(format!("weight @{} has no data", w.name))
-    })?;
+    let data = w
+        .data
+        .as_ref()
+        .ok_or_else(|| PassError::Calibration(format!("weight @{} has no data", w.name)))?;
     let dims: Vec<u64> = w.ty.shape.0.iter().filter_map(|d| d.fixed()).collect();
     let (rows, cols) = llmc_ir::types::rows_cols(&dims);
     let t = data
@@ -158,13 +159,12 @@ pub fn weight_f32(g: &Graph, i: usize) -> Result<(Vec<f32>, usize, usize), PassE
 /// Replaces a weight's values by dense f32 ones of the same shape.
 pub fn set_weight_f32(g: &mut Graph, i: usize, values: Vec<f32>, note: &str) {
     let w = &g.weights[i];
-    let shape: Vec<usize> = w
-        .ty
-        .shape
-        .0
-        .iter()
-        .map(|d| d.fixed().unwrap_or(0) as usize)
-        .collect();
+    let shape: Vec<usize> =
+        w.ty.shape
+            .0
+            .iter()
+            .map(|d| d.fixed().unwrap_or(0) as usize)
+            .collect();
     let origin = format!(
         "{} ({note})",
         w.data.as_ref().map_or("", |d| d.origin.as_str())
@@ -275,7 +275,11 @@ impl crate::manager::Pass for SmoothPass {
         true
     }
 
-    fn run(&mut self, g: &mut Graph, cx: &mut crate::manager::PassContext) -> Result<(), PassError> {
+    fn run(
+        &mut self,
+        g: &mut Graph,
+        cx: &mut crate::manager::PassContext,
+    ) -> Result<(), PassError> {
         if !(0.0..=1.0).contains(&self.alpha) {
             return Err(PassError::Options {
                 pass: "smooth".into(),
@@ -291,7 +295,10 @@ impl crate::manager::Pass for SmoothPass {
             for &i in &site.linears {
                 let (v, _, cols) = weight_f32(g, i)?;
                 for row in v.chunks(cols) {
-                    w_max.iter_mut().zip(row).for_each(|(m, x)| *m = m.max(x.abs()));
+                    w_max
+                        .iter_mut()
+                        .zip(row)
+                        .for_each(|(m, x)| *m = m.max(x.abs()));
                 }
             }
             let s = smoothquant_scales(&st.abs_max, &w_max, self.alpha);
@@ -322,25 +329,64 @@ mod tests {
 
     /// x → rms_norm(γ) → {linear A, linear B}; and up/gate → silu·up → linear C.
     fn graph() -> Graph {
-        let t = |v: Vec<f32>, s: &[usize]| Some(WeightData::from_tensor(&Tensor::f32(s.to_vec(), v), "t"));
+        let t = |v: Vec<f32>, s: &[usize]| {
+            Some(WeightData::from_tensor(&Tensor::f32(s.to_vec(), v), "t"))
+        };
         let mut g = Graph::new("s");
         let x = g.add_input("x", TensorType::fixed(&[3, 4], DType::F32));
         let gamma = g
-            .add_weight("gamma", TensorType::fixed(&[4], DType::F32), t(vec![1.0, 2.0, 0.5, 1.5], &[4]))
+            .add_weight(
+                "gamma",
+                TensorType::fixed(&[4], DType::F32),
+                t(vec![1.0, 2.0, 0.5, 1.5], &[4]),
+            )
             .unwrap();
         let w = |g: &mut Graph, name: &str, n: usize, k: usize, seed: f32| {
-            let v: Vec<f32> = (0..n * k).map(|i| ((i as f32 * 0.37 + seed).sin())).collect();
+            let v: Vec<f32> = (0..n * k)
+                .map(|i| ((i as f32 * 0.37 + seed).sin()))
+                .collect();
             g.add_weight(name, TensorType::fixed(&[n, k], DType::F32), t(v, &[n, k]))
                 .unwrap()
         };
-        let n = g.add1(Op::RmsNorm { axis: -1, eps: 1e-5 }, &[x, gamma]).unwrap();
+        let n = g
+            .add1(
+                Op::RmsNorm {
+                    axis: -1,
+                    eps: 1e-5,
+                },
+                &[x, gamma],
+            )
+            .unwrap();
         let (wa, wb) = (w(&mut g, "a", 6, 4, 0.1), w(&mut g, "b", 6, 4, 0.7));
-        let a = g.add1(Op::Linear { act: llmc_ir::ActQuant::None }, &[n, wa]).unwrap();
-        let b = g.add1(Op::Linear { act: llmc_ir::ActQuant::None }, &[n, wb]).unwrap();
+        let a = g
+            .add1(
+                Op::Linear {
+                    act: llmc_ir::ActQuant::None,
+                },
+                &[n, wa],
+            )
+            .unwrap();
+        let b = g
+            .add1(
+                Op::Linear {
+                    act: llmc_ir::ActQuant::None,
+                },
+                &[n, wb],
+            )
+            .unwrap();
         let sa = g.add1(Op::Unary(llmc_ir::UnaryOp::Silu), &[a]).unwrap();
-        let m = g.add1(Op::Binary(llmc_ir::BinaryOp::Mul), &[sa, b]).unwrap();
+        let m = g
+            .add1(Op::Binary(llmc_ir::BinaryOp::Mul), &[sa, b])
+            .unwrap();
         let wc = w(&mut g, "c", 4, 6, 1.3);
-        let c = g.add1(Op::Linear { act: llmc_ir::ActQuant::None }, &[m, wc]).unwrap();
+        let c = g
+            .add1(
+                Op::Linear {
+                    act: llmc_ir::ActQuant::None,
+                },
+                &[m, wc],
+            )
+            .unwrap();
         g.set_output("y", c);
         g
     }
@@ -353,16 +399,26 @@ mod tests {
         assert!(matches!(found[0].fold, Fold::Norm { .. }));
         assert_eq!(found[0].linears.len(), 2);
         assert!(matches!(found[1].fold, Fold::Rows { .. }));
-        let x = Tensor::f32(vec![3, 4], (0..12).map(|i| (i as f32 * 0.9).cos()).collect());
-        let before = Session::new(&g).unwrap().run(&[("x", x.clone())]).unwrap()[0].1.to_f32_vec();
+        let x = Tensor::f32(
+            vec![3, 4],
+            (0..12).map(|i| (i as f32 * 0.9).cos()).collect(),
+        );
+        let before = Session::new(&g).unwrap().run(&[("x", x.clone())]).unwrap()[0]
+            .1
+            .to_f32_vec();
         for site in &found {
             let s: Vec<f32> = (0..site.cols).map(|j| 0.5 + j as f32 * 0.75).collect();
             apply(&mut g, site, &s, None, "test").unwrap();
         }
         llmc_ir::verify(&g).unwrap();
-        let after = Session::new(&g).unwrap().run(&[("x", x)]).unwrap()[0].1.to_f32_vec();
+        let after = Session::new(&g).unwrap().run(&[("x", x)]).unwrap()[0]
+            .1
+            .to_f32_vec();
         for (p, q) in before.iter().zip(&after) {
-            assert!((p - q).abs() < 1e-4 * (1.0 + p.abs()), "{before:?} vs {after:?}");
+            assert!(
+                (p - q).abs() < 1e-4 * (1.0 + p.abs()),
+                "{before:?} vs {after:?}"
+            );
         }
     }
 }

@@ -91,7 +91,11 @@ fn run_file(file: &str) -> String {
         1,
         "{file}: needs exactly one // RUN: line naming patterns or one // PASSES: pipeline"
     );
-    let what = run_line.first().or(pass_line.first()).copied().unwrap_or("");
+    let what = run_line
+        .first()
+        .or(pass_line.first())
+        .copied()
+        .unwrap_or("");
     // lossy passes state how far outputs may move, relative to the largest output
     let rel_tol: Option<f32> = directives(&src, "TOL")
         .first()
@@ -136,7 +140,8 @@ fn run_file(file: &str) -> String {
             .collect();
         format!("// fired: {}", fired.join(", "))
     };
-    verify(&g).unwrap_or_else(|e| panic!("{file} does not verify after {what}: {e}\n{}", print(&g)));
+    verify(&g)
+        .unwrap_or_else(|e| panic!("{file} does not verify after {what}: {e}\n{}", print(&g)));
     let text = print(&g);
     // The printed form is a fixed point of the parser.
     let reparsed = parse(file, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
