@@ -154,6 +154,10 @@ pub struct BuildArgs {
     /// How integer weights are chosen: rtn, gptq, awq, smoothquant (all but rtn calibrate).
     #[arg(long, default_value = "rtn")]
     pub quant_method: String,
+    /// Prune linear weights before quantizing: wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4,
+    /// sparsegpt:2:4 (wanda and sparsegpt calibrate).
+    #[arg(long, value_name = "SPEC")]
+    pub prune: Option<String>,
     /// Mixed precision: average bits per quantized weight; the layers most sensitive on
     /// calibration move to int8 per channel until the target is met (e.g. --bpw 5.5).
     #[arg(long)]
@@ -984,11 +988,15 @@ fn build(a: BuildArgs) -> Result<()> {
         .map_err(|e| miette!(help = "write --max-ppl-increase 5%", "{e}"))?;
     let pipeline: Vec<Box<dyn llmc_passes::manager::Pass>> = match &a.passes {
         Some(p) => {
-            if a.quant != "none" || a.group.is_some() || a.quant_method != "rtn" || a.bpw.is_some()
+            if a.quant != "none"
+                || a.group.is_some()
+                || a.quant_method != "rtn"
+                || a.bpw.is_some()
+                || a.prune.is_some()
             {
                 return Err(miette!(
                     help = "put the quantization in the pipeline: quantize{bits=4,group=64,act=i8,method=gptq}",
-                    "--passes replaces --quant, --group and --quant-method; give one or the other"
+                    "--passes replaces --quant, --group, --quant-method, --bpw and --prune; give one or the other"
                 ));
             }
             llmc_passes::registry::pipeline(p).map_err(|e| {
@@ -999,8 +1007,21 @@ fn build(a: BuildArgs) -> Result<()> {
             })?
         }
         None => {
-            crate::compress::preset_pipeline(scheme, a.group, &a.quant_method, a.keep_head, a.bpw)
-                .map_err(|e| miette!("{e}"))?
+            let mut p = Vec::new();
+            if let Some(spec) = &a.prune {
+                p.push(crate::compress::prune_pass(spec).map_err(|e| miette!("{e}"))?);
+            }
+            p.extend(
+                crate::compress::preset_pipeline(
+                    scheme,
+                    a.group,
+                    &a.quant_method,
+                    a.keep_head,
+                    a.bpw,
+                )
+                .map_err(|e| miette!("{e}"))?,
+            );
+            p
         }
     };
     let mut pm = llmc_passes::manager::PassManager::new(pipeline);

@@ -94,6 +94,46 @@ pub fn preset_pipeline(
     Ok(out)
 }
 
+/// The pass behind `--prune SPEC`: `METHOD:FRACTION` (`wanda:0.5`), `N:M` (Wanda, `2:4`) or
+/// `METHOD:N:M` (`sparsegpt:2:4`); methods magnitude, wanda, sparsegpt.
+pub fn prune_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
+    use llmc_passes::prune::{PruneMethod, PrunePass, Sparsity};
+    let bad = || {
+        format!(
+            "--prune '{spec}' is not a pruning spec (write wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4 or sparsegpt:2:4)"
+        )
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (method, rest) = match PruneMethod::parse(parts[0]) {
+        Some(m) => (m, &parts[1..]),
+        None => (PruneMethod::Wanda, &parts[..]),
+    };
+    let sparsity = match rest {
+        [f] => {
+            let f: f32 = f.parse().map_err(|_| bad())?;
+            if !(0.0..1.0).contains(&f) {
+                return Err(format!("--prune '{spec}': the fraction must lie in [0, 1)"));
+            }
+            Sparsity::Fraction(f)
+        }
+        [n, m] => {
+            let (n, m): (usize, usize) =
+                (n.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            if m < 2 || n == 0 || n >= m {
+                return Err(format!("--prune '{spec}': N:M keeps 0 < N < M of every M"));
+            }
+            Sparsity::NM { n, m }
+        }
+        _ => return Err(bad()),
+    };
+    Ok(Box::new(PrunePass {
+        method,
+        sparsity,
+        damp: 0.01,
+        head: false,
+    }))
+}
+
 /// Calibration windows of a decoder from text files: the files joined as the evaluation
 /// protocol joins them, tokenized, `count` windows of `len` tokens evenly spaced.
 pub fn calibration(
@@ -211,6 +251,24 @@ pub fn totals(rows: &[serde_json::Value]) -> (u64, u64, u64) {
 
 /// The report as a table: one line per quantized weight, then totals.
 pub fn print_table(rows: &[serde_json::Value]) {
+    let pruned: Vec<&serde_json::Value> = rows.iter().filter(|r| r["pass"] == "prune").collect();
+    if !pruned.is_empty() {
+        let mean = pruned
+            .iter()
+            .filter_map(|r| r["sparsity"].as_f64())
+            .sum::<f64>()
+            / pruned.len() as f64;
+        let worst = pruned
+            .iter()
+            .filter_map(|r| r["out_error"].as_f64())
+            .fold(0.0, f64::max);
+        println!(
+            "pruned {} weights ({}): mean sparsity {:.1}%, worst output error on calibration {worst:.4}",
+            pruned.len(),
+            pruned[0]["method"].as_str().unwrap_or("?"),
+            mean * 100.0
+        );
+    }
     let q: Vec<&serde_json::Value> = rows
         .iter()
         .filter(|r| r["pass"] == "quantize" && r["params"].as_u64().unwrap_or(0) > 0)

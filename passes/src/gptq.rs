@@ -105,9 +105,89 @@ pub fn gptq(
             }
         }
     }
-    // U: the upper Cholesky factor of (H + λI)⁻¹, in the permuted order
-    let mean = diag.iter().sum::<f64>() / cols as f64;
-    let damp = o.damp * mean;
+    let u = inverse_hessian_factor(&h, &perm, o.damp)?;
+    // the permuted transposed weight
+    let mut wp = vec![0f32; rows * cols];
+    for (i, &c) in perm.iter().enumerate() {
+        wp[i * rows..(i + 1) * rows].copy_from_slice(&wt[c * rows..(c + 1) * rows]);
+    }
+    let mut codes = vec![0u8; rows * cols];
+    let mut approx = vec![0f32; rows * cols];
+    struct Round<'a> {
+        perm: &'a [usize],
+        gs: usize,
+        ngroups: usize,
+        rows: usize,
+        cols: usize,
+        dynamic: bool,
+        clip: bool,
+        energy: &'a [f32],
+        q: &'a QuantSpec,
+        grids: &'a mut [Grid],
+        codes: &'a mut [u8],
+        approx: &'a mut [f32],
+    }
+    impl Columns for Round<'_> {
+        fn column(&mut self, i: usize, wp: &[f32], out: &mut [f32]) {
+            let (rows, cols, gs) = (self.rows, self.cols, self.gs);
+            let c = self.perm[i];
+            let gi = c / gs;
+            if self.dynamic && c % gs == 0 {
+                // the group's grid from its columns as the updates left them
+                for r in 0..rows {
+                    let xs: Vec<f32> = (0..gs).map(|t| wp[(i + t) * rows + r]).collect();
+                    self.grids[r * self.ngroups + gi] = if self.clip {
+                        Grid::search(&xs, Some(&self.energy[c..c + gs]), self.q)
+                    } else {
+                        Grid::fit(&xs, self.q, 1.0)
+                    };
+                }
+            }
+            let col = &wp[i * rows..(i + 1) * rows];
+            for r in 0..rows {
+                let (code, a) = self.grids[r * self.ngroups + gi].quantize(col[r], self.q);
+                self.codes[r * cols + c] = code;
+                self.approx[r * cols + c] = a;
+                out[r] = a;
+            }
+        }
+    }
+    obs_sweep(
+        &mut wp,
+        rows,
+        cols,
+        &u,
+        o.block,
+        &mut Round {
+            perm: &perm,
+            gs,
+            ngroups,
+            rows,
+            cols,
+            dynamic: !o.act_order,
+            clip: o.clip,
+            energy: &energy,
+            q,
+            grids: &mut grids,
+            codes: &mut codes,
+            approx: &mut approx,
+        },
+    );
+    let scales: Vec<f32> = grids.iter().map(|g| g.scale).collect();
+    let zeros: Vec<f32> = grids.iter().map(|g| g.zero).collect();
+    Ok((
+        encode_quant(q, rows as u64, cols as u64, &codes, &scales, &zeros),
+        approx,
+    ))
+}
+
+/// `U`, the upper Cholesky factor of `(H + λI)⁻¹` with `H` taken in the order `perm` and
+/// `λ = damp · mean(diag H)`, row-major `cols × cols`: the optimal-brain-surgeon updates of
+/// GPTQ and SparseGPT read it row by row.
+pub fn inverse_hessian_factor(h: &[f64], perm: &[usize], damp: f64) -> Result<Vec<f32>, String> {
+    let cols = perm.len();
+    let mean = (0..cols).map(|c| h[c * cols + c]).sum::<f64>() / cols as f64;
+    let damp = damp * mean;
     let hp = Mat::<f64>::from_fn(cols, cols, |i, j| {
         h[perm[i] * cols + perm[j]] + if i == j { damp } else { 0.0 }
     });
@@ -126,40 +206,43 @@ pub fn gptq(
             u[i * cols + j] = lf[(j, i)] as f32;
         }
     }
-    // the permuted transposed weight
-    let mut wp = vec![0f32; rows * cols];
-    for (i, &c) in perm.iter().enumerate() {
-        wp[i * rows..(i + 1) * rows].copy_from_slice(&wt[c * rows..(c + 1) * rows]);
-    }
-    let mut codes = vec![0u8; rows * cols];
-    let mut approx = vec![0f32; rows * cols];
+    Ok(u)
+}
+
+/// What replaces each column in an [`obs_sweep`].
+pub trait Columns {
+    /// Called at the start of each block `[b0, b1)` with the weight as the updates left it.
+    fn block(&mut self, _b0: usize, _b1: usize, _wp: &[f32], _u: &[f32]) {}
+    /// Writes into `out` (one value per row) what column `i` of `wp` becomes.
+    fn column(&mut self, i: usize, wp: &[f32], out: &mut [f32]);
+}
+
+/// The column sweep shared by GPTQ and SparseGPT over the transposed weight `wp`
+/// (`cols × rows`, column `i` contiguous): each column is replaced as `f` says and its error,
+/// scaled by `1/U_ii`, is taken out of the columns after it; inside a block of `block`
+/// columns one column at a time, past the block by one matrix product.
+pub fn obs_sweep(
+    wp: &mut [f32],
+    rows: usize,
+    cols: usize,
+    u: &[f32],
+    block: usize,
+    f: &mut dyn Columns,
+) {
+    let mut out = vec![0f32; rows];
     let mut b0 = 0;
     while b0 < cols {
-        let b1 = (b0 + o.block).min(cols);
+        let b1 = (b0 + block.max(1)).min(cols);
+        f.block(b0, b1, wp, u);
         let mut err = vec![0f32; (b1 - b0) * rows];
         for i in b0..b1 {
-            let c = perm[i];
-            let gi = c / gs;
-            if !o.act_order && c % gs == 0 {
-                // the group's grid from its columns as the updates left them
-                for r in 0..rows {
-                    let xs: Vec<f32> = (0..gs).map(|t| wp[(i + t) * rows + r]).collect();
-                    grids[r * ngroups + gi] = if o.clip {
-                        Grid::search(&xs, Some(&energy[c..c + gs]), q)
-                    } else {
-                        Grid::fit(&xs, q, 1.0)
-                    };
-                }
-            }
+            f.column(i, wp, &mut out);
             let d = u[i * cols + i];
             let (head, tail) = wp.split_at_mut((i + 1) * rows);
             let col = &head[i * rows..];
             let e = &mut err[(i - b0) * rows..(i - b0 + 1) * rows];
             for r in 0..rows {
-                let (code, a) = grids[r * ngroups + gi].quantize(col[r], q);
-                codes[r * cols + c] = code;
-                approx[r * cols + c] = a;
-                e[r] = (col[r] - a) / d;
+                e[r] = (col[r] - out[r]) / d;
             }
             for j in i + 1..b1 {
                 let uij = u[i * cols + j];
@@ -197,12 +280,6 @@ pub fn gptq(
         }
         b0 = b1;
     }
-    let scales: Vec<f32> = grids.iter().map(|g| g.scale).collect();
-    let zeros: Vec<f32> = grids.iter().map(|g| g.zero).collect();
-    Ok((
-        encode_quant(q, rows as u64, cols as u64, &codes, &scales, &zeros),
-        approx,
-    ))
 }
 
 /// `Σ_rows (Ŵ − W) G (Ŵ − W)ᵀ`: the squared output error over the calibration tokens of

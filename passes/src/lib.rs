@@ -6,6 +6,7 @@ pub mod fold;
 pub mod fuse;
 pub mod gptq;
 pub mod manager;
+pub mod prune;
 pub mod quant;
 pub mod registry;
 pub mod rewrite;

@@ -45,6 +45,7 @@ pub fn infos() -> Vec<&'static PassInfo> {
     vec![
         &CANONICALIZE,
         &FUSE,
+        &crate::prune::PRUNE_INFO,
         &crate::smooth::SMOOTH_INFO,
         &QUANTIZE_INFO,
     ]
@@ -72,6 +73,7 @@ pub fn create(
     let opts = Options::new(info, values)?;
     Ok(match name {
         "quantize" => Box::new(QuantizePass::from_options(&opts)?),
+        "prune" => Box::new(crate::prune::PrunePass::from_options(&opts)?),
         "smooth" => Box::new(crate::smooth::SmoothPass {
             alpha: opts.float("alpha")? as f32,
         }),

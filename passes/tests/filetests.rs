@@ -232,6 +232,8 @@ filetest!(quantize_gptq, "quantize_gptq.llmc");
 filetest!(quantize_awq, "quantize_awq.llmc");
 filetest!(quantize_mixed, "quantize_mixed.llmc");
 filetest!(smooth_then_w8a8, "smooth_then_w8a8.llmc");
+filetest!(prune_sparsegpt_24, "prune_sparsegpt_24.llmc");
+filetest!(prune_wanda_then_w4, "prune_wanda_then_w4.llmc");
 
 #[test]
 fn every_fixture_has_a_test() {
