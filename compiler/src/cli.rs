@@ -155,7 +155,8 @@ pub struct BuildArgs {
     #[arg(long, default_value = "rtn")]
     pub quant_method: String,
     /// Prune linear weights before quantizing: wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4,
-    /// sparsegpt:2:4 (wanda and sparsegpt calibrate).
+    /// sparsegpt:2:4 (wanda and sparsegpt calibrate); or remove FFN channels: ffn:0.25
+    /// (scored on calibration), ffn-prunenet:0.25 (spectral, no data).
     #[arg(long, value_name = "SPEC")]
     pub prune: Option<String>,
     /// Mixed precision: average bits per quantized weight; the layers most sensitive on

@@ -100,9 +100,22 @@ pub fn prune_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
     use llmc_passes::prune::{PruneMethod, PrunePass, Sparsity};
     let bad = || {
         format!(
-            "--prune '{spec}' is not a pruning spec (write wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4 or sparsegpt:2:4)"
+            "--prune '{spec}' is not a pruning spec (write wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4, sparsegpt:2:4, ffn:0.25 or ffn-prunenet:0.25)"
         )
     };
+    if let Some((kind, f)) = spec.split_once(':').filter(|(k, _)| k.starts_with("ffn")) {
+        use llmc_passes::structured::{ChannelScore, PruneFfnPass};
+        let score = match kind {
+            "ffn" => ChannelScore::Activation,
+            "ffn-prunenet" => ChannelScore::Spectral,
+            _ => return Err(bad()),
+        };
+        let fraction: f64 = f.parse().map_err(|_| bad())?;
+        if !(0.0..1.0).contains(&fraction) {
+            return Err(format!("--prune '{spec}': the fraction must lie in [0, 1)"));
+        }
+        return Ok(Box::new(PruneFfnPass { fraction, score }));
+    }
     let parts: Vec<&str> = spec.split(':').collect();
     let (method, rest) = match PruneMethod::parse(parts[0]) {
         Some(m) => (m, &parts[1..]),

@@ -11,6 +11,7 @@ pub mod quant;
 pub mod registry;
 pub mod rewrite;
 pub mod smooth;
+pub mod structured;
 mod symbolic;
 
 pub use canonicalize::{canonical_patterns, canonicalize};

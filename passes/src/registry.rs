@@ -46,6 +46,7 @@ pub fn infos() -> Vec<&'static PassInfo> {
         &CANONICALIZE,
         &FUSE,
         &crate::prune::PRUNE_INFO,
+        &crate::structured::PRUNE_FFN_INFO,
         &crate::smooth::SMOOTH_INFO,
         &QUANTIZE_INFO,
     ]
@@ -74,6 +75,7 @@ pub fn create(
     Ok(match name {
         "quantize" => Box::new(QuantizePass::from_options(&opts)?),
         "prune" => Box::new(crate::prune::PrunePass::from_options(&opts)?),
+        "prune-ffn" => Box::new(crate::structured::PruneFfnPass::from_options(&opts)?),
         "smooth" => Box::new(crate::smooth::SmoothPass {
             alpha: opts.float("alpha")? as f32,
         }),
