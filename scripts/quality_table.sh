@@ -4,8 +4,9 @@
 # empty cache, 8,176 predicted tokens; KL and top-1 against the uncompressed model, which
 # the same run measures), beside llama.cpp's Q8_0 / Q4_0 / Q4_K_M on the same tokens.
 #
-#   scripts/quality_table.sh [--rows NAME,NAME...] [--no-peer]
+#   scripts/quality_table.sh [--set quant|prune|all] [--rows NAME,NAME...] [--no-peer]
 #
+# --set quant (the default) measures the quantization rows, prune the pruning rows, all both.
 # Each llmc row is one `llmc build ... --eval --keep-head` (the 210 linear layers are
 # compressed; the tied embedding / output head stays as shipped, Q8_0, which the reference
 # decodes alike). Calibration: 64 windows of 512 tokens from SOTU 1950-1999, as ASSETS.md
@@ -20,17 +21,19 @@ model=$cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 out=$root/target/quality
 rows_wanted=""
 peer=1
+set_name=quant
 while [ $# -gt 0 ]; do
   case "$1" in
     --rows) rows_wanted=$2; shift 2 ;;
     --no-peer) peer=0; shift ;;
-    *) echo "quality_table.sh: unknown argument '$1' (takes --rows A,B and --no-peer)" >&2; exit 2 ;;
+    --set) set_name=$2; shift 2 ;;
+    *) echo "quality_table.sh: unknown argument '$1' (takes --set, --rows A,B and --no-peer)" >&2; exit 2 ;;
   esac
 done
 [ -f "$model" ] || { echo "quality_table.sh: $model is missing; run scripts/setup.sh" >&2; exit 1; }
 
 # name | llmc build flags
-configs=(
+quant_configs=(
   "w8a16 rtn pc|--quant w8a16"
   "w8a8 rtn|--quant w8a8"
   "w8a8 smoothquant|--quant w8a8 --quant-method smoothquant"
@@ -41,9 +44,26 @@ configs=(
   "w3a16 g128 gptq|--quant w3a16 --group 128 --quant-method gptq"
   "mixed w4/w8 5.5 gptq|--quant w4a16 --group 128 --quant-method gptq --bpw 5.5"
 )
+# pruned weights stay dense: bpw is that of their storage (f32, or the quantized encoding)
+prune_configs=(
+  "magnitude 50%|--prune magnitude:0.5"
+  "wanda 50%|--prune wanda:0.5"
+  "sparsegpt 50%|--prune sparsegpt:0.5"
+  "wanda 2:4|--prune wanda:2:4"
+  "sparsegpt 2:4|--prune sparsegpt:2:4"
+  "wanda 2:4 + w4a16 g128 rtn|--prune wanda:2:4 --quant w4a16 --group 128"
+  "sparsegpt 2:4 + w4a16 g128 rtn|--prune sparsegpt:2:4 --quant w4a16 --group 128"
+)
+case "$set_name" in
+  quant) configs=("${quant_configs[@]}") ;;
+  prune) configs=("${prune_configs[@]}"); peer=0 ;;
+  all) configs=("${quant_configs[@]}" "${prune_configs[@]}") ;;
+  *) echo "quality_table.sh: --set takes quant, prune or all, not '$set_name'" >&2; exit 2 ;;
+esac
 
 cd "$root"
 cargo build -q -p llmc
+out=$out/$set_name
 mkdir -p "$out"
 # a copy, so rebuilding llmc while the table runs does not change its rows
 cp "$root/target/debug/llmc" "$out/llmc"
@@ -78,6 +98,12 @@ EOF
   tail -n 1 "$results" >&2
 done
 
+if [ "$set_name" != prune ]; then
+  # MiniLM-L6 (true fp32 weights): sentence embeddings under w8a8 and w4a16 g128
+  echo "== MiniLM-L6 embeddings (cargo test --test compress minilm)" >&2
+  cargo test -q -p llmc --test compress minilm -- --nocapture 2>&1 | grep "MiniLM-L6" | tee "$out/minilm.txt" >&2
+fi
+
 peer_json=$out/llamacpp.json
 if [ "$peer" = 1 ]; then
   echo "== llama.cpp (scripts/llamacpp_peer.sh quality)" >&2
@@ -102,4 +128,9 @@ if peer == "1" and os.path.exists(peer_json):
             continue
         print(f"| llama.cpp {r['model']} | {r['linear_bpw']:.3f} | {r['ppl']:.3f} | {r['dppl_pct']:+.2f}% "
               f"| {r['kl']:.4f} | {100 * r['top1']:.2f}% | - | - |")
+minilm = os.path.join(os.path.dirname(results), "minilm.txt")
+if os.path.exists(minilm):
+    print()
+    for line in open(minilm):
+        print(line.strip())
 EOF

@@ -127,11 +127,13 @@ fn check(scheme: Option<Scheme>, tol: Tol) {
                 kl_ref = kl_ref.max(k);
                 top1_ref = top1_ref.min(t);
             }
+            // top-1 over ~19 positions moves in steps of 5%: a summation order change in the
+            // interpreter's matrix products (gemm -> faer) alone moved it by 0.16 here
             println!(
                 "{tag}: interpreter vs itself nudged by 1e-6: KL {kl_ref:.2e}, top-1 {top1_ref}"
             );
             assert!(
-                kl <= factor * kl_ref.max(1e-4) && top1 >= top1_ref - 0.15,
+                kl <= factor * kl_ref.max(1e-4) && top1 >= top1_ref - 0.25,
                 "{tag}: KL {kl} (nudged {kl_ref}), top-1 {top1} (nudged {top1_ref})"
             );
         }
