@@ -11,7 +11,7 @@
 
 use crate::calib::Stats;
 use crate::PassError;
-use llmc_ir::{DType, Encoding, Graph, Op, Tensor, TensorType, ValueDef, ValueId, WeightData};
+use llmc_ir::{DType, Graph, Op, Tensor, TensorType, ValueDef, ValueId, WeightData};
 
 /// Where a site's `1/s` goes.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,7 +32,8 @@ pub struct Site {
     pub fold: Fold,
 }
 
-fn weight_index(g: &Graph, v: ValueId) -> Option<usize> {
+/// The index of the weight a value is, if it is one.
+pub fn weight_index(g: &Graph, v: ValueId) -> Option<usize> {
     match g.def(v) {
         ValueDef::Weight(w) => Some(w as usize),
         _ => None,
@@ -158,21 +159,30 @@ pub fn weight_f32(g: &Graph, i: usize) -> Result<(Vec<f32>, usize, usize), PassE
 
 /// Replaces a weight's values by dense f32 ones of the same shape.
 pub fn set_weight_f32(g: &mut Graph, i: usize, values: Vec<f32>, note: &str) {
+    let shape: Vec<usize> = g.weights[i]
+        .ty
+        .shape
+        .0
+        .iter()
+        .map(|d| d.fixed().unwrap_or(0) as usize)
+        .collect();
+    set_weight_f32_shaped(g, i, shape, values, note)
+}
+
+/// Replaces a weight by dense f32 values of a new shape (its uses must be re-inferred).
+pub fn set_weight_f32_shaped(
+    g: &mut Graph,
+    i: usize,
+    shape: Vec<usize>,
+    values: Vec<f32>,
+    note: &str,
+) {
     let w = &g.weights[i];
-    let shape: Vec<usize> =
-        w.ty.shape
-            .0
-            .iter()
-            .map(|d| d.fixed().unwrap_or(0) as usize)
-            .collect();
     let origin = format!(
         "{} ({note})",
         w.data.as_ref().map_or("", |d| d.origin.as_str())
     );
-    let ty = TensorType {
-        shape: w.ty.shape.clone(),
-        enc: Encoding::Dense(DType::F32),
-    };
+    let ty = TensorType::fixed(&shape, DType::F32);
     let wd = WeightData::from_tensor(&Tensor::f32(shape, values), origin);
     let w = &mut g.weights[i];
     w.hash = wd.hash();

@@ -10,10 +10,10 @@
 //! those holding 90% of the energy, are kept, so its spectrum changes least).
 
 use crate::calib::Stats;
-use crate::smooth::weight_f32;
+use crate::smooth::{set_weight_f32_shaped, weight_f32, weight_index};
 use crate::PassError;
 use faer::Mat;
-use llmc_ir::{BinaryOp, DType, Graph, Op, Tensor, TensorType, ValueDef, WeightData};
+use llmc_ir::{BinaryOp, Graph, Op};
 use rayon::prelude::*;
 
 /// One feed-forward block: `down(act(gate(x)) · up(x))` or `down(act(up(x)))`.
@@ -27,13 +27,6 @@ pub struct Ffn {
     /// The value the down projection reads.
     pub hidden: llmc_ir::ValueId,
     pub width: usize,
-}
-
-fn weight_index(g: &Graph, v: llmc_ir::ValueId) -> Option<usize> {
-    match g.def(v) {
-        ValueDef::Weight(w) => Some(w as usize),
-        _ => None,
-    }
 }
 
 /// The FFN blocks of a graph: a linear layer whose input is an elementwise product of (an
@@ -228,22 +221,6 @@ fn keep_channels(
     Ok(keep)
 }
 
-fn set_weight(g: &mut Graph, i: usize, shape: Vec<usize>, v: Vec<f32>, note: &str) {
-    let w = &g.weights[i];
-    let origin = format!(
-        "{} ({note})",
-        w.data.as_ref().map_or("", |d| d.origin.as_str())
-    );
-    let ty = TensorType::fixed(&shape, DType::F32);
-    let wd = WeightData::from_tensor(&Tensor::f32(shape, v), origin);
-    let w = &mut g.weights[i];
-    w.hash = wd.hash();
-    w.ty = ty.clone();
-    w.data = Some(wd);
-    let v = w.value;
-    g.values[v.0 as usize].ty = ty;
-}
-
 /// Every node's result types inferred anew, in order (after weights changed shape).
 pub fn reinfer(g: &mut Graph) -> Result<(), PassError> {
     for i in 0..g.nodes.len() {
@@ -360,14 +337,14 @@ impl crate::manager::Pass for PruneFfnPass {
                 } else {
                     vec![keep.len()]
                 };
-                set_weight(g, i, shape, out, &note);
+                set_weight_f32_shaped(g, i, shape, out, &note);
             }
             let (v, rows, _) = weight_f32(g, f.down)?;
             let mut out = Vec::with_capacity(rows * keep.len());
             for r in 0..rows {
                 out.extend(keep.iter().map(|&c| v[r * w + c]));
             }
-            set_weight(g, f.down, vec![rows, keep.len()], out, &note);
+            set_weight_f32_shaped(g, f.down, vec![rows, keep.len()], out, &note);
             let after: u64 = f
                 .into
                 .iter()

@@ -234,6 +234,7 @@ filetest!(quantize_mixed, "quantize_mixed.llmc");
 filetest!(smooth_then_w8a8, "smooth_then_w8a8.llmc");
 filetest!(prune_sparsegpt_24, "prune_sparsegpt_24.llmc");
 filetest!(prune_wanda_then_w4, "prune_wanda_then_w4.llmc");
+filetest!(prune_ffn, "prune_ffn.llmc");
 
 #[test]
 fn every_fixture_has_a_test() {
