@@ -308,16 +308,30 @@ pub fn output_error(w: &[f32], approx: &[f32], rows: usize, cols: usize, gram: &
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::quant::rtn;
     use llmc_ir::{DType, Group, Zero};
 
-    fn lcg(seed: &mut u64) -> f32 {
+    /// Deterministic values in [-0.5, 0.5).
+    pub(crate) fn lcg(seed: &mut u64) -> f32 {
         *seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    }
+
+    /// XᵀX of `x` (`tokens × cols`, row-major), summed in f64.
+    pub(crate) fn gram_of(x: &[f32], cols: usize) -> Vec<f64> {
+        let mut gram = vec![0f64; cols * cols];
+        for row in x.chunks_exact(cols) {
+            for i in 0..cols {
+                for j in 0..cols {
+                    gram[i * cols + j] += (row[i] * row[j]) as f64;
+                }
+            }
+        }
+        gram
     }
 
     #[test]
@@ -334,14 +348,7 @@ mod tests {
                 s * (base[t * 8 + c % 8] + 0.3 * lcg(&mut seed))
             })
             .collect();
-        let mut gram = vec![0f64; cols * cols];
-        for t in 0..tokens {
-            for i in 0..cols {
-                for j in 0..cols {
-                    gram[i * cols + j] += (x[t * cols + i] * x[t * cols + j]) as f64;
-                }
-            }
-        }
+        let gram = gram_of(&x, cols);
         for (group, zero) in [
             (Group::Size(32), Zero::Int),
             (Group::Channel, Zero::Symmetric),

@@ -14,9 +14,8 @@ use crate::calib::Stats;
 use crate::gptq::{inverse_hessian_factor, obs_sweep, Columns};
 use crate::smooth::{set_weight_f32, weight_f32};
 use crate::PassError;
-use llmc_ir::{Graph, Op, ValueDef, ValueId};
+use llmc_ir::Graph;
 use rayon::prelude::*;
-use std::collections::BTreeSet;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PruneMethod {
@@ -324,33 +323,13 @@ impl PrunePass {
     }
 }
 
-/// The weights of linear layers (and the value each reads), the head only when asked.
-fn linear_weights(g: &Graph, head: bool) -> Vec<(usize, ValueId)> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for n in &g.nodes {
-        if !matches!(n.op, Op::Linear { .. }) {
-            continue;
-        }
-        if !head && g.outputs.iter().any(|(_, o)| n.outputs.contains(o)) {
-            continue;
-        }
-        if let ValueDef::Weight(w) = g.def(n.inputs[1]) {
-            if seen.insert(w) {
-                out.push((w as usize, n.inputs[0]));
-            }
-        }
-    }
-    out
-}
-
 /// Prunes every linear weight of the graph; report rows as the quantizer writes them.
 pub fn prune(
     g: &mut Graph,
     p: &PrunePass,
     stats: Option<&Stats>,
 ) -> Result<Vec<serde_json::Value>, PassError> {
-    let work = linear_weights(g, p.head);
+    let work = crate::quant::targets(g, p.head);
     let results: Vec<Result<(usize, Vec<f32>, serde_json::Value), PassError>> = work
         .par_iter()
         .map(|&(i, input)| {
@@ -437,13 +416,7 @@ impl crate::manager::Pass for PrunePass {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-    }
+    use crate::gptq::tests::{gram_of, lcg};
 
     #[test]
     fn methods_reach_their_sparsity_and_rank_as_expected() {
@@ -456,14 +429,7 @@ mod tests {
                 (if c % 7 == 0 { 6.0 } else { 1.0 }) * lcg(&mut seed)
             })
             .collect();
-        let mut gram = vec![0f64; cols * cols];
-        for t in 0..tokens {
-            for i in 0..cols {
-                for j in 0..cols {
-                    gram[i * cols + j] += (x[t * cols + i] * x[t * cols + j]) as f64;
-                }
-            }
-        }
+        let gram = gram_of(&x, cols);
         for sp in [Sparsity::Fraction(0.5), Sparsity::NM { n: 2, m: 4 }] {
             let mut errs = Vec::new();
             for m in [

@@ -352,9 +352,7 @@ mod tests {
             )
             .unwrap();
         let w = |g: &mut Graph, name: &str, n: usize, k: usize, seed: f32| {
-            let v: Vec<f32> = (0..n * k)
-                .map(|i| ((i as f32 * 0.37 + seed).sin()))
-                .collect();
+            let v: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37 + seed).sin()).collect();
             g.add_weight(name, TensorType::fixed(&[n, k], DType::F32), t(v, &[n, k]))
                 .unwrap()
         };
