@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: where the pinned assets live (fetching them
 //! through the setup script when they are missing) and small comparison utilities.
 
+pub mod agreement;
 pub mod assets;
 pub mod cpu;
 pub use assets::*;
