@@ -159,6 +159,10 @@ pub struct BuildArgs {
     /// (scored on calibration), ffn-prunenet:0.25 (spectral, no data).
     #[arg(long, value_name = "SPEC")]
     pub prune: Option<String>,
+    /// Factor linear weights W ≈ L·R after pruning: svd:0.7 or svd-llm:0.7 (calibrated) keep
+    /// that fraction of each layer's values.
+    #[arg(long, value_name = "SPEC")]
+    pub lowrank: Option<String>,
     /// Mixed precision: average bits per quantized weight; the layers most sensitive on
     /// calibration move to int8 per channel until the target is met (e.g. --bpw 5.5).
     #[arg(long)]
@@ -994,10 +998,11 @@ fn build(a: BuildArgs) -> Result<()> {
                 || a.quant_method != "rtn"
                 || a.bpw.is_some()
                 || a.prune.is_some()
+                || a.lowrank.is_some()
             {
                 return Err(miette!(
                     help = "put the quantization in the pipeline: quantize{bits=4,group=64,act=i8,method=gptq}",
-                    "--passes replaces --quant, --group, --quant-method, --bpw and --prune; give one or the other"
+                    "--passes replaces --quant, --group, --quant-method, --bpw, --prune and --lowrank; give one or the other"
                 ));
             }
             llmc_passes::registry::pipeline(p).map_err(|e| {
@@ -1011,6 +1016,9 @@ fn build(a: BuildArgs) -> Result<()> {
             let mut p = Vec::new();
             if let Some(spec) = &a.prune {
                 p.push(crate::compress::prune_pass(spec).map_err(|e| miette!("{e}"))?);
+            }
+            if let Some(spec) = &a.lowrank {
+                p.push(crate::compress::lowrank_pass(spec).map_err(|e| miette!("{e}"))?);
             }
             p.extend(
                 crate::compress::preset_pipeline(
@@ -1051,6 +1059,7 @@ fn build(a: BuildArgs) -> Result<()> {
                 .map_err(|e| miette!("{e}"))?,
         );
     }
+    let footprint_before = crate::compress::Footprint::of(&m.graph, !a.keep_head);
     let timings = pm
         .run(&mut m.graph, &mut cx, |pass, ir| {
             eprintln!("// IR after {pass}\n{ir}")
@@ -1076,7 +1085,11 @@ fn build(a: BuildArgs) -> Result<()> {
         .iter()
         .filter(|r| r["pass"] == "quantize")
         .collect();
-    crate::compress::print_table(&cx.report);
+    let totals_json = crate::compress::totals_json(
+        footprint_before,
+        crate::compress::Footprint::of(&m.graph, !a.keep_head),
+    );
+    crate::compress::print_table(&cx.report, &totals_json);
     if let Some(c) = &cx.calib {
         println!("calibration: {} in {:.1} s", c.label, cx.calib_seconds);
     }
@@ -1130,11 +1143,6 @@ fn build(a: BuildArgs) -> Result<()> {
             y + r["bytes_after"].as_u64().unwrap_or(0),
         )
     });
-    let totals_json = {
-        let (params, before, after) = crate::compress::totals(&cx.report);
-        serde_json::json!({"params": params, "bytes_before": before, "bytes_after": after,
-            "bits_per_weight": if params > 0 { after as f64 * 8.0 / params as f64 } else { 0.0 }})
-    };
     let report_json = serde_json::json!({
         // no timings here: the same build must give the same bundle, byte for byte
         "passes": timings.iter().map(|t| serde_json::json!({"pass": t.name, "nodes_after": t.nodes_after})).collect::<Vec<_>>(),

@@ -147,6 +147,29 @@ pub fn prune_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
     }))
 }
 
+/// The low-rank pass behind `--lowrank METHOD:FRACTION`: `svd:0.7` or `svd-llm:0.7` keep
+/// 70% of each linear layer's values.
+pub fn lowrank_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
+    use llmc_passes::lowrank::{LowRankMethod, LowRankPass, RankRule};
+    let bad = || {
+        format!("--lowrank '{spec}' is not a low-rank spec (write svd:0.7 or svd-llm:0.7: the method and the fraction of each layer's values kept)")
+    };
+    let (m, f) = spec.split_once(':').ok_or_else(bad)?;
+    let method = LowRankMethod::parse(m).ok_or_else(bad)?;
+    let fraction: f64 = f.parse().map_err(|_| bad())?;
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(format!(
+            "--lowrank '{spec}': the fraction of values kept must lie in (0, 1)"
+        ));
+    }
+    Ok(Box::new(LowRankPass {
+        method,
+        rule: RankRule::Params(fraction),
+        head: false,
+        damp: 0.01,
+    }))
+}
+
 /// Calibration windows of a decoder from text files: the files joined as the evaluation
 /// protocol joins them, tokenized, `count` windows of `len` tokens evenly spaced.
 pub fn calibration(
@@ -248,22 +271,68 @@ pub fn eval_against(
     .map_err(|e| e.to_string())
 }
 
-/// Bits per weight of the rows the quantizer reported (every scale and zero counted), over
-/// the weights it changed: `(params, bytes before, bytes after)`.
-pub fn totals(rows: &[serde_json::Value]) -> (u64, u64, u64) {
-    rows.iter()
-        .filter(|r| r["pass"] == "quantize" && r["params"].as_u64().unwrap_or(0) > 0)
-        .fold((0, 0, 0), |(p, b, a), r| {
-            (
-                p + r["params"].as_u64().unwrap_or(0),
-                b + r["bytes_before"].as_u64().unwrap_or(0),
-                a + r["bytes_after"].as_u64().unwrap_or(0),
-            )
-        })
+/// The linear layers' weights of a graph (the output head's only when `head`): values and
+/// bytes as stored, scales, zeros and codebooks included.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Footprint {
+    pub params: u64,
+    pub bytes: u64,
 }
 
-/// The report as a table: one line per quantized weight, then totals.
-pub fn print_table(rows: &[serde_json::Value]) {
+impl Footprint {
+    pub fn of(g: &llmc_ir::Graph, head: bool) -> Footprint {
+        llmc_passes::quant::targets(g, head)
+            .iter()
+            .map(|&(w, _)| {
+                let t = &g.weights[w].ty;
+                let dims: Vec<u64> = t.shape.0.iter().filter_map(|d| d.fixed()).collect();
+                (
+                    dims.iter().product::<u64>(),
+                    t.enc.byte_size(&dims).unwrap_or(0),
+                )
+            })
+            .fold(Footprint::default(), |f, (p, b)| Footprint {
+                params: f.params + p,
+                bytes: f.bytes + b,
+            })
+    }
+}
+
+/// Totals of a build: the linear layers before and after compression, with bits per weight
+/// over the original parameter count (a factored or pruned layer stores fewer values).
+pub fn totals_json(before: Footprint, after: Footprint) -> serde_json::Value {
+    serde_json::json!({
+        "params": before.params,
+        "params_after": after.params,
+        "bytes_before": before.bytes,
+        "bytes_after": after.bytes,
+        "bits_per_weight": if before.params > 0 { after.bytes as f64 * 8.0 / before.params as f64 } else { 0.0 },
+    })
+}
+
+/// The report as a table: one line per quantized weight, then the linear layers' totals.
+pub fn print_table(rows: &[serde_json::Value], totals: &serde_json::Value) {
+    print_rows(rows);
+    let (params, after) = (
+        totals["params"].as_u64().unwrap_or(0),
+        totals["params_after"].as_u64().unwrap_or(0),
+    );
+    if totals["bytes_before"] != totals["bytes_after"] || params != after {
+        println!(
+            "linear layers: {params} weights{} in {} -> {} bytes, {:.3} bits per weight",
+            if after != params {
+                format!(" ({after} after factoring/pruning)")
+            } else {
+                String::new()
+            },
+            totals["bytes_before"],
+            totals["bytes_after"],
+            totals["bits_per_weight"].as_f64().unwrap_or(0.0)
+        );
+    }
+}
+
+fn print_rows(rows: &[serde_json::Value]) {
     let pruned: Vec<&serde_json::Value> = rows.iter().filter(|r| r["pass"] == "prune").collect();
     if !pruned.is_empty() {
         let mean = pruned
@@ -280,6 +349,22 @@ pub fn print_table(rows: &[serde_json::Value]) {
             pruned.len(),
             pruned[0]["method"].as_str().unwrap_or("?"),
             mean * 100.0
+        );
+    }
+    let factored: Vec<&serde_json::Value> =
+        rows.iter().filter(|r| r["pass"] == "lowrank").collect();
+    if !factored.is_empty() {
+        let sum = |k: &str| factored.iter().filter_map(|r| r[k].as_u64()).sum::<u64>();
+        let worst = factored
+            .iter()
+            .filter_map(|r| r["out_error"].as_f64().or(r["weight_error"].as_f64()))
+            .fold(0.0, f64::max);
+        println!(
+            "factored {} weights ({}): {} -> {} values, worst relative error {worst:.4}",
+            factored.len(),
+            factored[0]["method"].as_str().unwrap_or("?"),
+            sum("params_before"),
+            sum("params_after"),
         );
     }
     let q: Vec<&serde_json::Value> = rows
@@ -309,11 +394,4 @@ pub fn print_table(rows: &[serde_json::Value]) {
             out
         );
     }
-    let (params, before, after) = totals(rows);
-    println!(
-        "total: {} weights in {} tensors, {before} -> {after} bytes, {:.3} bits per weight",
-        params,
-        q.len(),
-        after as f64 * 8.0 / params.max(1) as f64
-    );
 }

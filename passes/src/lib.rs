@@ -1,10 +1,12 @@
 //! llmc passes: the rewrite driver, canonicalization and fusion patterns over the graph IR.
 
+pub mod caldera;
 pub mod calib;
 pub mod canonicalize;
 pub mod fold;
 pub mod fuse;
 pub mod gptq;
+pub mod lowrank;
 pub mod manager;
 pub mod prune;
 pub mod quant;

@@ -254,7 +254,7 @@ fn spec_for(opts: &QuantOptions, bits: u8, name: &str, cols: u64) -> Result<Quan
 
 /// The weights of linear layers (indices, each once) and, for each, the value its linear
 /// layer reads; the output head's only when `head`. What quantization and pruning change.
-pub(crate) fn targets(g: &Graph, head: bool) -> Vec<(usize, ValueId)> {
+pub fn targets(g: &Graph, head: bool) -> Vec<(usize, ValueId)> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for n in &g.nodes {
