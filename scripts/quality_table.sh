@@ -4,9 +4,10 @@
 # empty cache, 8,176 predicted tokens; KL and top-1 against the uncompressed model, which
 # the same run measures), beside llama.cpp's Q8_0 / Q4_0 / Q4_K_M on the same tokens.
 #
-#   scripts/quality_table.sh [--set quant|prune|all] [--rows NAME,NAME...] [--no-peer]
+#   scripts/quality_table.sh [--set quant|prune|lowrank|all] [--rows NAME,NAME...] [--no-peer]
 #
-# --set quant (the default) measures the quantization rows, prune the pruning rows, all both.
+# --set quant (the default) measures the quantization rows, prune the pruning rows, lowrank
+# the factored (SVD, SVD-LLM) and CALDERA rows beside 2-bit GPTQ, all of them.
 # Each llmc row is one `llmc build ... --eval --keep-head` (the 210 linear layers are
 # compressed; the tied embedding / output head stays as shipped, Q8_0, which the reference
 # decodes alike). Calibration: 64 windows of 512 tokens from SOTU 1950-1999, as ASSETS.md
@@ -54,11 +55,20 @@ prune_configs=(
   "wanda 2:4 + w4a16 g128 rtn|--prune wanda:2:4 --quant w4a16 --group 128"
   "sparsegpt 2:4 + w4a16 g128 rtn|--prune sparsegpt:2:4 --quant w4a16 --group 128"
 )
+# low-rank rows: bpw over the original parameter count (factors are f32 unless quantized)
+lowrank_configs=(
+  "svd 70% of values|--lowrank svd:0.7"
+  "svd-llm 70% of values|--lowrank svd-llm:0.7"
+  "w2a16 g64 asym gptq|--passes quantize{bits=2,group=64,zero=asym,method=gptq,head=false}"
+  "caldera q2 + rank 16 w4|--passes caldera{bits=2,rank=16}"
+  "caldera q2 + rank 64 w4|--passes caldera{bits=2,rank=64}"
+)
 case "$set_name" in
   quant) configs=("${quant_configs[@]}") ;;
   prune) configs=("${prune_configs[@]}"); peer=0 ;;
-  all) configs=("${quant_configs[@]}" "${prune_configs[@]}") ;;
-  *) echo "quality_table.sh: --set takes quant, prune or all, not '$set_name'" >&2; exit 2 ;;
+  lowrank) configs=("${lowrank_configs[@]}"); peer=0 ;;
+  all) configs=("${quant_configs[@]}" "${prune_configs[@]}" "${lowrank_configs[@]}") ;;
+  *) echo "quality_table.sh: --set takes quant, prune, lowrank or all, not '$set_name'" >&2; exit 2 ;;
 esac
 
 cd "$root"

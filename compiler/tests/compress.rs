@@ -190,6 +190,19 @@ fn compression_flags_that_do_not_fit_get_clear_errors() {
             vec!["--passes", "quantize{bits=4,method=gptq,damp=2}"],
             "damp must lie in [0, 1)",
         ),
+        (
+            vec!["--lowrank", "pca:0.7"],
+            "--lowrank 'pca:0.7' is not a low-rank spec",
+        ),
+        (
+            vec!["--lowrank", "svd:1.5"],
+            "the fraction of values kept must lie in (0, 1)",
+        ),
+        (vec!["--passes", "caldera{bits=1}"], "bits must be 2 to 4"),
+        (
+            vec!["--passes", "lowrank", "--lowrank", "svd:0.5"],
+            "--passes replaces",
+        ),
     ] {
         let mut a = vec!["build", model.as_str(), "-o", o.as_str()];
         a.extend(args);

@@ -325,8 +325,9 @@ fn llama_act_i8_quantization() {
 }
 
 /// Calibrated compression on random Llamas (calibration: 4 windows of 48 random tokens):
-/// SmoothQuant then w8a8, GPTQ w4a8 g32, AWQ w4a16 g32 and GPTQ w3a16 g32, each compiled
-/// for the host and AArch64 and checked against the interpreter on the compressed graph.
+/// SmoothQuant then w8a8, GPTQ w4a8 g32, AWQ w4a16 g32, GPTQ w3a16 g32, SVD-LLM factors at
+/// half the values, and CALDERA (2-bit backbone + rank-8 4-bit factors), each compiled for
+/// the host and AArch64 and checked against the interpreter on the compressed graph.
 #[test]
 fn llama_calibrated_methods() {
     use llmc_passes::manager::{PassContext, PassManager};
@@ -335,6 +336,8 @@ fn llama_calibrated_methods() {
         "quantize{bits=4,group=32,act=i8,method=gptq}",
         "quantize{bits=4,group=32,method=awq}",
         "quantize{bits=3,group=32,method=gptq}",
+        "lowrank{method=svd-llm,params=0.5}",
+        "caldera{bits=2,group=32,rank=8,iters=2}",
     ];
     let graphs: Vec<(String, Graph)> = pipelines
         .iter()
