@@ -108,7 +108,7 @@ EOF
   tail -n 1 "$results" >&2
 done
 
-if [ "$set_name" != prune ]; then
+if [ "$set_name" = quant ] || [ "$set_name" = all ]; then
   # MiniLM-L6 (true fp32 weights): sentence embeddings under w8a8 and w4a16 g128
   echo "== MiniLM-L6 embeddings (cargo test --test compress minilm)" >&2
   cargo test -q -p llmc --test compress minilm -- --nocapture 2>&1 | grep "MiniLM-L6" | tee "$out/minilm.txt" >&2
