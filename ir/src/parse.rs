@@ -289,17 +289,23 @@ impl<'a> Parser<'a> {
         let at = self.pos;
         let w = self
             .ident()
-            .ok_or_else(|| self.err("expected a group: pt, pc or g<N>"))?;
+            .ok_or_else(|| self.err("expected a group: pt, pc, g<N> or r<N>"))?;
+        let sized = |prefix: char| {
+            w.strip_prefix(prefix)
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|&n| n > 0)
+        };
         match w {
             "pt" => Ok(Group::Tensor),
             "pc" => Ok(Group::Channel),
-            _ => w
-                .strip_prefix('g')
-                .and_then(|n| n.parse::<u32>().ok())
-                .filter(|&n| n > 0)
+            _ => sized('g')
                 .map(Group::Size)
+                .or_else(|| sized('r').map(Group::Rows))
                 .ok_or_else(|| {
-                    self.err_at(at, format!("expected a group: pt, pc or g<N>, found '{w}'"))
+                    self.err_at(
+                        at,
+                        format!("expected a group: pt, pc, g<N> or r<N>, found '{w}'"),
+                    )
                 }),
         }
     }
@@ -746,6 +752,7 @@ mod tests {
             "tensor<576x1536x!q4<g128,f16,asym>>",
             "tensor<i64>",
             "tensor<8x16x!pal4<pt,f16>>",
+            "tensor<256x16x!pal4<r128,f16>>",
             "tensor<8x16x!sp24<!q4<g8,bf16,sym>>>",
             "tensor<3x!q8<pc,f32,min>>",
         ] {

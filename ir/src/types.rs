@@ -164,13 +164,16 @@ pub enum Group {
     Channel,
     /// One per run of this many consecutive elements of a row (`g128`).
     Size(u32),
+    /// One per run of this many consecutive rows (`r128`): output channels share it, as
+    /// palettes grouped by channel do. Palettes only.
+    Rows(u32),
 }
 
 impl Group {
     /// Number of groups in one row of `cols` elements (for `Tensor`, 1 per tensor).
     pub fn per_row(self, cols: u64) -> u64 {
         match self {
-            Group::Tensor | Group::Channel => 1,
+            Group::Tensor | Group::Channel | Group::Rows(_) => 1,
             Group::Size(g) => cols.div_ceil(g as u64),
         }
     }
@@ -181,6 +184,7 @@ impl Group {
             Group::Tensor => 1,
             Group::Channel => rows,
             Group::Size(_) => rows * self.per_row(cols),
+            Group::Rows(g) => rows.div_ceil(g as u64),
         }
     }
 }
@@ -191,6 +195,7 @@ impl fmt::Display for Group {
             Group::Tensor => f.write_str("pt"),
             Group::Channel => f.write_str("pc"),
             Group::Size(g) => write!(f, "g{g}"),
+            Group::Rows(g) => write!(f, "r{g}"),
         }
     }
 }
@@ -314,6 +319,9 @@ impl Encoding {
                         q.scale
                     ));
                 }
+                if matches!(q.group, Group::Rows(_)) {
+                    return Err("row groups (r<N>) are for palettes; quantize per tensor, channel or g<N>".into());
+                }
                 check_group(q.group, shape)
             }
             Encoding::Palette(p) => {
@@ -346,6 +354,9 @@ impl Encoding {
 }
 
 fn check_group(group: Group, shape: &[u64]) -> Result<(), String> {
+    if group == Group::Rows(0) {
+        return Err("row group size must be positive".into());
+    }
     if let Group::Size(g) = group {
         if g == 0 {
             return Err("group size must be positive".into());
@@ -466,6 +477,13 @@ mod tests {
             zero: Zero::Int,
         });
         assert!(bad.check_shape(&[2, 2]).unwrap_err().contains("9"));
+        let rows = Encoding::Quant(QuantSpec {
+            bits: 4,
+            group: Group::Rows(16),
+            scale: DType::F16,
+            zero: Zero::Int,
+        });
+        assert!(rows.check_shape(&[32, 32]).unwrap_err().contains("palettes"));
     }
 
     #[test]

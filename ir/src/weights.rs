@@ -298,6 +298,7 @@ fn group_index(group: Group, row: u64, col: u64, cols: u64) -> usize {
         Group::Tensor => 0,
         Group::Channel => row,
         Group::Size(g) => row * group.per_row(cols) + col / g as u64,
+        Group::Rows(g) => row / g as u64,
     }) as usize
 }
 
@@ -512,6 +513,27 @@ mod tests {
             .decode_f32(&ty)
             .unwrap();
         assert_eq!(t.as_f32().unwrap(), &[-1., 1., 1., -1., 6., 6., 5., 5.]);
+
+        // rows grouped by two share a codebook: rows 0-1 the first, row 2 the second
+        let p = PaletteSpec {
+            bits: 1,
+            group: Group::Rows(2),
+            entry: DType::F32,
+        };
+        let mut bytes = Vec::new();
+        for row in [[0, 1], [1, 1], [1, 0]] {
+            bytes.extend(pack_codes(&row, 1));
+        }
+        bytes.extend([-1f32, 1., 5., 6.].iter().flat_map(|x| x.to_le_bytes()));
+        let ty = TensorType {
+            shape: Shape::fixed(&[3, 2]),
+            enc: Encoding::Palette(p),
+        };
+        assert_eq!(ty.enc.byte_size(&[3, 2]), Some(3 + 16));
+        let t = WeightData::new(Bytes::owned(bytes), Format::Canonical, "r")
+            .decode_f32(&ty)
+            .unwrap();
+        assert_eq!(t.as_f32().unwrap(), &[-1., 1., 1., 1., 6., 5.]);
     }
 
     #[test]

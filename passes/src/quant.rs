@@ -812,6 +812,7 @@ pub fn group_len(q: &QuantSpec, rows: usize, cols: usize) -> usize {
         Group::Size(g) => g as usize,
         Group::Channel => cols,
         Group::Tensor => rows * cols,
+        Group::Rows(g) => g as usize * cols,
     }
 }
 

@@ -1219,6 +1219,8 @@ pub fn decode_row<'ctx>(
                     Group::Tensor => kb.i64c(0),
                     Group::Channel => row,
                     Group::Size(_) => kb.add(kb.mul(row, gpr), kb.sdiv(c, gsize)),
+                    // Encoding::check_shape keeps row groups to palettes
+                    Group::Rows(_) => unreachable!("quantization by row groups"),
                 };
                 let s = load_f32(kb, q.scale, scales, g);
                 let v = match q.zero {
