@@ -32,7 +32,13 @@ pub struct Outputs {
     pub embed_weights: bool,
     /// Write the model's tokenizer as `tokenizer.json`.
     pub tokenizer: bool,
+    /// Entropy-code the weights file (lossless; the runtime decodes it before init).
+    pub entropy: bool,
 }
+
+/// zstd level of `--entropy`: the gain on packed weights is in the entropy coding of the
+/// bytes, which every level does; higher levels only search longer for repeats.
+pub const ENTROPY_LEVEL: i32 = 12;
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     std::fs::write(path, bytes).map_err(|e| WriteError::Io {
@@ -436,13 +442,31 @@ fn write_files(
         &ar_archive(&format!("{}.o", b.name), &b.object),
     )?;
     write(&dir.join(format!("{}.h", b.name)), b.header.as_bytes())?;
+    let mut manifest = manifest.clone();
     if !o.embed_weights {
-        write(&dir.join(format!("{}.weights", b.name)), &b.weights)?;
+        let path = dir.join(format!("{}.weights", b.name));
+        if o.entropy {
+            let coded = llmc_runtime::weights::encode(&b.weights, ENTROPY_LEVEL).map_err(|e| {
+                WriteError::Io {
+                    path: path.clone(),
+                    msg: format!("entropy coding failed: {e}"),
+                }
+            })?;
+            if let Some(m) = manifest.as_object_mut() {
+                m.insert(
+                    "weights_file".into(),
+                    serde_json::json!({"coding": "zstd", "level": ENTROPY_LEVEL, "bytes": coded.len(), "decoded_bytes": b.weights.len()}),
+                );
+            }
+            write(&path, &coded)?;
+        } else {
+            write(&path, &b.weights)?;
+        }
     }
     if let (true, Some(t)) = (o.tokenizer, tokenizer) {
         write(&dir.join(TOKENIZER_FILE), t.as_bytes())?;
     }
-    let mut manifest = serde_json::to_string_pretty(manifest).expect("json");
+    let mut manifest = serde_json::to_string_pretty(&manifest).expect("json");
     manifest.push('\n');
     write(&dir.join("manifest.json"), manifest.as_bytes())?;
     if let Some(ir) = &b.llvm_ir {

@@ -141,6 +141,11 @@ pub struct BuildArgs {
     /// Put the weights into the object (`<name>_weights`) instead of a `<name>.weights` file.
     #[arg(long)]
     pub embed_weights: bool,
+    /// Entropy-code the weights file (lossless zstd): smaller on disk; `llmc run`, `eval`,
+    /// `bench` and the runtime's loader decode it before init (C hosts: decode it with
+    /// `zstd -d` after skipping its 24-byte header, see README).
+    #[arg(long, conflicts_with = "embed_weights")]
+    pub entropy: bool,
     /// Replace an existing bundle in the output directory.
     #[arg(long)]
     pub force: bool,
@@ -928,6 +933,7 @@ fn build(a: BuildArgs) -> Result<()> {
     })?;
     let mut out = crate::bundle::Outputs {
         embed_weights: a.embed_weights,
+        entropy: a.entropy,
         ..Default::default()
     };
     for e in &a.emit {

@@ -7,14 +7,16 @@
 //!   each block's mask by w²/[H⁻¹]_jj², every pruned weight's error carried into the columns
 //!   not yet visited.
 //!
-//! The pruned weight stays dense f32 (zeros included) for the passes after it: quantization
-//! keeps zeros exact (an integer zero point or the symmetric centre decodes to 0).
+//! An unstructured pruned weight stays dense f32 (zeros included) for the passes after it:
+//! quantization keeps zeros exact (an integer zero point or the symmetric centre decodes to
+//! 0). A 2:4 weight is stored compressed (`Encoding::Sparse24`: the kept half of the values
+//! and a 2-bit position each), which quantization keeps, quantizing only the kept values.
 
 use crate::calib::Stats;
 use crate::gptq::{inverse_hessian_factor, obs_sweep, Columns};
 use crate::smooth::{set_weight_f32, weight_f32};
 use crate::PassError;
-use llmc_ir::Graph;
+use llmc_ir::{Bytes, DType, Encoding, Format, Graph, TensorType, WeightData};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,12 +381,94 @@ pub fn prune(
         })
         .collect();
     let mut rows = Vec::new();
+    let two_of_four = matches!(p.sparsity, Sparsity::NM { n, m: 4 } if n <= 2);
     for r in results {
         let (i, v, row) = r?;
-        set_weight_f32(g, i, v, p.method.name());
+        let (_, _, cols) = weight_f32(g, i)?;
+        let rows_n = v.len() / cols.max(1);
+        // 2:4 weights are stored compressed: half the values and 2-bit positions
+        match two_of_four.then(|| split_2of4(&v, rows_n, cols)).flatten() {
+            Some((kept, pos)) => {
+                let bytes = kept.iter().flat_map(|x| x.to_le_bytes()).collect();
+                set_weight_sparse24(
+                    g,
+                    i,
+                    Encoding::Dense(DType::F32),
+                    bytes,
+                    &pos,
+                    p.method.name(),
+                );
+            }
+            None => set_weight_f32(g, i, v, p.method.name()),
+        }
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// The kept values (`[rows, cols/2]`) and their 2-bit positions of a weight with at most two
+/// non-zeros in every group of four consecutive inputs, as `Encoding::Sparse24` stores them;
+/// `None` when some group holds more or `cols` is no multiple of 4. A group with fewer than
+/// two non-zeros keeps zeros in its first free positions.
+pub fn split_2of4(w: &[f32], rows: usize, cols: usize) -> Option<(Vec<f32>, Vec<u8>)> {
+    if cols % 4 != 0 || w.len() != rows * cols {
+        return None;
+    }
+    let mut kept = Vec::with_capacity(w.len() / 2);
+    let mut pos = Vec::with_capacity(w.len() / 2);
+    for group in w.chunks_exact(4) {
+        let mut at: Vec<u8> = (0..4u8).filter(|&j| group[j as usize] != 0.0).collect();
+        if at.len() > 2 {
+            return None;
+        }
+        let mut j = 0u8;
+        while at.len() < 2 {
+            if !at.contains(&j) {
+                at.push(j);
+            }
+            j += 1;
+        }
+        at.sort_unstable();
+        for &j in &at {
+            kept.push(group[j as usize]);
+            pos.push(j);
+        }
+    }
+    Some((kept, pos))
+}
+
+/// Replaces weight `i` by its 2:4 form: `values`, the kept values' canonical bytes in
+/// `inner`, and their positions (one per kept value, from [`split_2of4`]).
+pub fn set_weight_sparse24(
+    g: &mut Graph,
+    i: usize,
+    inner: Encoding,
+    mut values: Vec<u8>,
+    pos: &[u8],
+    note: &str,
+) {
+    let w = &g.weights[i];
+    let dims: Vec<u64> = w.ty.shape.0.iter().filter_map(|d| d.fixed()).collect();
+    let (rows, cols) = llmc_ir::types::rows_cols(&dims);
+    let half = (cols / 2) as usize;
+    for r in 0..rows as usize {
+        values.extend(llmc_ir::weights::pack_codes(&pos[r * half..(r + 1) * half], 2));
+    }
+    let origin = format!(
+        "{} ({note}, 2:4)",
+        w.data.as_ref().map_or("", |d| d.origin.as_str())
+    );
+    let ty = TensorType {
+        shape: w.ty.shape.clone(),
+        enc: Encoding::Sparse24(Box::new(inner)),
+    };
+    let wd = WeightData::new(Bytes::owned(values), Format::Canonical, origin);
+    let w = &mut g.weights[i];
+    w.hash = wd.hash();
+    w.ty = ty.clone();
+    w.data = Some(wd);
+    let v = w.value;
+    g.values[v.0 as usize].ty = ty;
 }
 
 impl crate::manager::Pass for PrunePass {

@@ -375,7 +375,55 @@ pub fn quantize_with(
             let st = stats_ref
                 .and_then(|s| s.inputs.get(&input))
                 .filter(|s| s.cols as u64 == cols);
-            let (enc, bytes, approx, how) = match opts.weights {
+            // a 2:4 weight keeps its form: only its kept values are encoded
+            let sparse = matches!(w.ty.enc, Encoding::Sparse24(_))
+                .then(|| crate::prune::split_2of4(&v, rows as usize, cols as usize))
+                .flatten();
+            let (enc, bytes, approx, how) = if let Some((kept, pos)) = &sparse {
+                let (rows, half) = (rows as usize, cols as usize / 2);
+                let (inner, mut bytes, kept_approx, how) = match opts.weights {
+                    WeightFormat::F16 => {
+                        let h: Vec<half::f16> =
+                            kept.iter().map(|&x| half::f16::from_f32(x)).collect();
+                        (
+                            Encoding::Dense(DType::F16),
+                            h.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                            h.iter().map(|x| x.to_f32()).collect(),
+                            "f16 (2:4 kept values)",
+                        )
+                    }
+                    WeightFormat::F32 => (
+                        Encoding::Dense(DType::F32),
+                        kept.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        kept.clone(),
+                        "f32 (2:4 kept values)",
+                    ),
+                    WeightFormat::Int(bits) => {
+                        // rows of kept values have no common input columns: round to
+                        // nearest; a group spans as many columns of the weight as dense
+                        let kept_opts = QuantOptions {
+                            group: opts.group.map(|g| (g / 2).max(1)),
+                            ..opts.clone()
+                        };
+                        let q = spec_for(&kept_opts, bits, &w.name, half as u64).map_err(err)?;
+                        let (b, a) = rtn_with(kept, rows, half, &q, opts.clip, None);
+                        (Encoding::Quant(q), b, a, "rtn (2:4 kept values)")
+                    }
+                };
+                for r in 0..rows {
+                    bytes.extend(llmc_ir::weights::pack_codes(
+                        &pos[r * half..(r + 1) * half],
+                        2,
+                    ));
+                }
+                let mut approx = vec![0f32; rows * 2 * half];
+                for (i, (&a, &p)) in kept_approx.iter().zip(pos.iter()).enumerate() {
+                    let (r, kk) = (i / half, i % half);
+                    approx[r * 2 * half + (kk / 2) * 4 + p as usize] = a;
+                }
+                (Encoding::Sparse24(Box::new(inner)), bytes, approx, how)
+            } else {
+                match opts.weights {
                 WeightFormat::F16 => {
                     let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
                     let approx: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
@@ -427,6 +475,7 @@ pub fn quantize_with(
                     };
                     (Encoding::Quant(q), bytes, approx, how)
                 }
+            }
             };
             let (mut num, mut den) = (0f64, 0f64);
             for (a, b) in v.iter().zip(&approx) {

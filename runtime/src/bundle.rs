@@ -165,6 +165,25 @@ fn read_aligned(path: &Path) -> Result<Aligned, BundleError> {
     let len = f.metadata().map_err(err)?.len() as usize;
     let mut a = Aligned::zeroed(len);
     f.read_exact(a.as_mut_slice()).map_err(err)?;
+    // an entropy-coded file (`llmc build --entropy`) is decoded here, before init checks it
+    if let Some(size) = crate::weights::coded_size(a.as_slice()) {
+        if size > len.saturating_mul(1024).saturating_add(1 << 20) {
+            return Err(BundleError::Load {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "the entropy-coded header claims {size} bytes from {len}: the file is corrupt"
+                ),
+            });
+        }
+        let mut d = Aligned::zeroed(size);
+        crate::weights::decode(a.as_slice(), d.as_mut_slice()).map_err(|msg| {
+            BundleError::Load {
+                path: path.to_path_buf(),
+                msg,
+            }
+        })?;
+        return Ok(d);
+    }
     Ok(a)
 }
 

@@ -14,6 +14,11 @@
 //! | 48 | reserved, zero |
 
 pub const MAGIC: [u8; 8] = *b"LLMCWGT\0";
+/// Magic of an entropy-coded weights file (`llmc build --entropy`, see [`encode`]).
+pub const CODED_MAGIC: [u8; 8] = *b"LLMCWZS\0";
+/// Bytes before the coded stream: magic, decoded size (u64 LE), checksum of the decoded
+/// file's header (its first 64 bytes, u64 LE, [`checksum`]).
+pub const CODED_HEADER: usize = 24;
 pub const VERSION: u32 = 1;
 pub const HEADER_SIZE: usize = 64;
 pub const ALIGN: usize = 64;
@@ -218,6 +223,66 @@ pub fn check(bytes: &[u8], expect_total: u64, expect_hash: u64) -> Result<Header
     Ok(h)
 }
 
+/// Whether these bytes are an entropy-coded weights file.
+pub fn is_coded(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..8] == CODED_MAGIC
+}
+
+/// Entropy-codes a weights file (lossless): the packed tensors as one zstd stream (Huffman
+/// and FSE coding of the bytes after LZ matching), behind a small header. What init checks,
+/// the decoded file, is unchanged: the runtime decodes before init ([`decode`]).
+pub fn encode(file: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(file.len() / 2);
+    out.extend(CODED_MAGIC);
+    out.extend((file.len() as u64).to_le_bytes());
+    let head = &file[..HEADER_SIZE.min(file.len())];
+    let mut padded = [0u8; HEADER_SIZE];
+    padded[..head.len()].copy_from_slice(head);
+    out.extend(checksum(&padded).to_le_bytes());
+    let mut enc = zstd::stream::Encoder::new(&mut out, level)?;
+    enc.multithread(0).ok();
+    enc.long_distance_matching(true)?;
+    std::io::Write::write_all(&mut enc, file)?;
+    enc.finish()?;
+    Ok(out)
+}
+
+/// The decoded size an entropy-coded file announces (`None`: not a coded file).
+pub fn coded_size(coded: &[u8]) -> Option<usize> {
+    (is_coded(coded) && coded.len() >= CODED_HEADER)
+        .then(|| u64::from_le_bytes(coded[8..16].try_into().expect("8 bytes")) as usize)
+}
+
+/// Decodes an entropy-coded weights file into `out` (of [`coded_size`] bytes). A damaged
+/// stream is an error here; a stream that decodes to other bytes than were coded fails the
+/// weights checksum at init, as a damaged plain file does.
+pub fn decode(coded: &[u8], out: &mut [u8]) -> Result<(), String> {
+    let size = coded_size(coded).ok_or("not an entropy-coded llmc weights file")?;
+    if out.len() != size {
+        return Err(format!(
+            "decoded size {size} does not match the buffer of {} bytes",
+            out.len()
+        ));
+    }
+    let mut dec = zstd::stream::Decoder::new(&coded[CODED_HEADER..])
+        .map_err(|e| format!("entropy-coded weights: {e}"))?;
+    std::io::Read::read_exact(&mut dec, out).map_err(|e| {
+        format!("entropy-coded weights are truncated or corrupt ({e}); rebuild the bundle")
+    })?;
+    let mut rest = [0u8; 1];
+    if matches!(std::io::Read::read(&mut dec, &mut rest), Ok(n) if n > 0) {
+        return Err("entropy-coded weights hold more bytes than their header says".into());
+    }
+    let mut head = [0u8; HEADER_SIZE];
+    let n = HEADER_SIZE.min(out.len());
+    head[..n].copy_from_slice(&out[..n]);
+    let want = u64::from_le_bytes(coded[16..24].try_into().expect("8 bytes"));
+    if checksum(&head) != want {
+        return Err("entropy-coded weights decode to a different header (corrupt file)".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +306,33 @@ mod tests {
         let mut m = f;
         m[0] = b'X';
         assert_eq!(check(&m, 256, 42), Err(Status::BadMagic));
+    }
+
+    #[test]
+    fn entropy_coding_round_trips_and_shrinks_skewed_bytes() {
+        // 4-bit codes from a peaked distribution: far from uniform bytes
+        let mut x = 12345u64;
+        let codes: Vec<u8> = (0..1 << 16)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let a = (x % 16) as u8;
+                let b = ((x >> 8) % 16) as u8;
+                (a / 4 + 6) | ((b / 4 + 6) << 4)
+            })
+            .collect();
+        let f = write_file(7, &[(64, &codes)]);
+        let c = encode(&f, 19).unwrap();
+        assert!(is_coded(&c) && !is_coded(&f));
+        assert!(c.len() < f.len() * 6 / 10, "{} of {}", c.len(), f.len());
+        let mut out = vec![0u8; coded_size(&c).unwrap()];
+        decode(&c, &mut out).unwrap();
+        assert_eq!(out, f);
+        // a truncated stream is an error, not a short file
+        let mut short = vec![0u8; out.len()];
+        assert!(decode(&c[..c.len() / 2], &mut short).is_err());
+        assert!(decode(&f, &mut short).is_err());
     }
 
     #[test]

@@ -145,3 +145,73 @@ fn int8_activations_without_vnni() {
     check(Scheme::W4A8, Some(32), Some("-avx512vnni"));
     check(Scheme::W4A8, Some(32), Some("-avx512f"));
 }
+
+/// 2:4 and palette weights are read by their own kernels: the weights file holds them as
+/// stored (half the values and 2-bit positions; 4-bit indices and one codebook per panel),
+/// never expanded to f32, and the results match the interpreter.
+#[test]
+fn sparse_and_palette_weights_keep_their_bytes() {
+    use llmc_ir::{Encoding, Group, PaletteSpec, QuantSpec, Zero};
+    use llmc_tests::cpu::cases::{self, check_all, Case, Gb};
+    use llmc_tests::cpu::{build, options_for, Exec, Rng, Target, Tol};
+    let (n, k) = (64, 256);
+    let mut rng = Rng::new(11);
+    let q = |bits, g| QuantSpec {
+        bits,
+        group: Group::Size(g),
+        scale: DType::F16,
+        zero: Zero::Symmetric,
+    };
+    let sp = |e: Encoding| Encoding::Sparse24(Box::new(e));
+    let pal = |group| PaletteSpec {
+        bits: 4,
+        group,
+        entry: DType::F16,
+    };
+    let encs: Vec<(&str, Encoding)> = vec![
+        ("f32", Encoding::Dense(DType::F32)),
+        ("sp24_f32", sp(Encoding::Dense(DType::F32))),
+        ("f16", Encoding::Dense(DType::F16)),
+        ("sp24_f16", sp(Encoding::Dense(DType::F16))),
+        ("q4", Encoding::Quant(q(4, 32))),
+        ("sp24_q4", sp(Encoding::Quant(q(4, 16)))),
+        ("pal4_pt", Encoding::Palette(pal(Group::Tensor))),
+        ("pal4_r32", Encoding::Palette(pal(Group::Rows(32)))),
+    ];
+    let mut size = std::collections::BTreeMap::new();
+    let mut all = vec![];
+    for (name, enc) in &encs {
+        let bytes = match enc {
+            Encoding::Dense(d) => rng.tensor(&[n, k], *d, -0.3, 0.3).data.to_le_bytes(),
+            Encoding::Quant(qs) => cases::quant_bytes(&mut rng, n, k, qs),
+            Encoding::Palette(p) => cases::palette_bytes(&mut rng, n, k, p),
+            Encoding::Sparse24(inner) => cases::sparse_bytes(&mut rng, n, k, inner),
+        };
+        let mut b = Gb::new(&format!("enc_{name}"));
+        let x = b.input("x", &[3, k], DType::F32);
+        let w = b.weight_enc("w", &[n, k], enc.clone(), bytes);
+        let y = b.op(Op::Linear { act: ActQuant::None }, &[x, w]);
+        b.out("y", y);
+        let case = Case::new(name, b.g.clone(), Tol::new(1e-5, 1e-5)).random_run(
+            &mut rng,
+            -1.0,
+            1.0,
+            &[],
+        );
+        let c = build(&b.g, &Target::host(), &options_for(&b.g, &[])).expect("builds");
+        let file = c.dir.join(format!("{}.weights", c.name));
+        let bytes = std::fs::metadata(&file).expect("a weights file").len() - 64;
+        size.insert(*name, bytes as f64);
+        all.push(case);
+    }
+    check_all(&Target::host(), all, &[Exec::Serial]);
+    eprintln!("weights bytes: {size:?}");
+    let ratio = |a: &str, b: &str| size[a] / size[b];
+    // 2:4: half the values plus 2 bits per kept value
+    assert!(ratio("sp24_f32", "f32") < 0.54, "{size:?}");
+    assert!(ratio("sp24_f16", "f16") < 0.57, "{size:?}");
+    assert!(ratio("sp24_q4", "q4") < 0.8, "{size:?}");
+    // 4-bit indices and 16 entries per panel: about an eighth of f32
+    assert!(ratio("pal4_pt", "f32") < 0.14, "{size:?}");
+    assert!(ratio("pal4_r32", "f32") < 0.14, "{size:?}");
+}

@@ -114,6 +114,27 @@ fn x86_64_baseline() {
     check_all(&Target::new("x86_64", None, None), c, &[Exec::Serial]);
 }
 
+/// The AVX2 kernels (Haswell: AVX2, FMA, F16C, no AVX-512) for the linear layers, on hosts
+/// that can run them.
+#[test]
+fn x86_64_avx2() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("this host has no AVX2, FMA and F16C: the AVX2 kernels cannot run here");
+            return;
+        }
+        check_all(
+            &Target::new("x86_64", Some("haswell"), None),
+            cases::linear(ActQuant::None, false),
+            &[Exec::Serial],
+        );
+    }
+}
+
 #[test]
 fn x86_64_baseline_act_i8() {
     if !cfg!(target_arch = "x86_64") {

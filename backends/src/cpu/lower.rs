@@ -83,6 +83,10 @@ pub enum Pack {
         layout: super::pack::QLayout,
         offset: u8,
     },
+    /// Palette panels (`pack::pack_palette`).
+    PalettePanels,
+    /// 2:4 panels (`pack::pack_sparse24`).
+    Sparse24Panels,
 }
 
 /// The result of lowering.
@@ -107,6 +111,10 @@ pub struct Packed {
     /// `(offset, bytes)` of each packed weight in the weights file.
     pub packed: Vec<(u64, Vec<u8>)>,
     cache: HashMap<(usize, Pack), u64>,
+    /// Packed blobs by content hash (indices into `packed`): identical tensors are stored once.
+    by_hash: HashMap<u64, Vec<usize>>,
+    /// Bytes not written because an identical blob was already there.
+    pub deduplicated: u64,
     /// End of the last packed weight: the weights file's size before padding.
     pub weights_size: u64,
     pub globals: Vec<Vec<u8>>,
@@ -117,6 +125,8 @@ impl Default for Packed {
         Packed {
             packed: Vec::new(),
             cache: HashMap::new(),
+            by_hash: HashMap::new(),
+            deduplicated: 0,
             weights_size: llmc_runtime::weights::HEADER_SIZE as u64,
             globals: Vec::new(),
         }
@@ -391,7 +401,11 @@ impl<'g> Lowerer<'g> {
                 }
                 v.iter().flat_map(|x| x.to_le_bytes()).collect()
             }
-            Pack::DensePanels | Pack::F32Panels | Pack::QuantPanels { .. } => {
+            Pack::DensePanels
+            | Pack::F32Panels
+            | Pack::QuantPanels { .. }
+            | Pack::PalettePanels
+            | Pack::Sparse24Panels => {
                 let (n, k) = (
                     wt.ty.shape.0[0].fixed().expect("fixed") as usize,
                     wt.ty.shape.0[1].fixed().expect("fixed") as usize,
@@ -402,6 +416,18 @@ impl<'g> Lowerer<'g> {
                             .canonical_bytes(&wt.ty)
                             .map_err(|e| BackendError::BadInput(e.to_string()))?;
                         super::pack::pack_quant(q, n, k, &raw, *layout, *offset)
+                    }
+                    (Pack::PalettePanels, Encoding::Palette(p)) => {
+                        let raw = data
+                            .canonical_bytes(&wt.ty)
+                            .map_err(|e| BackendError::BadInput(e.to_string()))?;
+                        super::pack::pack_palette(p, n, k, &raw)
+                    }
+                    (Pack::Sparse24Panels, Encoding::Sparse24(inner)) => {
+                        let raw = data
+                            .canonical_bytes(&wt.ty)
+                            .map_err(|e| BackendError::BadInput(e.to_string()))?;
+                        super::pack::pack_sparse24(inner, n, k, &raw)
                     }
                     (Pack::DensePanels, Encoding::Dense(d)) => {
                         let raw = data
@@ -423,9 +449,31 @@ impl<'g> Lowerer<'g> {
                 }
             }
         };
-        let off = self.data.weights_size;
-        self.data.weights_size = llmc_runtime::weights::align((off as usize) + bytes.len()) as u64;
-        self.data.packed.push((off, bytes));
+        let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+        let same = self.data.by_hash.get(&hash).and_then(|blobs| {
+            blobs
+                .iter()
+                .find(|&&b| self.data.packed[b].1 == bytes)
+                .map(|&b| self.data.packed[b].0)
+        });
+        let off = match same {
+            Some(off) => {
+                self.data.deduplicated += bytes.len() as u64;
+                off
+            }
+            None => {
+                let off = self.data.weights_size;
+                self.data.weights_size =
+                    llmc_runtime::weights::align((off as usize) + bytes.len()) as u64;
+                self.data
+                    .by_hash
+                    .entry(hash)
+                    .or_default()
+                    .push(self.data.packed.len());
+                self.data.packed.push((off, bytes));
+                off
+            }
+        };
         self.data.cache.insert((w, how), off);
         Ok(Place {
             base: Base::Weights,
@@ -1177,12 +1225,23 @@ impl<'g> Lowerer<'g> {
         let odt = g.ty(out).dtype();
         let (table, fmt, dims) = if let ValueDef::Weight(w) = g.def(n.inputs[0]) {
             let wt = &g.weights[w as usize];
+            // a table that a linear layer also reads (a tied embedding) is read from the
+            // linear kernel's dense panels, so the weights file holds it once
+            let tied = wt.ty.shape.rank() == 2
+                && axis == 0
+                && g.nodes.iter().any(|u| {
+                    matches!(u.op, Op::Linear { .. }) && u.inputs.get(1) == Some(&n.inputs[0])
+                });
             let fmt = match &wt.ty.enc {
+                Encoding::Dense(d @ (DType::F32 | DType::F16 | DType::BF16)) if tied => {
+                    RowFormat::Panels(*d)
+                }
                 Encoding::Dense(d) => RowFormat::Dense(*d),
                 Encoding::Quant(q) => RowFormat::Quant(*q),
                 _ => RowFormat::Dense(DType::F32),
             };
             let place = match fmt {
+                RowFormat::Panels(_) => self.pack(w as usize, Pack::DensePanels)?,
                 RowFormat::Dense(DType::F32) if !wt.ty.enc.is_dense() => {
                     self.pack(w as usize, Pack::F32 { len: 0 })?
                 }
@@ -1195,7 +1254,7 @@ impl<'g> Lowerer<'g> {
             (d.place.clone(), RowFormat::Dense(d.dtype), d.dims.clone())
         };
         let ax = norm_axis(axis, dims.len()).map_err(|m| self.err(m))?;
-        if ax != 0 && !matches!(fmt, RowFormat::Dense(_)) {
+        if ax != 0 && !matches!(fmt, RowFormat::Dense(_) | RowFormat::Panels(_)) {
             return Err(self.err("quantized tables are gathered by row"));
         }
         let outer = Size::product(&dims[..ax]);
@@ -1234,7 +1293,11 @@ impl<'g> Lowerer<'g> {
     }
 
     fn linear(&mut self, i: usize) -> Result<(), BackendError> {
-        use super::pack::{pack_dense, pack_quant, quant_packable, QLayout, NR};
+        use super::kernels::linear::Kept;
+        use super::pack::{
+            pack_dense, pack_quant, palette_packable, quant_packable, sparse24_packable, QLayout,
+            NR,
+        };
         let g = self.g;
         let n = &g.nodes[i];
         let out = n.outputs[0];
@@ -1284,6 +1347,18 @@ impl<'g> Lowerer<'g> {
                     (WeightLayout::Rows(RowFormat::Quant(*q)), Pack::Canonical)
                 }
             }
+            Encoding::Palette(p) if palette_packable(p, k as usize) => {
+                (WeightLayout::PalettePanels(*p), Pack::PalettePanels)
+            }
+            Encoding::Sparse24(inner) if sparse24_packable(inner, k as usize) => {
+                let kept = match **inner {
+                    Encoding::Quant(q) => Kept::Quant(q),
+                    Encoding::Dense(d) => Kept::Dense(d),
+                    _ => unreachable!("sparse24_packable"),
+                };
+                (WeightLayout::Sparse24Panels(kept), Pack::Sparse24Panels)
+            }
+            // other palettes and 2:4 forms: decoded to f32 panels at build time
             _ => (WeightLayout::DensePanels(DType::F32), Pack::F32Panels),
         };
         let place = self.pack(w as usize, pack)?;

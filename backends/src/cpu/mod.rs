@@ -342,6 +342,7 @@ pub fn compile(
         "state_bytes": layout.state_bytes,
         "arena_bytes": arena_bytes,
         "weights_bytes": weights.len(),
+        "weights_deduplicated_bytes": data.deduplicated,
         "weights_embedded": req.embed_weights,
         "max_context": opts.max_context,
         "max_tokens": opts.max_tokens,

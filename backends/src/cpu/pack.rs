@@ -12,9 +12,16 @@
 //! - Mmla panels (AArch64 i8mm `smmla`): codes in blocks of `NR/2` row pairs × 8 consecutive
 //!   k, each pair 16 bytes (row a's 8 k, then row b's); 4-bit codes pair k..k+8 (low nibbles)
 //!   with k+8..k+16 (high nibbles) in one block. Scales and zeros as Dot4.
+//! - Palette panels (4-bit palettes whose codebook every row of a panel shares: per tensor,
+//!   or rows grouped by a multiple of [`NR`]): the panel's 16 codebook entries as f32 (64
+//!   bytes), then the indices arranged as 4-bit Dot4 codes.
+//! - 2:4 panels: the kept values, `[N, K/2]`, as the inner encoding's panel (dense panels, or
+//!   Dot4 panels of the block quantization over K/2), then the positions: for every 4 kept
+//!   values (8 columns of the weight) 16 bytes, byte `j` holding row `j`'s four 2-bit
+//!   positions, least significant first.
 
-use llmc_ir::weights::quant_parts;
-use llmc_ir::{DType, Group, QuantSpec, Zero};
+use llmc_ir::weights::{quant_parts, unpack_code};
+use llmc_ir::{Data, DType, Encoding, Group, PaletteSpec, QuantSpec, Zero};
 
 /// Output rows per panel.
 pub const NR: usize = 16;
@@ -189,6 +196,118 @@ pub fn pack_dense(raw: &[u8], n: usize, k: usize, esz: usize) -> Vec<u8> {
 /// Bytes of one dense panel.
 pub fn dense_panel_bytes(k: usize, esz: usize) -> usize {
     (k * NR * esz).div_ceil(64) * 64
+}
+
+/// Whether a palette is read by the palette panel kernel: 4-bit indices, one codebook for
+/// every row of a panel, K a multiple of 8.
+pub fn palette_packable(p: &PaletteSpec, k: usize) -> bool {
+    let shared = match p.group {
+        Group::Tensor => true,
+        Group::Rows(g) => g as usize % NR == 0,
+        _ => false,
+    };
+    p.bits == 4 && shared && k % 8 == 0
+}
+
+/// Bytes of one palette panel.
+pub fn palette_panel_bytes(k: usize) -> usize {
+    64 + k * NR / 2
+}
+
+/// Packs a canonical palette-encoded `[n, k]` weight (see [`palette_packable`]) into panels.
+pub fn pack_palette(p: &PaletteSpec, n: usize, k: usize, canonical: &[u8]) -> Vec<u8> {
+    let row_bytes = k / 2;
+    let books = Data::from_le_bytes(p.entry, &canonical[n * row_bytes..])
+        .expect("checked by the weight's type")
+        .to_f32();
+    let rows_per_book = match p.group {
+        Group::Rows(g) => g as usize,
+        _ => n.max(1),
+    };
+    let code = |r: usize, c: usize| -> u8 {
+        if r < n {
+            unpack_code(&canonical[r * row_bytes..(r + 1) * row_bytes], 4, c) as u8
+        } else {
+            0
+        }
+    };
+    let panels = n.div_ceil(NR);
+    let mut out = Vec::with_capacity(panels * palette_panel_bytes(k));
+    for pi in 0..panels {
+        let book = (pi * NR / rows_per_book) * 16;
+        for e in 0..16 {
+            out.extend(books[book + e].to_le_bytes());
+        }
+        for k0 in (0..k).step_by(8) {
+            for j in pi * NR..pi * NR + NR {
+                for t in 0..4 {
+                    out.push(code(j, k0 + t) | (code(j, k0 + 4 + t) << 4));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The inner encodings the 2:4 panel kernels read: dense floats, or block quantizations the
+/// Dot4 panels take over K/2; K a multiple of 8.
+pub fn sparse24_packable(inner: &Encoding, k: usize) -> bool {
+    k % 8 == 0
+        && match inner {
+            Encoding::Dense(d) => matches!(d, DType::F32 | DType::F16 | DType::BF16),
+            Encoding::Quant(q) => {
+                matches!(q.bits, 4 | 8) && quant_packable(q, k / 2, QLayout::Dot4)
+            }
+            _ => false,
+        }
+}
+
+/// Bytes of the kept values of one 2:4 panel, and of the whole panel.
+pub fn sparse24_panel_bytes(inner: &Encoding, k: usize) -> (usize, usize) {
+    let values = match inner {
+        Encoding::Quant(q) => quant_panel_bytes(q, k / 2),
+        Encoding::Dense(d) => dense_panel_bytes(k / 2, d.size()),
+        _ => unreachable!("checked by sparse24_packable"),
+    };
+    (values, values + (2 * k).div_ceil(64) * 64)
+}
+
+/// Packs a canonical 2:4 `[n, k]` weight (see [`sparse24_packable`]) into panels.
+pub fn pack_sparse24(inner: &Encoding, n: usize, k: usize, canonical: &[u8]) -> Vec<u8> {
+    let half = k / 2;
+    let vbytes = inner
+        .byte_size(&[n as u64, half as u64])
+        .expect("checked by the weight's type") as usize;
+    let (values, pos) = canonical.split_at(vbytes);
+    let values = match inner {
+        Encoding::Quant(q) => pack_quant(q, n, half, values, QLayout::Dot4, 0),
+        Encoding::Dense(d) => pack_dense(values, n, half, d.size()),
+        _ => unreachable!("checked by sparse24_packable"),
+    };
+    let (vb, pb) = sparse24_panel_bytes(inner, k);
+    let row_bytes = k / 8;
+    let position = |r: usize, i: usize| -> u8 {
+        if r < n {
+            unpack_code(&pos[r * row_bytes..(r + 1) * row_bytes], 2, i) as u8
+        } else {
+            0
+        }
+    };
+    let panels = n.div_ceil(NR);
+    let mut out = vec![0u8; panels * pb];
+    for p in 0..panels {
+        let dst = &mut out[p * pb..(p + 1) * pb];
+        dst[..vb].copy_from_slice(&values[p * vb..(p + 1) * vb]);
+        for b in 0..half / 4 {
+            for j in 0..NR {
+                let r = p * NR + j;
+                dst[vb + b * NR + j] = (0..4).fold(0u8, |acc, t| {
+                    acc | (position(r, 4 * b + t) << (2 * t))
+                });
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

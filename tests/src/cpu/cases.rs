@@ -1195,6 +1195,19 @@ pub fn linear(act: ActQuant, full: bool) -> Vec<Case> {
         };
         encs.push((Encoding::Palette(p), palette_bytes(&mut rng, n, k, &p)));
     }
+    // 4-bit palettes with one codebook per panel take the lookup kernel
+    for (group, entry) in [
+        (Group::Tensor, DType::F16),
+        (Group::Rows(16), DType::F32),
+        (Group::Rows(32), DType::BF16),
+    ] {
+        let p = PaletteSpec {
+            bits: 4,
+            group,
+            entry,
+        };
+        encs.push((Encoding::Palette(p), palette_bytes(&mut rng, n, k, &p)));
+    }
     cases.push(linear_case(
         &mut rng,
         &format!("linear_palette{suffix}"),
@@ -1219,6 +1232,13 @@ pub fn linear(act: ActQuant, full: bool) -> Vec<Case> {
             group: Group::Channel,
             scale: DType::F32,
             zero: Zero::Int,
+        }),
+        Encoding::Dense(DType::BF16),
+        Encoding::Quant(QuantSpec {
+            bits: 4,
+            group: Group::Size(16),
+            scale: DType::BF16,
+            zero: Zero::Float,
         }),
     ] {
         let bytes = sparse_bytes(&mut rng, n, k, &inner);

@@ -11,13 +11,16 @@ use inkwell::values::{
     BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue,
 };
 use inkwell::IntPredicate;
-use llmc_ir::{DType, Group, QuantSpec, Zero};
+use llmc_ir::{DType, Group, PaletteSpec, QuantSpec, Zero};
 
 /// How the rows of a `[rows, cols]` table are stored: the IR's canonical layouts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RowFormat {
     Dense(DType),
     Quant(QuantSpec),
+    /// Dense panels (`pack::pack_dense`): a table that a linear layer also reads (a tied
+    /// embedding) is stored once, in the linear kernel's layout.
+    Panels(DType),
 }
 
 /// How a linear kernel's weight is laid out in the weights file.
@@ -33,6 +36,17 @@ pub enum WeightLayout {
         layout: QLayout,
         offset: u8,
     },
+    /// 4-bit palette panels with one codebook per panel (`pack::pack_palette`).
+    PalettePanels(PaletteSpec),
+    /// 2:4 panels: kept values and their positions (`pack::pack_sparse24`).
+    Sparse24Panels(Kept),
+}
+
+/// How the kept values of a 2:4 weight are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kept {
+    Dense(DType),
+    Quant(QuantSpec),
 }
 
 /// What the kernel reads as activations.
@@ -73,6 +87,8 @@ pub fn emit(kb: &mut Kb<'_, '_>, l: &LinearKernel, isa: &Isa) {
     match (&l.w, l.act) {
         (WeightLayout::Rows(f), _) => generic_rows(kb, f, l.bias),
         (WeightLayout::DensePanels(dt), _) => panels(kb, l, isa, Body::Dense(*dt)),
+        (WeightLayout::PalettePanels(_), _) => panels(kb, l, isa, Body::Palette),
+        (WeightLayout::Sparse24Panels(kept), _) => panels(kb, l, isa, Body::Sparse24(*kept)),
         (WeightLayout::QuantPanels { q, .. }, ActQuant::F32) => {
             panels(kb, l, isa, Body::QuantF32(*q))
         }
@@ -110,6 +126,8 @@ enum Body {
     Dense(DType),
     QuantF32(QuantSpec),
     Dot4(QuantSpec, u8),
+    Palette,
+    Sparse24(Kept),
 }
 
 /// Vector helpers over inkwell.
@@ -380,6 +398,8 @@ fn tile<'ctx>(
         }
         Body::QuantF32(q) => quant_f32_tile(kb, &q, isa, p, m0, &acc),
         Body::Dot4(q, offset) => dot4_tile(kb, &q, offset, isa, p, m0, &acc),
+        Body::Palette => palette_tile(kb, isa, p, m0, &acc),
+        Body::Sparse24(kept) => sparse24_tile(kb, kept, isa, p, m0, &acc),
     }
     acc.iter().map(|a| kb.get(*a).into_vector_value()).collect()
 }
@@ -396,7 +416,18 @@ fn quant_offsets<'ctx>(
     IntValue<'ctx>,
     IntValue<'ctx>,
 ) {
-    // as pack::quant_panel_bytes, at run time
+    let (pb, g) = quant_panel_bytes_rt(kb, q, k);
+    let start = kb.mul(p, pb);
+    let (soff, zoff) = quant_parts_at(kb, q, start, k);
+    (start, soff, zoff, g)
+}
+
+/// `pack::quant_panel_bytes` at run time, and the group length.
+fn quant_panel_bytes_rt<'ctx>(
+    kb: &Kb<'_, 'ctx>,
+    q: &QuantSpec,
+    k: IntValue<'ctx>,
+) -> (IntValue<'ctx>, IntValue<'ctx>) {
     let g = match q.group {
         Group::Size(g) => kb.i64c(g as i64),
         _ => k,
@@ -416,13 +447,28 @@ fn quant_offsets<'ctx>(
         kb.sdiv(kb.add(total, kb.i64c(63)), kb.i64c(64)),
         kb.i64c(64),
     );
-    let start = kb.mul(p, pb);
-    (
-        start,
-        kb.add(start, codes),
-        kb.add(kb.add(start, codes), scales),
-        g,
-    )
+    (pb, g)
+}
+
+/// Byte offsets of the scales and zeros of a quantized panel over `k` starting at `start`.
+fn quant_parts_at<'ctx>(
+    kb: &Kb<'_, 'ctx>,
+    q: &QuantSpec,
+    start: IntValue<'ctx>,
+    k: IntValue<'ctx>,
+) -> (IntValue<'ctx>, IntValue<'ctx>) {
+    let g = match q.group {
+        Group::Size(g) => kb.i64c(g as i64),
+        _ => k,
+    };
+    let nr = kb.i64c(NR as i64);
+    let codes = kb.sdiv(kb.mul(kb.mul(k, nr), kb.i64c(q.bits as i64)), kb.i64c(8));
+    let scales = kb.mul(
+        kb.mul(kb.sdiv(k, g), nr),
+        kb.i64c(q.scale.size() as i64),
+    );
+    let soff = kb.add(start, codes);
+    (soff, kb.add(soff, scales))
 }
 
 /// The zero term of group `gi`: `(zz, m)` so that a weight is `s·(u − zz)` (`sym`, `asym`) or
@@ -585,8 +631,29 @@ fn quant_f32_tile<'ctx>(
 ) {
     let (x, w, k) = (kb.arg_ptr(arg::X), kb.arg_ptr(arg::W), kb.arg(arg::K));
     let (start, soff, zoff, g) = quant_offsets(kb, q, p, k);
+    dequant_panel(kb, q, isa, w, (start, soff, zoff, g), k, &mut |kb, kk, wf| {
+        axpy_rows(kb, acc, x, m0, k, kk, wf)
+    });
+}
+
+/// Dequantizes the 16 rows of a Dot4 panel over `cols` columns in registers, calling `f`
+/// with each column index and its 16 weights as f32.
+fn dequant_panel<'ctx>(
+    kb: &mut Kb<'_, 'ctx>,
+    q: &QuantSpec,
+    isa: &Isa,
+    w: PointerValue<'ctx>,
+    (start, soff, zoff, g): (
+        IntValue<'ctx>,
+        IntValue<'ctx>,
+        IntValue<'ctx>,
+        IntValue<'ctx>,
+    ),
+    cols: IntValue<'ctx>,
+    f: &mut dyn FnMut(&mut Kb<'_, 'ctx>, IntValue<'ctx>, VectorValue<'ctx>),
+) {
     let nr = NR as u32;
-    let groups = kb.sdiv(k, g);
+    let groups = kb.sdiv(cols, g);
     let step: i64 = if q.bits == 4 { 8 } else { 4 };
     let zero = kb.i64c(0);
     let q = *q;
@@ -624,17 +691,243 @@ fn quant_f32_tile<'ctx>(
                         _ => unreachable!(),
                     };
                     let kk = kb.add(k0, kb.i64c(kofs + t as i64));
-                    for (r, a) in acc.iter().enumerate() {
-                        let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), kk);
-                        let xv = V { kb }.splat(kb.load_f32(x, xi).into(), nr);
-                        let cur = kb.get(*a).into_vector_value();
-                        let nv = V { kb }.fma(xv, wf, cur);
-                        kb.set(*a, nv);
-                    }
+                    f(kb, kk, wf);
                 }
             }
         });
     });
+}
+
+/// `acc[r] += x[m0 + r, kk] · w` for every token row of the tile.
+fn axpy_rows<'ctx>(
+    kb: &mut Kb<'_, 'ctx>,
+    acc: &[Var<'ctx>],
+    x: PointerValue<'ctx>,
+    m0: IntValue<'ctx>,
+    k: IntValue<'ctx>,
+    kk: IntValue<'ctx>,
+    w: VectorValue<'ctx>,
+) {
+    for (r, a) in acc.iter().enumerate() {
+        let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), kk);
+        let xv = V { kb }.splat(kb.load_f32(x, xi).into(), NR as u32);
+        let cur = kb.get(*a).into_vector_value();
+        let nv = V { kb }.fma(xv, w, cur);
+        kb.set(*a, nv);
+    }
+}
+
+/// Looks up 16 lanes of indices (i32, 0..16) in a 16-entry f32 table held in a register
+/// (and at `table_at` in memory): `vpermps` on AVX-512, two 8-entry `vpermps` on AVX2,
+/// `tbl` over the table's 64 bytes on AArch64, one load per lane elsewhere.
+fn lookup16<'ctx>(
+    v: &V<'_, '_, 'ctx>,
+    isa: &Isa,
+    table: VectorValue<'ctx>,
+    table_at: PointerValue<'ctx>,
+    idx: VectorValue<'ctx>,
+) -> VectorValue<'ctx> {
+    let kb = v.kb;
+    let nr = NR as u32;
+    if isa.avx512 {
+        return kb
+            .call_intrinsic(
+                "llvm.x86.avx512.permvar.sf.512",
+                &[],
+                &[table.into(), idx.into()],
+            )
+            .into_vector_value();
+    }
+    if isa.x86 && isa.avx2 {
+        let half = |x: VectorValue<'ctx>, h: u32| v.shuffle(x, &(8 * h..8 * h + 8).collect::<Vec<_>>());
+        let (lo, hi) = (half(table, 0), half(table, 1));
+        let eight = VectorType::const_vector(&vec![kb.i32c(8); 8]);
+        let zero = v.zero_i(8);
+        let outs: Vec<VectorValue<'ctx>> = (0..2)
+            .map(|h| {
+                let i = half(idx, h);
+                let perm = |t: VectorValue<'ctx>| {
+                    kb.call_intrinsic("llvm.x86.avx2.permps", &[], &[t.into(), i.into()])
+                        .into_vector_value()
+                };
+                let upper = kb
+                    .b
+                    .build_int_compare(IntPredicate::NE, v.and(i, eight), zero, "")
+                    .expect("cmp");
+                kb.b.build_select(upper, perm(hi), perm(lo), "")
+                    .expect("select")
+                    .into_vector_value()
+            })
+            .collect();
+        return concat(kb, outs[0], outs[1]);
+    }
+    if isa.aarch64 {
+        // lane i takes the table's bytes 4·idx .. 4·idx + 3
+        let c = |x: i32| VectorType::const_vector(&vec![kb.i32c(x); NR]);
+        let bidx = kb
+            .b
+            .build_int_add(
+                kb.b.build_int_mul(idx, c(0x0404_0404), "").expect("mul"),
+                c(0x0302_0100),
+                "",
+            )
+            .expect("add");
+        let bidx = v.bitcast(bidx, kb.i8t().vec_type(64));
+        let tb = v.bitcast(table, kb.i8t().vec_type(64));
+        let quarter = |x: VectorValue<'ctx>, q: u32| {
+            v.shuffle(x, &(16 * q..16 * q + 16).collect::<Vec<_>>())
+        };
+        let t: Vec<BasicValueEnum<'ctx>> = (0..4).map(|q| quarter(tb, q).into()).collect();
+        let parts: Vec<VectorValue<'ctx>> = (0..4)
+            .map(|q| {
+                let mut args = t.clone();
+                args.push(quarter(bidx, q).into());
+                kb.call_intrinsic(
+                    "llvm.aarch64.neon.tbl4",
+                    &[kb.i8t().vec_type(16).into()],
+                    &args,
+                )
+                .into_vector_value()
+            })
+            .collect();
+        let all = concat(kb, concat(kb, parts[0], parts[1]), concat(kb, parts[2], parts[3]));
+        return v.bitcast(all, v.f32v(nr));
+    }
+    let mut out = v.zero_f(nr);
+    for lane in 0..nr {
+        let i = kb
+            .b
+            .build_extract_element(idx, kb.i32c(lane as i32), "")
+            .expect("extract")
+            .into_int_value();
+        let i = kb.zext(i, kb.i64t());
+        let e = kb.load_f32(table_at, i);
+        out = kb
+            .b
+            .build_insert_element(out, e, kb.i32c(lane as i32), "")
+            .expect("insert");
+    }
+    out
+}
+
+/// f32 activations against palette panels: the panel's codebook stays in a register and
+/// every index is looked up in it.
+fn palette_tile<'ctx>(
+    kb: &mut Kb<'_, 'ctx>,
+    isa: &Isa,
+    p: IntValue<'ctx>,
+    m0: IntValue<'ctx>,
+    acc: &[Var<'ctx>],
+) {
+    let (x, w, k) = (kb.arg_ptr(arg::X), kb.arg_ptr(arg::W), kb.arg(arg::K));
+    let nr = NR as u32;
+    // as pack::palette_panel_bytes
+    let pb = kb.add(kb.i64c(64), kb.mul(k, kb.i64c(NR as i64 / 2)));
+    let start = kb.mul(p, pb);
+    let table_at = kb.gep(kb.i8t().into(), w, start);
+    let table = V { kb }.load_vec(kb.f32t().into(), nr, w, start);
+    let codes_at = kb.add(start, kb.i64c(64));
+    let zero = kb.i64c(0);
+    kb.for_range(zero, k, 8, |kb, k0| {
+        let v = V { kb };
+        let bytes = v.load_vec(kb.i8t().into(), 64, w, kb.add(codes_at, kb.mul(k0, kb.i64c(8))));
+        let lo = v.and(bytes, v.const_i8(0x0f, 64));
+        let hi = v.lshr(bytes, v.const_i8(4, 64));
+        for (codes, kofs) in [(lo, 0), (hi, 4)] {
+            for t in 0..4u32 {
+                let v = V { kb };
+                let sel: Vec<u32> = (0..nr).map(|j| 4 * j + t).collect();
+                let idx = kb
+                    .b
+                    .build_int_z_extend(v.shuffle(codes, &sel), v.i32v(nr), "")
+                    .expect("zext");
+                let wf = lookup16(&v, isa, table, table_at, idx);
+                let kk = kb.add(k0, kb.i64c(kofs + t as i64));
+                axpy_rows(kb, acc, x, m0, k, kk, wf);
+            }
+        }
+    });
+}
+
+/// f32 activations against 2:4 panels: each kept value (decoded in registers) multiplies
+/// the input its 2-bit position picks out of its group of four.
+fn sparse24_tile<'ctx>(
+    kb: &mut Kb<'_, 'ctx>,
+    kept: Kept,
+    isa: &Isa,
+    p: IntValue<'ctx>,
+    m0: IntValue<'ctx>,
+    acc: &[Var<'ctx>],
+) {
+    let (x, w, k) = (kb.arg_ptr(arg::X), kb.arg_ptr(arg::W), kb.arg(arg::K));
+    let nr = NR as u32;
+    let half = kb.sdiv(k, kb.i64c(2));
+    let round64 = |kb: &Kb<'_, 'ctx>, b: IntValue<'ctx>| {
+        kb.mul(kb.sdiv(kb.add(b, kb.i64c(63)), kb.i64c(64)), kb.i64c(64))
+    };
+    // as pack::sparse24_panel_bytes
+    let (vb, g) = match kept {
+        Kept::Dense(dt) => (
+            round64(kb, kb.mul(half, kb.i64c((NR * dt.size()) as i64))),
+            half,
+        ),
+        Kept::Quant(q) => quant_panel_bytes_rt(kb, &q, half),
+    };
+    let pb = kb.add(vb, round64(kb, kb.mul(k, kb.i64c(2))));
+    let start = kb.mul(p, pb);
+    let pos_at = kb.add(start, vb);
+    // the input each lane's kept value `kk` multiplies: x[row, 4·(kk/2) + position]
+    let mut step = |kb: &mut Kb<'_, 'ctx>, kk: IntValue<'ctx>, wv: VectorValue<'ctx>| {
+        let v = V { kb };
+        let block = kb.mul(kb.sdiv(kk, kb.i64c(4)), kb.i64c(NR as i64));
+        let posb = v.load_vec(kb.i8t().into(), nr, w, kb.add(pos_at, block));
+        let shift = kb.b.build_int_truncate(
+            kb.mul(kb.srem(kk, kb.i64c(4)), kb.i64c(2)),
+            kb.i8t(),
+            "",
+        )
+        .expect("trunc");
+        let pos = v.and(v.lshr(posb, v.splat(shift.into(), nr)), v.const_i8(3, nr));
+        let is = |c: u8| {
+            kb.b.build_int_compare(IntPredicate::EQ, pos, v.const_i8(c, nr), "")
+                .expect("cmp")
+        };
+        let (p0, p1, p2) = (is(0), is(1), is(2));
+        let col0 = kb.mul(kb.sdiv(kk, kb.i64c(2)), kb.i64c(4));
+        for (r, a) in acc.iter().enumerate() {
+            let v = V { kb };
+            let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), col0);
+            let xs: Vec<VectorValue<'ctx>> = (0..4)
+                .map(|c| v.splat(kb.load_f32(x, kb.add(xi, kb.i64c(c))).into(), nr))
+                .collect();
+            let pick = |m, a: VectorValue<'ctx>, b: VectorValue<'ctx>| {
+                kb.b.build_select(m, a, b, "").expect("select").into_vector_value()
+            };
+            let xv = pick(p0, xs[0], pick(p1, xs[1], pick(p2, xs[2], xs[3])));
+            let cur = kb.get(*a).into_vector_value();
+            let nv = v.fma(xv, wv, cur);
+            kb.set(*a, nv);
+        }
+    };
+    match kept {
+        Kept::Dense(dt) => {
+            let esz = dt.size() as i64;
+            let zero = kb.i64c(0);
+            kb.for_range(zero, half, 1, |kb, kk| {
+                let v = V { kb };
+                let off = kb.add(start, kb.mul(kk, kb.i64c(NR as i64 * esz)));
+                let wv = match dt {
+                    DType::F32 => v.load_vec(kb.f32t().into(), nr, w, off),
+                    other => v.load_floats(other, w, off, isa),
+                };
+                step(kb, kk, wv);
+            });
+        }
+        Kept::Quant(q) => {
+            let (soff, zoff) = quant_parts_at(kb, &q, start, half);
+            dequant_panel(kb, &q, isa, w, (start, soff, zoff, g), half, &mut step);
+        }
+    }
 }
 
 /// `acc + Σ_t a[4j+t]·b[4j+t]` per 32-bit lane j, `a` unsigned codes (or s8 when the panel
@@ -1123,8 +1416,8 @@ fn generic_rows(kb: &mut Kb<'_, '_>, f: &RowFormat, bias: bool) {
                         kb.set(acc, kb.fma(xv, wv, a));
                     });
                 }
-                RowFormat::Quant(q) => {
-                    decode_row(kb, &RowFormat::Quant(*q), w, col, k, n, |kb, j, wv| {
+                other => {
+                    decode_row(kb, other, w, col, k, n, |kb, j, wv| {
                         let xv = kb.load_f32(x, kb.add(xrow, j));
                         let a = kb.getf(acc);
                         kb.set(acc, kb.fma(xv, wv, a));
@@ -1154,6 +1447,23 @@ pub fn decode_row<'ctx>(
             let dt = *dt;
             kb.for_range(zero, cols, 1, |kb, c| {
                 let v = load_f32(kb, dt, base, kb.add(start, c));
+                each(kb, c, v)
+            });
+        }
+        RowFormat::Panels(dt) => {
+            // row r is lane r % NR of panel r / NR, its elements NR apart; a panel holds
+            // cols·NR elements rounded up to 64 bytes
+            let dt = *dt;
+            let esz = dt.size() as i64;
+            let nr = kb.i64c(NR as i64);
+            let line = kb.i64c(64 / esz);
+            let per_panel = kb.mul(
+                kb.sdiv(kb.add(kb.mul(cols, nr), kb.i64c(64 / esz - 1)), line),
+                line,
+            );
+            let start = kb.add(kb.mul(kb.sdiv(row, nr), per_panel), kb.srem(row, nr));
+            kb.for_range(zero, cols, 1, |kb, c| {
+                let v = load_f32(kb, dt, base, kb.add(start, kb.mul(c, nr)));
                 each(kb, c, v)
             });
         }
