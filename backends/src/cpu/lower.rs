@@ -1356,7 +1356,13 @@ impl<'g> Lowerer<'g> {
                     Encoding::Dense(d) => Kept::Dense(d),
                     _ => unreachable!("sparse24_packable"),
                 };
-                (WeightLayout::Sparse24Panels(kept), Pack::Sparse24Panels)
+                (
+                    WeightLayout::Sparse24Panels {
+                        kept,
+                        k16: k % 16 == 0,
+                    },
+                    Pack::Sparse24Panels,
+                )
             }
             // other palettes and 2:4 forms: decoded to f32 panels at build time
             _ => (WeightLayout::DensePanels(DType::F32), Pack::F32Panels),

@@ -38,8 +38,9 @@ pub enum WeightLayout {
     },
     /// 4-bit palette panels with one codebook per panel (`pack::pack_palette`).
     PalettePanels(PaletteSpec),
-    /// 2:4 panels: kept values and their positions (`pack::pack_sparse24`).
-    Sparse24Panels(Kept),
+    /// 2:4 panels: kept values and their positions (`pack::pack_sparse24`); `k16` when K is
+    /// a multiple of 16 (the AVX-512 kernel then picks inputs from 16-wide windows).
+    Sparse24Panels { kept: Kept, k16: bool },
 }
 
 /// How the kept values of a 2:4 weight are stored.
@@ -88,7 +89,9 @@ pub fn emit(kb: &mut Kb<'_, '_>, l: &LinearKernel, isa: &Isa) {
         (WeightLayout::Rows(f), _) => generic_rows(kb, f, l.bias),
         (WeightLayout::DensePanels(dt), _) => panels(kb, l, isa, Body::Dense(*dt)),
         (WeightLayout::PalettePanels(_), _) => panels(kb, l, isa, Body::Palette),
-        (WeightLayout::Sparse24Panels(kept), _) => panels(kb, l, isa, Body::Sparse24(*kept)),
+        (WeightLayout::Sparse24Panels { kept, k16 }, _) => {
+            panels(kb, l, isa, Body::Sparse24(*kept, *k16))
+        }
         (WeightLayout::QuantPanels { q, .. }, ActQuant::F32) => {
             panels(kb, l, isa, Body::QuantF32(*q))
         }
@@ -127,7 +130,7 @@ enum Body {
     QuantF32(QuantSpec),
     Dot4(QuantSpec, u8),
     Palette,
-    Sparse24(Kept),
+    Sparse24(Kept, bool),
 }
 
 /// Vector helpers over inkwell.
@@ -399,7 +402,7 @@ fn tile<'ctx>(
         Body::QuantF32(q) => quant_f32_tile(kb, &q, isa, p, m0, &acc),
         Body::Dot4(q, offset) => dot4_tile(kb, &q, offset, isa, p, m0, &acc),
         Body::Palette => palette_tile(kb, isa, p, m0, &acc),
-        Body::Sparse24(kept) => sparse24_tile(kb, kept, isa, p, m0, &acc),
+        Body::Sparse24(kept, k16) => sparse24_tile(kb, kept, k16, isa, p, m0, &acc),
     }
     acc.iter().map(|a| kb.get(*a).into_vector_value()).collect()
 }
@@ -631,13 +634,14 @@ fn quant_f32_tile<'ctx>(
 ) {
     let (x, w, k) = (kb.arg_ptr(arg::X), kb.arg_ptr(arg::W), kb.arg(arg::K));
     let (start, soff, zoff, g) = quant_offsets(kb, q, p, k);
-    dequant_panel(kb, q, isa, w, (start, soff, zoff, g), k, &mut |kb, kk, wf| {
+    dequant_panel(kb, q, isa, w, (start, soff, zoff, g), k, &mut |kb, kk, _, wf| {
         axpy_rows(kb, acc, x, m0, k, kk, wf)
     });
 }
 
 /// Dequantizes the 16 rows of a Dot4 panel over `cols` columns in registers, calling `f`
-/// with each column index and its 16 weights as f32.
+/// with each column index, that index modulo 4 (known when generating), and its 16 weights as
+/// f32.
 fn dequant_panel<'ctx>(
     kb: &mut Kb<'_, 'ctx>,
     q: &QuantSpec,
@@ -650,7 +654,7 @@ fn dequant_panel<'ctx>(
         IntValue<'ctx>,
     ),
     cols: IntValue<'ctx>,
-    f: &mut dyn FnMut(&mut Kb<'_, 'ctx>, IntValue<'ctx>, VectorValue<'ctx>),
+    f: &mut dyn FnMut(&mut Kb<'_, 'ctx>, IntValue<'ctx>, u32, VectorValue<'ctx>),
 ) {
     let nr = NR as u32;
     let groups = kb.sdiv(cols, g);
@@ -691,7 +695,7 @@ fn dequant_panel<'ctx>(
                         _ => unreachable!(),
                     };
                     let kk = kb.add(k0, kb.i64c(kofs + t as i64));
-                    f(kb, kk, wf);
+                    f(kb, kk, t, wf);
                 }
             }
         });
@@ -850,10 +854,13 @@ fn palette_tile<'ctx>(
 }
 
 /// f32 activations against 2:4 panels: each kept value (decoded in registers) multiplies
-/// the input its 2-bit position picks out of its group of four.
+/// the input its 2-bit position picks out of its group of four: a `vpermps` of a window of
+/// the token's inputs on AVX-512 (16 wide) and AVX2 (8 wide), selects elsewhere.
+#[allow(clippy::too_many_arguments)]
 fn sparse24_tile<'ctx>(
     kb: &mut Kb<'_, 'ctx>,
     kept: Kept,
+    k16: bool,
     isa: &Isa,
     p: IntValue<'ctx>,
     m0: IntValue<'ctx>,
@@ -876,51 +883,101 @@ fn sparse24_tile<'ctx>(
     let pb = kb.add(vb, round64(kb, kb.mul(k, kb.i64c(2))));
     let start = kb.mul(p, pb);
     let pos_at = kb.add(start, vb);
-    // the input each lane's kept value `kk` multiplies: x[row, 4·(kk/2) + position]
-    let mut step = |kb: &mut Kb<'_, 'ctx>, kk: IntValue<'ctx>, wv: VectorValue<'ctx>| {
+    // inputs picked from a window of `win` floats by an index per lane
+    let win: Option<u32> = if isa.avx512 && k16 {
+        Some(16)
+    } else if isa.x86 && isa.avx2 {
+        Some(8)
+    } else {
+        None
+    };
+    // kept value `kk` (≡ t mod 4) multiplies x[row, 4·(kk/2) + position]
+    let mut step = |kb: &mut Kb<'_, 'ctx>, kk: IntValue<'ctx>, t: u32, wv: VectorValue<'ctx>| {
         let v = V { kb };
         let block = kb.mul(kb.sdiv(kk, kb.i64c(4)), kb.i64c(NR as i64));
         let posb = v.load_vec(kb.i8t().into(), nr, w, kb.add(pos_at, block));
-        let shift = kb.b.build_int_truncate(
-            kb.mul(kb.srem(kk, kb.i64c(4)), kb.i64c(2)),
-            kb.i8t(),
-            "",
-        )
-        .expect("trunc");
-        let pos = v.and(v.lshr(posb, v.splat(shift.into(), nr)), v.const_i8(3, nr));
-        let is = |c: u8| {
-            kb.b.build_int_compare(IntPredicate::EQ, pos, v.const_i8(c, nr), "")
-                .expect("cmp")
-        };
-        let (p0, p1, p2) = (is(0), is(1), is(2));
+        let pos = v.and(
+            v.lshr(posb, v.const_i8(2 * t as u8, nr)),
+            v.const_i8(3, nr),
+        );
         let col0 = kb.mul(kb.sdiv(kk, kb.i64c(2)), kb.i64c(4));
-        for (r, a) in acc.iter().enumerate() {
-            let v = V { kb };
-            let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), col0);
-            let xs: Vec<VectorValue<'ctx>> = (0..4)
-                .map(|c| v.splat(kb.load_f32(x, kb.add(xi, kb.i64c(c))).into(), nr))
-                .collect();
-            let pick = |m, a: VectorValue<'ctx>, b: VectorValue<'ctx>| {
-                kb.b.build_select(m, a, b, "").expect("select").into_vector_value()
-            };
-            let xv = pick(p0, xs[0], pick(p1, xs[1], pick(p2, xs[2], xs[3])));
-            let cur = kb.get(*a).into_vector_value();
-            let nv = v.fma(xv, wv, cur);
-            kb.set(*a, nv);
+        match win {
+            Some(wn) => {
+                // window start and the group's place in it
+                let wl = kb.i64c(wn as i64);
+                let w0 = kb.mul(kb.sdiv(col0, wl), wl);
+                let at = kb.b.build_int_truncate(kb.sub(col0, w0), kb.i32t(), "").expect("trunc");
+                let idx = kb
+                    .b
+                    .build_int_add(
+                        kb.b.build_int_z_extend(pos, v.i32v(nr), "").expect("zext"),
+                        v.splat(at.into(), nr),
+                        "",
+                    )
+                    .expect("add");
+                for (r, a) in acc.iter().enumerate() {
+                    let v = V { kb };
+                    let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), w0);
+                    let xw = kb.vload(kb.f32t().into(), wn, x, xi);
+                    let xv = if wn == 16 {
+                        kb.call_intrinsic(
+                            "llvm.x86.avx512.permvar.sf.512",
+                            &[],
+                            &[xw.into(), idx.into()],
+                        )
+                        .into_vector_value()
+                    } else {
+                        let halfv = |h: u32| v.shuffle(idx, &(8 * h..8 * h + 8).collect::<Vec<_>>());
+                        let perm = |i: VectorValue<'ctx>| {
+                            kb.call_intrinsic("llvm.x86.avx2.permps", &[], &[xw.into(), i.into()])
+                                .into_vector_value()
+                        };
+                        concat(kb, perm(halfv(0)), perm(halfv(1)))
+                    };
+                    let cur = kb.get(*a).into_vector_value();
+                    let nv = v.fma(xv, wv, cur);
+                    kb.set(*a, nv);
+                }
+            }
+            None => {
+                let is = |c: u8| {
+                    kb.b.build_int_compare(IntPredicate::EQ, pos, v.const_i8(c, nr), "")
+                        .expect("cmp")
+                };
+                let (p0, p1, p2) = (is(0), is(1), is(2));
+                for (r, a) in acc.iter().enumerate() {
+                    let v = V { kb };
+                    let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), col0);
+                    let xs: Vec<VectorValue<'ctx>> = (0..4)
+                        .map(|c| v.splat(kb.load_f32(x, kb.add(xi, kb.i64c(c))).into(), nr))
+                        .collect();
+                    let pick = |m, a: VectorValue<'ctx>, b: VectorValue<'ctx>| {
+                        kb.b.build_select(m, a, b, "").expect("select").into_vector_value()
+                    };
+                    let xv = pick(p0, xs[0], pick(p1, xs[1], pick(p2, xs[2], xs[3])));
+                    let cur = kb.get(*a).into_vector_value();
+                    let nv = v.fma(xv, wv, cur);
+                    kb.set(*a, nv);
+                }
+            }
         }
     };
     match kept {
         Kept::Dense(dt) => {
             let esz = dt.size() as i64;
             let zero = kb.i64c(0);
-            kb.for_range(zero, half, 1, |kb, kk| {
-                let v = V { kb };
-                let off = kb.add(start, kb.mul(kk, kb.i64c(NR as i64 * esz)));
-                let wv = match dt {
-                    DType::F32 => v.load_vec(kb.f32t().into(), nr, w, off),
-                    other => v.load_floats(other, w, off, isa),
-                };
-                step(kb, kk, wv);
+            // half is a multiple of 4 (K of 8)
+            kb.for_range(zero, half, 4, |kb, kk0| {
+                for t in 0..4u32 {
+                    let v = V { kb };
+                    let kk = kb.add(kk0, kb.i64c(t as i64));
+                    let off = kb.add(start, kb.mul(kk, kb.i64c(NR as i64 * esz)));
+                    let wv = match dt {
+                        DType::F32 => v.load_vec(kb.f32t().into(), nr, w, off),
+                        other => v.load_floats(other, w, off, isa),
+                    };
+                    step(kb, kk, t, wv);
+                }
             });
         }
         Kept::Quant(q) => {
