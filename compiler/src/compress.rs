@@ -123,7 +123,9 @@ pub fn prune_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
     }
     if let Some(("layers", n)) = spec.split_once(':') {
         let count: usize = n.parse().map_err(|_| {
-            format!("--prune '{spec}': layers:N removes N whole layers; N must be a positive integer")
+            format!(
+                "--prune '{spec}': layers:N removes N whole layers; N must be a positive integer"
+            )
         })?;
         if count == 0 {
             return Err(format!(
@@ -378,6 +380,44 @@ fn print_rows(rows: &[serde_json::Value]) {
             pruned.len(),
             pruned[0]["method"].as_str().unwrap_or("?"),
             mean * 100.0
+        );
+    }
+    let heads: Vec<&serde_json::Value> =
+        rows.iter().filter(|r| r["pass"] == "prune-heads").collect();
+    if !heads.is_empty() {
+        let sum = |k: &str| heads.iter().filter_map(|r| r[k].as_u64()).sum::<u64>();
+        let energy = heads
+            .iter()
+            .filter_map(|r| r["energy_removed"].as_f64())
+            .sum::<f64>()
+            / heads.len() as f64;
+        println!(
+            "removed attention heads in {} blocks: {} -> {} query heads, {} -> {} KV heads, {} -> {} bytes; mean share of output energy removed on calibration {:.1}%",
+            heads.len(),
+            sum("heads_before"),
+            sum("heads_after"),
+            sum("kv_heads_before"),
+            sum("kv_heads_after"),
+            sum("bytes_before"),
+            sum("bytes_after"),
+            energy * 100.0
+        );
+    }
+    if let Some(r) = rows.iter().find(|r| r["pass"] == "drop-layers") {
+        let bi: Vec<String> = r["block_influence"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| format!("{x:.3}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "removed layers {} of {} (block influence per layer: {})",
+            r["removed"],
+            r["layers_before"],
+            bi.join(" ")
         );
     }
     let factored: Vec<&serde_json::Value> =

@@ -208,10 +208,7 @@ fn compression_flags_that_do_not_fit_get_clear_errors() {
             vec!["--prune", "heads:1.5"],
             "--prune 'heads:1.5': the fraction must lie in [0, 1)",
         ),
-        (
-            vec!["--prune", "layers:0"],
-            "N must be a positive integer",
-        ),
+        (vec!["--prune", "layers:0"], "N must be a positive integer"),
         (
             vec!["--prune", "layers:30", "--calib", &calib_file],
             "would remove every one of the model's 30 layers",

@@ -69,11 +69,15 @@ struct Source {
 pub fn attention_blocks(g: &Graph) -> Vec<AttnBlock> {
     let producers = g.producers();
     let users = g.users();
-    let single = |v: ValueId| {
-        users[v.0 as usize].len() == 1 && !g.outputs.iter().any(|(_, o)| *o == v)
-    };
+    let single =
+        |v: ValueId| users[v.0 as usize].len() == 1 && !g.outputs.iter().any(|(_, o)| *o == v);
     let fixed = |v: ValueId, axis: usize| -> Option<usize> {
-        g.ty(v).shape.0.get(axis).and_then(|d| d.fixed()).map(|d| d as usize)
+        g.ty(v)
+            .shape
+            .0
+            .get(axis)
+            .and_then(|d| d.fixed())
+            .map(|d| d as usize)
     };
     // from an operand of the attention back to its projection
     let source = |mut v: ValueId| -> Option<Source> {
@@ -195,9 +199,9 @@ pub fn attention_blocks(g: &Graph) -> Vec<AttnBlock> {
             && kp.bias.is_none_or(|b| rows(b).1 == kv_heads * head_dim)
             && vp.bias.is_none_or(|b| rows(b).1 == kv_heads * v_dim)
             && [qs.state, ks.state, vs.state].iter().flatten().all(|&s| {
-                g.states
-                    .get(s as usize)
-                    .is_some_and(|d| d.ty.rank() == 4 && d.ty.shape.0[1].fixed() == Some(kv_heads as u64))
+                g.states.get(s as usize).is_some_and(|d| {
+                    d.ty.rank() == 4 && d.ty.shape.0[1].fixed() == Some(kv_heads as u64)
+                })
             })
             && qs.state.is_none();
         if !ok {
@@ -466,13 +470,7 @@ fn rewrite_block(
     set(g, b.q_reshape, b.heads as i64, h2, 2);
     set(g, b.k_reshape, b.kv_heads as i64, kv2, 2);
     set(g, b.v_reshape, b.kv_heads as i64, kv2, 2);
-    set(
-        g,
-        b.out_reshape,
-        (b.heads * dv) as i64,
-        h2 * dv as i64,
-        1,
-    );
+    set(g, b.out_reshape, (b.heads * dv) as i64, h2 * dv as i64, 1);
     for s in [b.k_state, b.v_state].into_iter().flatten() {
         g.states[s as usize].ty.shape.0[1] = Dim::Fixed(kv2 as u64);
     }
@@ -552,7 +550,9 @@ fn score_block(
         .inputs
         .get(&b.o_input)
         .filter(|s| s.cols == cols)
-        .ok_or_else(|| err("calibration gathered no statistics of this projection's input".into()))?;
+        .ok_or_else(|| {
+            err("calibration gathered no statistics of this projection's input".into())
+        })?;
     let (w, rows, wc) = weight_f32(g, b.o.weight)?;
     if wc != cols {
         return Err(err(format!("takes {wc} inputs, the heads give {cols}")));
@@ -586,12 +586,18 @@ impl crate::manager::Pass for PruneHeadsPass {
         }
         // a fraction that leaves a block without heads fails before calibration runs
         for b in &blocks {
-            select_heads(&vec![0.0; b.heads], b.heads, b.kv_heads, self.fraction, self.unit)
-                .map_err(|m| PassError::Pattern {
-                    pattern: "prune-heads",
-                    at: format!("@{}", g.weights[b.o.weight].name),
-                    msg: m,
-                })?;
+            select_heads(
+                &vec![0.0; b.heads],
+                b.heads,
+                b.kv_heads,
+                self.fraction,
+                self.unit,
+            )
+            .map_err(|m| PassError::Pattern {
+                pattern: "prune-heads",
+                at: format!("@{}", g.weights[b.o.weight].name),
+                msg: m,
+            })?;
         }
         let stats = cx.take_stats(g, "prune-heads")?;
         let scored: Vec<Result<(HeadSelection, Vec<f64>), PassError>> = blocks
@@ -678,7 +684,11 @@ mod tests {
                     direct += y * y;
                 }
             }
-            assert!((e[h] - direct).abs() < 1e-6 * direct.max(1.0), "{h}: {} vs {direct}", e[h]);
+            assert!(
+                (e[h] - direct).abs() < 1e-6 * direct.max(1.0),
+                "{h}: {} vs {direct}",
+                e[h]
+            );
         }
     }
 

@@ -67,7 +67,13 @@ pub fn residual_stream(g: &Graph) -> Result<Stream, PassError> {
         let skip: Vec<ValueId> = n.inputs.iter().copied().filter(|&v| normed(v)).collect();
         if skip.len() == 1 && g.ty(skip[0]) == g.ty(n.outputs[0]) {
             if next.insert(skip[0], i).is_some() {
-                return Err(bad(g, format!("the stream value %{} is read by two residual additions", skip[0].0)));
+                return Err(bad(
+                    g,
+                    format!(
+                        "the stream value %{} is read by two residual additions",
+                        skip[0].0
+                    ),
+                ));
             }
         }
     }
@@ -103,9 +109,15 @@ pub fn residual_stream(g: &Graph) -> Result<Stream, PassError> {
     let mut starts = Vec::new();
     for (k, &a) in adds.iter().enumerate() {
         let from = if k == 0 { first } else { adds[k - 1] + 1 };
-        let holds = attention.iter().filter(|&&t| (from..a).contains(&t)).count();
+        let holds = attention
+            .iter()
+            .filter(|&&t| (from..a).contains(&t))
+            .count();
         if holds > 1 {
-            return Err(bad(g, format!("one residual branch holds {holds} attentions")));
+            return Err(bad(
+                g,
+                format!("one residual branch holds {holds} attentions"),
+            ));
         }
         if holds == 1 {
             starts.push(k);
@@ -147,7 +159,8 @@ pub fn block_influence(
         .0
         .last()
         .and_then(|d| d.fixed())
-        .ok_or_else(|| err("the residual stream's width is not fixed".into()))? as usize;
+        .ok_or_else(|| err("the residual stream's width is not fixed".into()))?
+        as usize;
     // where each boundary value is seen: as an argument of a node that reads it
     let users = g.users();
     let mut watch: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
@@ -157,7 +170,11 @@ pub fn block_influence(
             .iter()
             .min()
             .ok_or_else(|| err(format!("nothing reads the stream after layer {i}")))?;
-        let pos = g.nodes[u].inputs.iter().position(|&x| x == v).expect("a user reads it");
+        let pos = g.nodes[u]
+            .inputs
+            .iter()
+            .position(|&x| x == v)
+            .expect("a user reads it");
         watch.entry(u).or_default().push((pos, i));
     }
     let last = *watch.keys().last().expect("layers exist");
@@ -181,10 +198,14 @@ pub fn block_influence(
             .map_err(|e| err(format!("window {w}: {e}")))?;
         for i in 0..layers {
             let (Some(a), Some(b)) = (&seen[i], &seen[i + 1]) else {
-                return Err(err(format!("window {w}: the stream around layer {i} was not seen")));
+                return Err(err(format!(
+                    "window {w}: the stream around layer {i} was not seen"
+                )));
             };
             if a.numel() != b.numel() || a.numel() % dim.max(1) != 0 {
-                return Err(err(format!("window {w}: layer {i} changes the stream's shape")));
+                return Err(err(format!(
+                    "window {w}: layer {i} changes the stream's shape"
+                )));
             }
             let (c, n) = cosine_rows(a, b, dim.max(1));
             sums[i] += c;
@@ -379,9 +400,13 @@ impl crate::manager::Pass for DropLayersPass {
         })?;
         cx.calib_seconds += t0.elapsed().as_secs_f64();
         let drop = lowest_layers(&bi, self.count);
-        let weights_before: u64 = (0..g.weights.len()).map(|i| crate::heads::weight_bytes(g, i)).sum();
+        let weights_before: u64 = (0..g.weights.len())
+            .map(|i| crate::heads::weight_bytes(g, i))
+            .sum();
         remove_layers(g, &s, &drop)?;
-        let weights_after: u64 = (0..g.weights.len()).map(|i| crate::heads::weight_bytes(g, i)).sum();
+        let weights_after: u64 = (0..g.weights.len())
+            .map(|i| crate::heads::weight_bytes(g, i))
+            .sum();
         cx.report.push(serde_json::json!({
             "pass": "drop-layers",
             "layers_before": s.layers(),

@@ -3,8 +3,8 @@
 //! removed heads' output columns zeroed, or with the removed layers left out.
 
 use llmc_ir::{
-    verify, BinaryOp, DType, Dim, Graph, Op, RopeMode, Session, Shape, Tensor, TensorType,
-    UnaryOp, ValueId, WeightData,
+    verify, BinaryOp, DType, Dim, Graph, Op, RopeMode, Session, Shape, Tensor, TensorType, UnaryOp,
+    ValueId, WeightData,
 };
 use llmc_passes::calib::{decoder_feeds, Calibration};
 use llmc_passes::heads::{attention_blocks, HeadUnit, PruneHeadsPass};
@@ -20,12 +20,14 @@ const VOCAB: usize = 40;
 
 /// Deterministic values in `[lo, hi)` from a name (the same weight in every build).
 fn values(name: &str, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s: u64 = name
-        .bytes()
-        .fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let mut s: u64 = name.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
         })
         .collect()
@@ -44,7 +46,7 @@ fn llama(layers: usize, keep: &[usize], quiet: &[usize]) -> Graph {
     let seq = Shape(vec![Dim::sym("batch"), Dim::sym("seq")]);
     let tokens = g.add_input("tokens", TensorType::new(seq.clone(), DType::I64));
     let positions = g.add_input("positions", TensorType::new(seq, DType::I64));
-    let mut w = |g: &mut Graph, name: &str, shape: &[usize], lo: f32, hi: f32| -> ValueId {
+    let w = |g: &mut Graph, name: &str, shape: &[usize], lo: f32, hi: f32| -> ValueId {
         let n = shape.iter().product();
         let t = Tensor::f32(shape.to_vec(), values(name, n, lo, hi));
         g.add_weight(
@@ -82,9 +84,15 @@ fn llama(layers: usize, keep: &[usize], quiet: &[usize]) -> Graph {
         let vs = g.add_state(&q_("v"), state_ty);
         let nw = w(&mut g, &q_("attn_norm"), &[D], 0.8, 1.2);
         let h = g
-            .add1(Op::RmsNorm { axis: -1, eps: 1e-5 }, &[x, nw])
+            .add1(
+                Op::RmsNorm {
+                    axis: -1,
+                    eps: 1e-5,
+                },
+                &[x, nw],
+            )
             .unwrap();
-        let mut proj = |g: &mut Graph, name: &str, rows: usize, bias: bool| {
+        let proj = |g: &mut Graph, name: &str, rows: usize, bias: bool| {
             let wt = w(g, &q_(name), &[rows, D], -0.3, 0.3);
             let mut ins = vec![h, wt];
             if bias {
@@ -136,13 +144,23 @@ fn llama(layers: usize, keep: &[usize], quiet: &[usize]) -> Graph {
                 &[a],
             )
             .unwrap();
-        let (lo, hi) = if quiet.contains(&l) { (0.0, 0.0) } else { (-0.3, 0.3) };
+        let (lo, hi) = if quiet.contains(&l) {
+            (0.0, 0.0)
+        } else {
+            (-0.3, 0.3)
+        };
         let wo = w(&mut g, &q_("o"), &[D, HEADS * HD], lo, hi);
         let a = g.add1(Op::LINEAR, &[a, wo]).unwrap();
         x = g.add1(Op::Binary(BinaryOp::Add), &[x, a]).unwrap();
         let nw = w(&mut g, &q_("ffn_norm"), &[D], 0.8, 1.2);
         let h = g
-            .add1(Op::RmsNorm { axis: -1, eps: 1e-5 }, &[x, nw])
+            .add1(
+                Op::RmsNorm {
+                    axis: -1,
+                    eps: 1e-5,
+                },
+                &[x, nw],
+            )
             .unwrap();
         let wg = w(&mut g, &q_("gate"), &[FFN, D], -0.3, 0.3);
         let wu = w(&mut g, &q_("up"), &[FFN, D], -0.3, 0.3);
@@ -156,7 +174,13 @@ fn llama(layers: usize, keep: &[usize], quiet: &[usize]) -> Graph {
     }
     let nw = w(&mut g, "out_norm", &[D], 0.8, 1.2);
     let x = g
-        .add1(Op::RmsNorm { axis: -1, eps: 1e-5 }, &[x, nw])
+        .add1(
+            Op::RmsNorm {
+                axis: -1,
+                eps: 1e-5,
+            },
+            &[x, nw],
+        )
         .unwrap();
     let logits = g.add1(Op::LINEAR, &[x, embed]).unwrap();
     g.set_output("logits", logits);
@@ -212,7 +236,10 @@ fn logits(g: &Graph) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn weight_bytes(g: &Graph) -> u64 {
@@ -305,7 +332,10 @@ fn removing_query_heads_equals_zeroing_their_output_columns() {
     assert_eq!(before - weight_bytes(&g), 3 * per_layer);
     let want = logits(&zeroed_heads(dense, &report));
     let d = max_diff(&logits(&g), &want);
-    assert!(d < 1e-4, "pruned logits differ from the zeroed dense ones by {d}");
+    assert!(
+        d < 1e-4,
+        "pruned logits differ from the zeroed dense ones by {d}"
+    );
 }
 
 #[test]
@@ -320,7 +350,10 @@ fn removing_kv_groups_shrinks_the_cache_and_stays_exact() {
         }),
     );
     for r in &report {
-        assert_eq!((r["heads_after"].as_u64(), r["kv_heads_after"].as_u64()), (Some(3), Some(1)));
+        assert_eq!(
+            (r["heads_after"].as_u64(), r["kv_heads_after"].as_u64()),
+            (Some(3), Some(1))
+        );
     }
     assert!(g.states.iter().all(|s| s.ty.shape.0[1] == Dim::Fixed(1)));
     assert_eq!(
@@ -330,7 +363,10 @@ fn removing_kv_groups_shrinks_the_cache_and_stays_exact() {
     assert_eq!(g.meta["llama.attention.head_count_kv"], "1");
     let want = logits(&zeroed_heads(dense, &report));
     let d = max_diff(&logits(&g), &want);
-    assert!(d < 1e-4, "pruned logits differ from the zeroed dense ones by {d}");
+    assert!(
+        d < 1e-4,
+        "pruned logits differ from the zeroed dense ones by {d}"
+    );
 }
 
 #[test]
@@ -349,7 +385,7 @@ fn prune_heads_without_calibration_says_what_it_needs() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("unit must be query or kv"), "{e}");
+    assert!(e.contains("option 'unit' takes query|kv"), "{e}");
     let e = llmc_passes::registry::pipeline("prune-heads{fraction=0.9}")
         .map(|mut p| {
             let mut cx = PassContext {
@@ -387,7 +423,10 @@ fn the_quiet_layer_goes_and_the_rest_computes_as_before() {
         .map(|x| x.as_f64().unwrap())
         .collect();
     assert!(bi[2].abs() < 1e-9, "{bi:?}");
-    assert!(bi.iter().enumerate().all(|(i, &b)| i == 2 || b > 1e-4), "{bi:?}");
+    assert!(
+        bi.iter().enumerate().all(|(i, &b)| i == 2 || b > 1e-4),
+        "{bi:?}"
+    );
     assert_eq!(g.states.len(), 6);
     assert!(g.weight_by_name("blk.2.q").is_none());
     assert_eq!(g.meta["llama.block_count"], "3");
@@ -416,7 +455,10 @@ fn dropping_adjacent_layers_rewires_past_the_whole_run() {
             p[0].run(&mut g, &mut cx).unwrap_err().to_string()
         })
         .unwrap();
-    assert!(e.contains("would remove every one of the model's 2 layers"), "{e}");
+    assert!(
+        e.contains("would remove every one of the model's 2 layers"),
+        "{e}"
+    );
     let e = llmc_passes::registry::pipeline("drop-layers{count=0}")
         .err()
         .unwrap()

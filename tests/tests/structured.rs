@@ -112,7 +112,10 @@ fn query_heads_leave_every_kv_group() {
 fn whole_kv_groups_leave_and_the_cache_shrinks() {
     let (dense, g, report) = prune(71, false, "prune-heads{fraction=0.5,unit=kv}");
     for r in &report {
-        assert_eq!((r["heads_after"].as_u64(), r["kv_heads_after"].as_u64()), (Some(2), Some(1)));
+        assert_eq!(
+            (r["heads_after"].as_u64(), r["kv_heads_after"].as_u64()),
+            (Some(2), Some(1))
+        );
     }
     assert_eq!(bytes(&g, attention) * 2, bytes(&dense, attention));
     assert!(g.states.iter().all(|s| s.ty.shape.0[1].fixed() == Some(1)));
