@@ -362,8 +362,10 @@ pub fn slice_weight(
     note: &str,
 ) -> Result<(), PassError> {
     let (r, c) = weight_rows_cols(g, i);
-    let all_r = [0..r];
-    let all_c = [0..c];
+    let (all_r, all_c) = (
+        vec![Range { start: 0, end: r }],
+        vec![Range { start: 0, end: c }],
+    );
     let rows = rows.unwrap_or(&all_r);
     let cols = cols.unwrap_or(&all_c);
     let nr: usize = rows.iter().map(|x| x.len()).sum();

@@ -65,16 +65,17 @@ pub fn residual_stream(g: &Graph) -> Result<Stream, PassError> {
             continue;
         }
         let skip: Vec<ValueId> = n.inputs.iter().copied().filter(|&v| normed(v)).collect();
-        if skip.len() == 1 && g.ty(skip[0]) == g.ty(n.outputs[0]) {
-            if next.insert(skip[0], i).is_some() {
-                return Err(bad(
-                    g,
-                    format!(
-                        "the stream value %{} is read by two residual additions",
-                        skip[0].0
-                    ),
-                ));
-            }
+        if skip.len() == 1
+            && g.ty(skip[0]) == g.ty(n.outputs[0])
+            && next.insert(skip[0], i).is_some()
+        {
+            return Err(bad(
+                g,
+                format!(
+                    "the stream value %{} is read by two residual additions",
+                    skip[0].0
+                ),
+            ));
         }
     }
     let made: BTreeSet<ValueId> = next.values().map(|&i| g.nodes[i].outputs[0]).collect();
