@@ -161,7 +161,10 @@ pub struct BuildArgs {
     pub quant_method: String,
     /// Prune linear weights before quantizing: wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4,
     /// sparsegpt:2:4 (wanda and sparsegpt calibrate); or remove FFN channels: ffn:0.25
-    /// (scored on calibration), ffn-prunenet:0.25 (spectral, no data).
+    /// (scored on calibration), ffn-prunenet:0.25 (spectral, no data); attention heads:
+    /// heads:0.25 (query heads from every KV group), heads-kv:0.34 (whole KV groups); whole
+    /// decoder layers: layers:4 (ShortGPT block influence); all structured ones but
+    /// ffn-prunenet calibrate.
     #[arg(long, value_name = "SPEC")]
     pub prune: Option<String>,
     /// Factor linear weights W ≈ L·R after pruning: svd:0.7 or svd-llm:0.7 (calibrated) keep

@@ -95,14 +95,45 @@ pub fn preset_pipeline(
 }
 
 /// The pass behind `--prune SPEC`: `METHOD:FRACTION` (`wanda:0.5`), `N:M` (Wanda, `2:4`) or
-/// `METHOD:N:M` (`sparsegpt:2:4`); methods magnitude, wanda, sparsegpt.
+/// `METHOD:N:M` (`sparsegpt:2:4`); methods magnitude, wanda, sparsegpt. Structured:
+/// `ffn:F`/`ffn-prunenet:F` (FFN channels), `heads:F` (query heads, the same number from every
+/// KV group), `heads-kv:F` (whole KV groups) and `layers:N` (N whole decoder layers, ShortGPT).
 pub fn prune_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
     use llmc_passes::prune::{PruneMethod, PrunePass, Sparsity};
     let bad = || {
         format!(
-            "--prune '{spec}' is not a pruning spec (write wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4, sparsegpt:2:4, ffn:0.25 or ffn-prunenet:0.25)"
+            "--prune '{spec}' is not a pruning spec (write wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4, sparsegpt:2:4, ffn:0.25, ffn-prunenet:0.25, heads:0.25, heads-kv:0.34 or layers:4)"
         )
     };
+    if let Some((kind, f)) = spec
+        .split_once(':')
+        .filter(|(k, _)| *k == "heads" || *k == "heads-kv")
+    {
+        use llmc_passes::heads::{HeadUnit, PruneHeadsPass};
+        let fraction: f64 = f.parse().map_err(|_| bad())?;
+        if !(0.0..1.0).contains(&fraction) {
+            return Err(format!("--prune '{spec}': the fraction must lie in [0, 1)"));
+        }
+        let unit = if kind == "heads" {
+            HeadUnit::Query
+        } else {
+            HeadUnit::Kv
+        };
+        return Ok(Box::new(PruneHeadsPass { fraction, unit }));
+    }
+    if let Some(("layers", n)) = spec.split_once(':') {
+        let count: usize = n.parse().map_err(|_| {
+            format!(
+                "--prune '{spec}': layers:N removes N whole layers; N must be a positive integer"
+            )
+        })?;
+        if count == 0 {
+            return Err(format!(
+                "--prune '{spec}': layers:N removes N whole layers; N must be a positive integer"
+            ));
+        }
+        return Ok(Box::new(llmc_passes::layers::DropLayersPass { count }));
+    }
     if let Some((kind, f)) = spec.split_once(':').filter(|(k, _)| k.starts_with("ffn")) {
         use llmc_passes::structured::{ChannelScore, PruneFfnPass};
         let score = match kind {
@@ -349,6 +380,44 @@ fn print_rows(rows: &[serde_json::Value]) {
             pruned.len(),
             pruned[0]["method"].as_str().unwrap_or("?"),
             mean * 100.0
+        );
+    }
+    let heads: Vec<&serde_json::Value> =
+        rows.iter().filter(|r| r["pass"] == "prune-heads").collect();
+    if !heads.is_empty() {
+        let sum = |k: &str| heads.iter().filter_map(|r| r[k].as_u64()).sum::<u64>();
+        let energy = heads
+            .iter()
+            .filter_map(|r| r["energy_removed"].as_f64())
+            .sum::<f64>()
+            / heads.len() as f64;
+        println!(
+            "removed attention heads in {} blocks: {} -> {} query heads, {} -> {} KV heads, {} -> {} bytes; mean share of output energy removed on calibration {:.1}%",
+            heads.len(),
+            sum("heads_before"),
+            sum("heads_after"),
+            sum("kv_heads_before"),
+            sum("kv_heads_after"),
+            sum("bytes_before"),
+            sum("bytes_after"),
+            energy * 100.0
+        );
+    }
+    if let Some(r) = rows.iter().find(|r| r["pass"] == "drop-layers") {
+        let bi: Vec<String> = r["block_influence"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| format!("{x:.3}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "removed layers {} of {} (block influence per layer: {})",
+            r["removed"],
+            r["layers_before"],
+            bi.join(" ")
         );
     }
     let factored: Vec<&serde_json::Value> =

@@ -158,6 +158,7 @@ fn compression_flags_that_do_not_fit_get_clear_errors() {
     let dir = tmp("flags");
     let o = s(&dir);
     let missing = s(&dir.join("missing.txt"));
+    let calib_file = s(&assets::sotu_dir().join("1962_john_f_kennedy_d.txt"));
     for (args, needle) in [
         (
             vec!["--quant", "w4a16", "--quant-method", "optq"],
@@ -199,6 +200,23 @@ fn compression_flags_that_do_not_fit_get_clear_errors() {
             "the fraction of values kept must lie in (0, 1)",
         ),
         (vec!["--passes", "caldera{bits=1}"], "bits must be 2 to 4"),
+        (
+            vec!["--prune", "heads:many"],
+            "--prune 'heads:many' is not a pruning spec",
+        ),
+        (
+            vec!["--prune", "heads:1.5"],
+            "--prune 'heads:1.5': the fraction must lie in [0, 1)",
+        ),
+        (vec!["--prune", "layers:0"], "N must be a positive integer"),
+        (
+            vec!["--prune", "layers:30", "--calib", &calib_file],
+            "would remove every one of the model's 30 layers",
+        ),
+        (
+            vec!["--prune", "heads:0.9", "--calib", &calib_file],
+            "removes 3 of the 3 query heads of every KV group",
+        ),
         (
             vec!["--passes", "lowrank", "--lowrank", "svd:0.5"],
             "--passes replaces",

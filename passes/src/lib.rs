@@ -6,6 +6,8 @@ pub mod canonicalize;
 pub mod fold;
 pub mod fuse;
 pub mod gptq;
+pub mod heads;
+pub mod layers;
 pub mod lowrank;
 pub mod manager;
 pub mod prune;

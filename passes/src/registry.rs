@@ -47,6 +47,8 @@ pub fn infos() -> Vec<&'static PassInfo> {
         &FUSE,
         &crate::prune::PRUNE_INFO,
         &crate::structured::PRUNE_FFN_INFO,
+        &crate::heads::PRUNE_HEADS_INFO,
+        &crate::layers::DROP_LAYERS_INFO,
         &crate::lowrank::LOWRANK_INFO,
         &crate::caldera::CALDERA_INFO,
         &crate::smooth::SMOOTH_INFO,
@@ -78,6 +80,8 @@ pub fn create(
         "quantize" => Box::new(QuantizePass::from_options(&opts)?),
         "prune" => Box::new(crate::prune::PrunePass::from_options(&opts)?),
         "prune-ffn" => Box::new(crate::structured::PruneFfnPass::from_options(&opts)?),
+        "prune-heads" => Box::new(crate::heads::PruneHeadsPass::from_options(&opts)?),
+        "drop-layers" => Box::new(crate::layers::DropLayersPass::from_options(&opts)?),
         "lowrank" => Box::new(crate::lowrank::LowRankPass::from_options(&opts)?),
         "caldera" => Box::new(crate::caldera::CalderaPass::from_options(&opts)?),
         "smooth" => Box::new(crate::smooth::SmoothPass {

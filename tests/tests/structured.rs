@@ -1,0 +1,149 @@
+//! Structured pruning end to end on random Llamas: attention heads (query heads per KV group,
+//! whole KV groups) and whole layers (ShortGPT) leave the graph, which verifies, holds fewer
+//! weight bytes by the fraction removed, runs in the interpreter, and compiled for the host
+//! agrees with the interpreter on prefill and decode.
+
+use llmc_backends::cpu::BuildOptions;
+use llmc_ir::Graph;
+use llmc_passes::calib::{decoder_feeds, Calibration};
+use llmc_passes::manager::{PassContext, PassManager};
+use llmc_tests::cpu::cases;
+use llmc_tests::cpu::{build, Exec, Target, Tol};
+
+/// 4 windows of 48 pseudo-random tokens.
+fn calibration(seed: u64) -> Calibration {
+    let mut rng = 0x9e3779b97f4a7c15u64.wrapping_mul(seed + 1);
+    let windows: Vec<Vec<u32>> = (0..4)
+        .map(|_| {
+            (0..48)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng % 96) as u32
+                })
+                .collect()
+        })
+        .collect();
+    Calibration {
+        windows: decoder_feeds(&windows),
+        label: "random tokens".into(),
+    }
+}
+
+/// Bytes of the weights whose names satisfy `pick`.
+fn bytes(g: &Graph, pick: impl Fn(&str) -> bool) -> u64 {
+    (0..g.weights.len())
+        .filter(|&i| pick(&g.weights[i].name))
+        .map(|i| llmc_passes::heads::weight_bytes(g, i))
+        .sum()
+}
+
+fn attention(name: &str) -> bool {
+    ["attn_q", "attn_k", "attn_v", "attn_output"]
+        .iter()
+        .any(|p| name.contains(p))
+}
+
+/// Runs `pipeline` on a random Llama; returns the graph before and after and the report.
+fn prune(seed: u64, biases: bool, pipeline: &str) -> (Graph, Graph, Vec<serde_json::Value>) {
+    let dense = cases::random_llama(seed, false, biases);
+    let mut g = dense.clone();
+    let mut cx = PassContext {
+        calib: Some(calibration(seed)),
+        ..Default::default()
+    };
+    PassManager::new(llmc_passes::registry::pipeline(pipeline).unwrap())
+        .run(&mut g, &mut cx, |_, _| {})
+        .unwrap_or_else(|e| panic!("{pipeline}: {e}"));
+    llmc_ir::verify(&g).unwrap();
+    (dense, g, cx.report)
+}
+
+/// The compiled graph agrees with the interpreter over prefill, decode, prefill.
+fn agrees_natively(g: &Graph, name: &str) {
+    let opts = BuildOptions {
+        name: name.into(),
+        max_context: 32,
+        max_tokens: 8,
+        ..Default::default()
+    };
+    let c = build(g, &Target::host(), &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let chunks: Vec<&[i32]> = vec![&[5, 17, 42, 95, 3], &[64], &[8, 0, 33]];
+    cases::check_decoder_rows(
+        &c,
+        g,
+        &chunks,
+        Exec::Serial,
+        cases::LogitTol::strict(Tol::new(1e-4, 1e-4)),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+}
+
+/// Half the query heads of every KV group (1 of 2): q, its bias and o lose half, k and v stay,
+/// so the attention weights keep (q + o)/2 + k + v = 2/3 of their bytes (q, o: 128x128; k, v:
+/// 64x128) plus the halved q bias.
+#[test]
+fn query_heads_leave_every_kv_group() {
+    let (dense, g, report) = prune(70, true, "prune-heads{fraction=0.5}");
+    assert_eq!(report.len(), 2, "{report:?}");
+    for r in &report {
+        assert_eq!(r["heads_after"], 2);
+        assert_eq!(r["kv_heads_after"], 2);
+    }
+    let (before, after) = (bytes(&dense, attention), bytes(&g, attention));
+    let biases = (128 + 64 + 64) * 4 * 2;
+    let (q, kv) = (128 * 128 * 4 * 2, 64 * 128 * 4 * 2);
+    assert_eq!(before, 2 * q + 2 * kv + biases);
+    assert_eq!(after, q + 2 * kv + biases - 64 * 4 * 2);
+    assert!(after < before, "{after} vs {before}");
+    // the FFN and the embedding are untouched
+    assert_eq!(
+        bytes(&dense, |n| !attention(n)),
+        bytes(&g, |n| !attention(n))
+    );
+    assert!(g.states.iter().all(|s| s.ty.shape.0[1].fixed() == Some(2)));
+    agrees_natively(&g, "heads_query");
+}
+
+/// One of the two KV groups with its query heads: every attention weight and the KV cache
+/// halve.
+#[test]
+fn whole_kv_groups_leave_and_the_cache_shrinks() {
+    let (dense, g, report) = prune(71, false, "prune-heads{fraction=0.5,unit=kv}");
+    for r in &report {
+        assert_eq!(
+            (r["heads_after"].as_u64(), r["kv_heads_after"].as_u64()),
+            (Some(2), Some(1))
+        );
+    }
+    assert_eq!(bytes(&g, attention) * 2, bytes(&dense, attention));
+    assert!(g.states.iter().all(|s| s.ty.shape.0[1].fixed() == Some(1)));
+    agrees_natively(&g, "heads_kv");
+}
+
+/// One of the two layers goes: exactly its weights and its two cache states leave.
+#[test]
+fn the_lower_influence_layer_leaves() {
+    let (dense, g, report) = prune(72, false, "drop-layers{count=1}");
+    let r = &report[0];
+    let removed = r["removed"][0].as_u64().unwrap();
+    let bi: Vec<f64> = r["block_influence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(bi.len(), 2);
+    assert!(bi[removed as usize] <= bi[1 - removed as usize], "{bi:?}");
+    assert!(bi.iter().all(|b| (0.0..=2.0).contains(b)), "{bi:?}");
+    let layer = format!("blk.{removed}.");
+    assert_eq!(
+        bytes(&g, |_| true),
+        bytes(&dense, |_| true) - bytes(&dense, |n| n.starts_with(&layer))
+    );
+    assert!(bytes(&dense, |n| n.starts_with(&layer)) > 0);
+    assert_eq!(g.states.len(), 2);
+    assert_eq!(g.meta["llama.block_count"], "1");
+    agrees_natively(&g, "drop_layers");
+}
