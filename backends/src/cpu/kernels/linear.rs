@@ -894,12 +894,15 @@ fn sparse24_tile<'ctx>(
     // kept value `kk` (≡ t mod 4) multiplies x[row, 4·(kk/2) + position]
     let mut step = |kb: &mut Kb<'_, 'ctx>, kk: IntValue<'ctx>, t: u32, wv: VectorValue<'ctx>| {
         let v = V { kb };
-        let block = kb.mul(kb.sdiv(kk, kb.i64c(4)), kb.i64c(NR as i64));
+        // the positions of kept values kk - t .. kk - t + 4: one load and widening that the
+        // four values share (the same expression, so LLVM keeps one)
+        let first = kb.sub(kk, kb.i64c(t as i64));
+        let block = kb.mul(kb.sdiv(first, kb.i64c(4)), kb.i64c(NR as i64));
         let posb = v.load_vec(kb.i8t().into(), nr, w, kb.add(pos_at, block));
-        let pos = v.and(
-            v.lshr(posb, v.const_i8(2 * t as u8, nr)),
-            v.const_i8(3, nr),
-        );
+        let pos32 = kb.b.build_int_z_extend(posb, v.i32v(nr), "").expect("zext");
+        let c32 = |x: i32| VectorType::const_vector(&vec![kb.i32c(x); NR]);
+        let pos32 = v.and(v.lshr(pos32, c32(2 * t as i32)), c32(3));
+        let pos = kb.b.build_int_truncate(pos32, kb.i8t().vec_type(nr), "").expect("trunc");
         let col0 = kb.mul(kb.sdiv(kk, kb.i64c(2)), kb.i64c(4));
         match win {
             Some(wn) => {
@@ -909,12 +912,8 @@ fn sparse24_tile<'ctx>(
                 let at = kb.b.build_int_truncate(kb.sub(col0, w0), kb.i32t(), "").expect("trunc");
                 let idx = kb
                     .b
-                    .build_int_add(
-                        kb.b.build_int_z_extend(pos, v.i32v(nr), "").expect("zext"),
-                        v.splat(at.into(), nr),
-                        "",
-                    )
-                    .expect("add");
+                    .build_or(pos32, v.splat(at.into(), nr), "")
+                    .expect("or");
                 for (r, a) in acc.iter().enumerate() {
                     let v = V { kb };
                     let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), w0);
