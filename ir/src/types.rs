@@ -320,7 +320,10 @@ impl Encoding {
                     ));
                 }
                 if matches!(q.group, Group::Rows(_)) {
-                    return Err("row groups (r<N>) are for palettes; quantize per tensor, channel or g<N>".into());
+                    return Err(
+                        "row groups (r<N>) are for palettes; quantize per tensor, channel or g<N>"
+                            .into(),
+                    );
                 }
                 check_group(q.group, shape)
             }
@@ -483,7 +486,10 @@ mod tests {
             scale: DType::F16,
             zero: Zero::Int,
         });
-        assert!(rows.check_shape(&[32, 32]).unwrap_err().contains("palettes"));
+        assert!(rows
+            .check_shape(&[32, 32])
+            .unwrap_err()
+            .contains("palettes"));
     }
 
     #[test]

@@ -452,7 +452,10 @@ pub fn set_weight_sparse24(
     let (rows, cols) = llmc_ir::types::rows_cols(&dims);
     let half = (cols / 2) as usize;
     for r in 0..rows as usize {
-        values.extend(llmc_ir::weights::pack_codes(&pos[r * half..(r + 1) * half], 2));
+        values.extend(llmc_ir::weights::pack_codes(
+            &pos[r * half..(r + 1) * half],
+            2,
+        ));
     }
     let origin = format!(
         "{} ({note}, 2:4)",

@@ -424,58 +424,58 @@ pub fn quantize_with(
                 (Encoding::Sparse24(Box::new(inner)), bytes, approx, how)
             } else {
                 match opts.weights {
-                WeightFormat::F16 => {
-                    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-                    let approx: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
-                    let bytes = h.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    (Encoding::Dense(DType::F16), bytes, approx, "f16")
+                    WeightFormat::F16 => {
+                        let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+                        let approx: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
+                        let bytes = h.iter().flat_map(|x| x.to_le_bytes()).collect();
+                        (Encoding::Dense(DType::F16), bytes, approx, "f16")
+                    }
+                    WeightFormat::F32 => (
+                        Encoding::Dense(DType::F32),
+                        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        v.clone(),
+                        "f32",
+                    ),
+                    WeightFormat::Int(bits) => {
+                        let q = if high.contains(&i) {
+                            HIGH
+                        } else {
+                            spec_for(opts, bits, &w.name, cols).map_err(err)?
+                        };
+                        let energy: Option<Vec<f32>> = st
+                            .map(|s| (0..s.cols).map(|j| s.gram[j * s.cols + j] as f32).collect());
+                        let (bytes, approx, how) = match (opts.method, st) {
+                            (Method::Gptq, Some(s)) => {
+                                let o = crate::gptq::GptqOptions {
+                                    clip: opts.clip,
+                                    ..opts.gptq
+                                };
+                                let (b, a) = crate::gptq::gptq(
+                                    &v,
+                                    rows as usize,
+                                    cols as usize,
+                                    &s.gram,
+                                    &q,
+                                    &o,
+                                )
+                                .map_err(|m| err(format!("weight @{}: {m}", w.name)))?;
+                                (b, a, "gptq")
+                            }
+                            _ => {
+                                let (b, a) = rtn_with(
+                                    &v,
+                                    rows as usize,
+                                    cols as usize,
+                                    &q,
+                                    opts.clip,
+                                    energy.as_deref(),
+                                );
+                                (b, a, if opts.clip { "rtn+clip" } else { "rtn" })
+                            }
+                        };
+                        (Encoding::Quant(q), bytes, approx, how)
+                    }
                 }
-                WeightFormat::F32 => (
-                    Encoding::Dense(DType::F32),
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    v.clone(),
-                    "f32",
-                ),
-                WeightFormat::Int(bits) => {
-                    let q = if high.contains(&i) {
-                        HIGH
-                    } else {
-                        spec_for(opts, bits, &w.name, cols).map_err(err)?
-                    };
-                    let energy: Option<Vec<f32>> =
-                        st.map(|s| (0..s.cols).map(|j| s.gram[j * s.cols + j] as f32).collect());
-                    let (bytes, approx, how) = match (opts.method, st) {
-                        (Method::Gptq, Some(s)) => {
-                            let o = crate::gptq::GptqOptions {
-                                clip: opts.clip,
-                                ..opts.gptq
-                            };
-                            let (b, a) = crate::gptq::gptq(
-                                &v,
-                                rows as usize,
-                                cols as usize,
-                                &s.gram,
-                                &q,
-                                &o,
-                            )
-                            .map_err(|m| err(format!("weight @{}: {m}", w.name)))?;
-                            (b, a, "gptq")
-                        }
-                        _ => {
-                            let (b, a) = rtn_with(
-                                &v,
-                                rows as usize,
-                                cols as usize,
-                                &q,
-                                opts.clip,
-                                energy.as_deref(),
-                            );
-                            (b, a, if opts.clip { "rtn+clip" } else { "rtn" })
-                        }
-                    };
-                    (Encoding::Quant(q), bytes, approx, how)
-                }
-            }
             };
             let (mut num, mut den) = (0f64, 0f64);
             for (a, b) in v.iter().zip(&approx) {

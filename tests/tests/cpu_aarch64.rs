@@ -433,7 +433,8 @@ fn smollm2_compressed_forms() {
         (
             "wanda24-w4",
             Box::new(|| {
-                pipeline("prune{method=wanda,n=2,m=4},quantize{bits=4,group=128,head=false}").unwrap()
+                pipeline("prune{method=wanda,n=2,m=4},quantize{bits=4,group=128,head=false}")
+                    .unwrap()
             }),
             false,
         ),

@@ -190,14 +190,15 @@ fn sparse_and_palette_weights_keep_their_bytes() {
         let mut b = Gb::new(&format!("enc_{name}"));
         let x = b.input("x", &[3, k], DType::F32);
         let w = b.weight_enc("w", &[n, k], enc.clone(), bytes);
-        let y = b.op(Op::Linear { act: ActQuant::None }, &[x, w]);
-        b.out("y", y);
-        let case = Case::new(name, b.g.clone(), Tol::new(1e-5, 1e-5)).random_run(
-            &mut rng,
-            -1.0,
-            1.0,
-            &[],
+        let y = b.op(
+            Op::Linear {
+                act: ActQuant::None,
+            },
+            &[x, w],
         );
+        b.out("y", y);
+        let case =
+            Case::new(name, b.g.clone(), Tol::new(1e-5, 1e-5)).random_run(&mut rng, -1.0, 1.0, &[]);
         let c = build(&b.g, &Target::host(), &options_for(&b.g, &[])).expect("builds");
         let file = c.dir.join(format!("{}.weights", c.name));
         let bytes = std::fs::metadata(&file).expect("a weights file").len() - 64;

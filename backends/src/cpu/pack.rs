@@ -21,7 +21,7 @@
 //!   positions, least significant first.
 
 use llmc_ir::weights::{quant_parts, unpack_code};
-use llmc_ir::{Data, DType, Encoding, Group, PaletteSpec, QuantSpec, Zero};
+use llmc_ir::{DType, Data, Encoding, Group, PaletteSpec, QuantSpec, Zero};
 
 /// Output rows per panel.
 pub const NR: usize = 16;
@@ -301,9 +301,8 @@ pub fn pack_sparse24(inner: &Encoding, n: usize, k: usize, canonical: &[u8]) -> 
         for b in 0..half / 4 {
             for j in 0..NR {
                 let r = p * NR + j;
-                dst[vb + b * NR + j] = (0..4).fold(0u8, |acc, t| {
-                    acc | (position(r, 4 * b + t) << (2 * t))
-                });
+                dst[vb + b * NR + j] =
+                    (0..4).fold(0u8, |acc, t| acc | (position(r, 4 * b + t) << (2 * t)));
             }
         }
     }

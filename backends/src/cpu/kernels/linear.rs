@@ -466,10 +466,7 @@ fn quant_parts_at<'ctx>(
     };
     let nr = kb.i64c(NR as i64);
     let codes = kb.sdiv(kb.mul(kb.mul(k, nr), kb.i64c(q.bits as i64)), kb.i64c(8));
-    let scales = kb.mul(
-        kb.mul(kb.sdiv(k, g), nr),
-        kb.i64c(q.scale.size() as i64),
-    );
+    let scales = kb.mul(kb.mul(kb.sdiv(k, g), nr), kb.i64c(q.scale.size() as i64));
     let soff = kb.add(start, codes);
     (soff, kb.add(soff, scales))
 }
@@ -634,14 +631,23 @@ fn quant_f32_tile<'ctx>(
 ) {
     let (x, w, k) = (kb.arg_ptr(arg::X), kb.arg_ptr(arg::W), kb.arg(arg::K));
     let (start, soff, zoff, g) = quant_offsets(kb, q, p, k);
-    dequant_panel(kb, q, isa, w, (start, soff, zoff, g), k, &mut |kb, kk, _, wf| {
-        axpy_rows(kb, acc, x, m0, k, kk, wf)
-    });
+    dequant_panel(
+        kb,
+        q,
+        isa,
+        w,
+        (start, soff, zoff, g),
+        k,
+        &mut |kb, k0, off, wf| {
+            let kk = kb.add(k0, kb.i64c(off as i64));
+            axpy_rows(kb, acc, x, m0, k, kk, wf)
+        },
+    );
 }
 
 /// Dequantizes the 16 rows of a Dot4 panel over `cols` columns in registers, calling `f`
-/// with each column index, that index modulo 4 (known when generating), and its 16 weights as
-/// f32.
+/// with each column as a block start (a multiple of 8 for 4-bit codes, of 4 for 8-bit) and an
+/// offset known when generating, and its 16 weights as f32.
 fn dequant_panel<'ctx>(
     kb: &mut Kb<'_, 'ctx>,
     q: &QuantSpec,
@@ -694,8 +700,7 @@ fn dequant_panel<'ctx>(
                         (None, Some(m)) => v.fma(u, s, m),
                         _ => unreachable!(),
                     };
-                    let kk = kb.add(k0, kb.i64c(kofs + t as i64));
-                    f(kb, kk, t, wf);
+                    f(kb, k0, kofs as u32 + t, wf);
                 }
             }
         });
@@ -743,7 +748,8 @@ fn lookup16<'ctx>(
             .into_vector_value();
     }
     if isa.x86 && isa.avx2 {
-        let half = |x: VectorValue<'ctx>, h: u32| v.shuffle(x, &(8 * h..8 * h + 8).collect::<Vec<_>>());
+        let half =
+            |x: VectorValue<'ctx>, h: u32| v.shuffle(x, &(8 * h..8 * h + 8).collect::<Vec<_>>());
         let (lo, hi) = (half(table, 0), half(table, 1));
         let eight = VectorType::const_vector(&vec![kb.i32c(8); 8]);
         let zero = v.zero_i(8);
@@ -754,10 +760,9 @@ fn lookup16<'ctx>(
                     kb.call_intrinsic("llvm.x86.avx2.permps", &[], &[t.into(), i.into()])
                         .into_vector_value()
                 };
-                let upper = kb
-                    .b
-                    .build_int_compare(IntPredicate::NE, v.and(i, eight), zero, "")
-                    .expect("cmp");
+                let upper =
+                    kb.b.build_int_compare(IntPredicate::NE, v.and(i, eight), zero, "")
+                        .expect("cmp");
                 kb.b.build_select(upper, perm(hi), perm(lo), "")
                     .expect("select")
                     .into_vector_value()
@@ -768,9 +773,8 @@ fn lookup16<'ctx>(
     if isa.aarch64 {
         // lane i takes the table's bytes 4·idx .. 4·idx + 3
         let c = |x: i32| VectorType::const_vector(&vec![kb.i32c(x); NR]);
-        let bidx = kb
-            .b
-            .build_int_add(
+        let bidx =
+            kb.b.build_int_add(
                 kb.b.build_int_mul(idx, c(0x0404_0404), "").expect("mul"),
                 c(0x0302_0100),
                 "",
@@ -778,9 +782,8 @@ fn lookup16<'ctx>(
             .expect("add");
         let bidx = v.bitcast(bidx, kb.i8t().vec_type(64));
         let tb = v.bitcast(table, kb.i8t().vec_type(64));
-        let quarter = |x: VectorValue<'ctx>, q: u32| {
-            v.shuffle(x, &(16 * q..16 * q + 16).collect::<Vec<_>>())
-        };
+        let quarter =
+            |x: VectorValue<'ctx>, q: u32| v.shuffle(x, &(16 * q..16 * q + 16).collect::<Vec<_>>());
         let t: Vec<BasicValueEnum<'ctx>> = (0..4).map(|q| quarter(tb, q).into()).collect();
         let parts: Vec<VectorValue<'ctx>> = (0..4)
             .map(|q| {
@@ -794,22 +797,24 @@ fn lookup16<'ctx>(
                 .into_vector_value()
             })
             .collect();
-        let all = concat(kb, concat(kb, parts[0], parts[1]), concat(kb, parts[2], parts[3]));
+        let all = concat(
+            kb,
+            concat(kb, parts[0], parts[1]),
+            concat(kb, parts[2], parts[3]),
+        );
         return v.bitcast(all, v.f32v(nr));
     }
     let mut out = v.zero_f(nr);
     for lane in 0..nr {
-        let i = kb
-            .b
-            .build_extract_element(idx, kb.i32c(lane as i32), "")
-            .expect("extract")
-            .into_int_value();
+        let i =
+            kb.b.build_extract_element(idx, kb.i32c(lane as i32), "")
+                .expect("extract")
+                .into_int_value();
         let i = kb.zext(i, kb.i64t());
         let e = kb.load_f32(table_at, i);
-        out = kb
-            .b
-            .build_insert_element(out, e, kb.i32c(lane as i32), "")
-            .expect("insert");
+        out =
+            kb.b.build_insert_element(out, e, kb.i32c(lane as i32), "")
+                .expect("insert");
     }
     out
 }
@@ -834,17 +839,21 @@ fn palette_tile<'ctx>(
     let zero = kb.i64c(0);
     kb.for_range(zero, k, 8, |kb, k0| {
         let v = V { kb };
-        let bytes = v.load_vec(kb.i8t().into(), 64, w, kb.add(codes_at, kb.mul(k0, kb.i64c(8))));
+        let bytes = v.load_vec(
+            kb.i8t().into(),
+            64,
+            w,
+            kb.add(codes_at, kb.mul(k0, kb.i64c(8))),
+        );
         let lo = v.and(bytes, v.const_i8(0x0f, 64));
         let hi = v.lshr(bytes, v.const_i8(4, 64));
         for (codes, kofs) in [(lo, 0), (hi, 4)] {
             for t in 0..4u32 {
                 let v = V { kb };
                 let sel: Vec<u32> = (0..nr).map(|j| 4 * j + t).collect();
-                let idx = kb
-                    .b
-                    .build_int_z_extend(v.shuffle(codes, &sel), v.i32v(nr), "")
-                    .expect("zext");
+                let idx =
+                    kb.b.build_int_z_extend(v.shuffle(codes, &sel), v.i32v(nr), "")
+                        .expect("zext");
                 let wf = lookup16(&v, isa, table, table_at, idx);
                 let kk = kb.add(k0, kb.i64c(kofs + t as i64));
                 axpy_rows(kb, acc, x, m0, k, kk, wf);
@@ -891,29 +900,65 @@ fn sparse24_tile<'ctx>(
     } else {
         None
     };
+    // odd kept values add into a second set of accumulators: two FMA chains per token
+    let zv = V { kb }.zero_f(nr);
+    let odd: Vec<Var<'ctx>> = acc.iter().map(|_| kb.var(zv)).collect();
     // kept value `kk` (≡ t mod 4) multiplies x[row, 4·(kk/2) + position]
-    let mut step = |kb: &mut Kb<'_, 'ctx>, kk: IntValue<'ctx>, t: u32, wv: VectorValue<'ctx>| {
+    // kept value `base + off` (base a multiple of `mult`, 4 or 8) multiplies
+    // x[row, 4·(kk/2) + position]; the static part of every offset is folded in here
+    let step = |kb: &mut Kb<'_, 'ctx>,
+                base: IntValue<'ctx>,
+                off: u32,
+                mult: u32,
+                wv: VectorValue<'ctx>| {
         let v = V { kb };
-        // the positions of kept values kk - t .. kk - t + 4: one load and widening that the
-        // four values share (the same expression, so LLVM keeps one)
-        let first = kb.sub(kk, kb.i64c(t as i64));
-        let block = kb.mul(kb.sdiv(first, kb.i64c(4)), kb.i64c(NR as i64));
-        let posb = v.load_vec(kb.i8t().into(), nr, w, kb.add(pos_at, block));
+        let t = off % 4;
+        // the positions of kept values of this group of four: one load and widening that
+        // the four share (the same expression, so LLVM keeps one)
+        let quad = kb.add(
+            kb.b.build_right_shift(base, kb.i64c(2), false, "")
+                .expect("shr"),
+            kb.i64c((off / 4) as i64),
+        );
+        let posb = v.load_vec(
+            kb.i8t().into(),
+            nr,
+            w,
+            kb.add(pos_at, kb.mul(quad, kb.i64c(NR as i64))),
+        );
         let pos32 = kb.b.build_int_z_extend(posb, v.i32v(nr), "").expect("zext");
         let c32 = |x: i32| VectorType::const_vector(&vec![kb.i32c(x); NR]);
         let pos32 = v.and(v.lshr(pos32, c32(2 * t as i32)), c32(3));
-        let pos = kb.b.build_int_truncate(pos32, kb.i8t().vec_type(nr), "").expect("trunc");
-        let col0 = kb.mul(kb.sdiv(kk, kb.i64c(2)), kb.i64c(4));
+        let pos =
+            kb.b.build_int_truncate(pos32, kb.i8t().vec_type(nr), "")
+                .expect("trunc");
+        let col0 = kb.add(kb.mul(base, kb.i64c(2)), kb.i64c(((off / 2) * 4) as i64));
+        // the window of inputs and the group's place in it
+        let window = |kb: &Kb<'_, 'ctx>, wn: u32| -> (IntValue<'ctx>, IntValue<'ctx>) {
+            if mult * 2 % wn == 0 {
+                let within = (off / 2) * 4 % wn;
+                let w0 = kb.add(
+                    kb.mul(base, kb.i64c(2)),
+                    kb.i64c(((off / 2) * 4 - within) as i64),
+                );
+                (w0, kb.i32c(within as i32))
+            } else {
+                let at =
+                    kb.b.build_and(col0, kb.i64c(wn as i64 - 1), "")
+                        .expect("and");
+                (
+                    kb.sub(col0, at),
+                    kb.b.build_int_truncate(at, kb.i32t(), "").expect("trunc"),
+                )
+            }
+        };
+        let acc = if t % 2 == 1 { &odd[..] } else { acc };
         match win {
             Some(wn) => {
-                // window start and the group's place in it
-                let wl = kb.i64c(wn as i64);
-                let w0 = kb.mul(kb.sdiv(col0, wl), wl);
-                let at = kb.b.build_int_truncate(kb.sub(col0, w0), kb.i32t(), "").expect("trunc");
-                let idx = kb
-                    .b
-                    .build_or(pos32, v.splat(at.into(), nr), "")
-                    .expect("or");
+                let (w0, at) = window(kb, wn);
+                let idx =
+                    kb.b.build_or(pos32, v.splat(at.into(), nr), "")
+                        .expect("or");
                 for (r, a) in acc.iter().enumerate() {
                     let v = V { kb };
                     let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), w0);
@@ -926,7 +971,8 @@ fn sparse24_tile<'ctx>(
                         )
                         .into_vector_value()
                     } else {
-                        let halfv = |h: u32| v.shuffle(idx, &(8 * h..8 * h + 8).collect::<Vec<_>>());
+                        let halfv =
+                            |h: u32| v.shuffle(idx, &(8 * h..8 * h + 8).collect::<Vec<_>>());
                         let perm = |i: VectorValue<'ctx>| {
                             kb.call_intrinsic("llvm.x86.avx2.permps", &[], &[xw.into(), i.into()])
                                 .into_vector_value()
@@ -951,7 +997,9 @@ fn sparse24_tile<'ctx>(
                         .map(|c| v.splat(kb.load_f32(x, kb.add(xi, kb.i64c(c))).into(), nr))
                         .collect();
                     let pick = |m, a: VectorValue<'ctx>, b: VectorValue<'ctx>| {
-                        kb.b.build_select(m, a, b, "").expect("select").into_vector_value()
+                        kb.b.build_select(m, a, b, "")
+                            .expect("select")
+                            .into_vector_value()
                     };
                     let xv = pick(p0, xs[0], pick(p1, xs[1], pick(p2, xs[2], xs[3])));
                     let cur = kb.get(*a).into_vector_value();
@@ -965,9 +1013,10 @@ fn sparse24_tile<'ctx>(
         Kept::Dense(dt) => {
             let esz = dt.size() as i64;
             let zero = kb.i64c(0);
-            // half is a multiple of 4 (K of 8)
-            kb.for_range(zero, half, 4, |kb, kk0| {
-                for t in 0..4u32 {
+            // half is a multiple of 4 (K of 8), of 8 with K of 16
+            let mult: u32 = if k16 { 8 } else { 4 };
+            kb.for_range(zero, half, mult as i64, |kb, kk0| {
+                for t in 0..mult {
                     let v = V { kb };
                     let kk = kb.add(kk0, kb.i64c(t as i64));
                     let off = kb.add(start, kb.mul(kk, kb.i64c(NR as i64 * esz)));
@@ -975,14 +1024,30 @@ fn sparse24_tile<'ctx>(
                         DType::F32 => v.load_vec(kb.f32t().into(), nr, w, off),
                         other => v.load_floats(other, w, off, isa),
                     };
-                    step(kb, kk, t, wv);
+                    step(kb, kk0, t, mult, wv);
                 }
             });
         }
         Kept::Quant(q) => {
             let (soff, zoff) = quant_parts_at(kb, &q, start, half);
-            dequant_panel(kb, &q, isa, w, (start, soff, zoff, g), half, &mut step);
+            dequant_panel(
+                kb,
+                &q,
+                isa,
+                w,
+                (start, soff, zoff, g),
+                half,
+                &mut |kb, k0, off, wv| step(kb, k0, off, if q.bits == 4 { 8 } else { 4 }, wv),
+            );
         }
+    }
+    for (a, o) in acc.iter().zip(&odd) {
+        let v = V { kb };
+        let sum = v.fadd(
+            kb.get(*a).into_vector_value(),
+            kb.get(*o).into_vector_value(),
+        );
+        kb.set(*a, sum);
     }
 }
 
