@@ -54,6 +54,10 @@ prune_configs=(
   "sparsegpt 2:4|--prune sparsegpt:2:4"
   "wanda 2:4 + w4a16 g128 rtn|--prune wanda:2:4 --quant w4a16 --group 128"
   "sparsegpt 2:4 + w4a16 g128 rtn|--prune sparsegpt:2:4 --quant w4a16 --group 128"
+  "ffn 25% channels (calibrated)|--prune ffn:0.25"
+  "ffn 25% channels (prunenet)|--prune ffn-prunenet:0.25"
+  "4 layers removed (shortgpt)|--prune layers:4"
+  "1/3 of query heads|--prune heads:0.25"
 )
 # low-rank rows: bpw over the original parameter count (factors are f32 unless quantized)
 lowrank_configs=(
@@ -101,9 +105,12 @@ compress = sum(float(m) for m in re.findall(r"^pass \S+\s+([0-9.]+) s", text, re
 build = float(re.search(r"^built .* in ([0-9.]+) s", text, re.M).group(1))
 e, t = r["eval"], r["totals"]
 dppl = 100 * (e["perplexity"] / e["reference_perplexity"] - 1)
+import glob, os
+files = glob.glob(os.path.join(os.path.dirname(report), "*.weights"))
+mb = f"{os.path.getsize(files[0]) / 1e6:.1f}" if files else "-"
 print("\t".join(map(str, [name, f"{t['bits_per_weight']:.3f}", f"{e['perplexity']:.3f}",
                           f"{dppl:+.2f}%", f"{e['kl']:.4f}", f"{100 * e['top1']:.2f}%",
-                          f"{compress:.0f}", f"{build:.0f}", e["reference_perplexity"], e["predicted"]])))
+                          f"{compress:.0f}", f"{build:.0f}", e["reference_perplexity"], e["predicted"], mb])))
 EOF
   tail -n 1 "$results" >&2
 done
@@ -128,16 +135,18 @@ ref = float(rows[0][8]) if rows else float("nan")
 n = rows[0][9] if rows else "?"
 print(f"SmolLM2-135M, ASSETS.md protocol: {n} predicted tokens; uncompressed perplexity {ref:.3f}.")
 print("bpw: bits per weight of the 210 linear layers, every scale and zero included.\n")
-print("| configuration | bpw | perplexity | Δppl | KL | top-1 | compress s | build s |")
-print("|---|---|---|---|---|---|---|---|")
+print("weights MB: the bundle's weights file on disk (tied embedding, head and norms included).\n")
+print("| configuration | bpw | perplexity | Δppl | KL | top-1 | weights MB | compress s | build s |")
+print("|---|---|---|---|---|---|---|---|---|")
 for r in rows:
-    print(f"| llmc {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]} | {r[7]} |")
+    mb = r[10] if len(r) > 10 else "-"
+    print(f"| llmc {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {mb} | {r[6]} | {r[7]} |")
 if peer == "1" and os.path.exists(peer_json):
     for r in json.load(open(peer_json))["rows"]:
         if r["model"] == "F32":
             continue
         print(f"| llama.cpp {r['model']} | {r['linear_bpw']:.3f} | {r['ppl']:.3f} | {r['dppl_pct']:+.2f}% "
-              f"| {r['kl']:.4f} | {100 * r['top1']:.2f}% | - | - |")
+              f"| {r['kl']:.4f} | {100 * r['top1']:.2f}% | - | - | - |")
 minilm = os.path.join(os.path.dirname(results), "minilm.txt")
 if os.path.exists(minilm):
     print()
