@@ -3,11 +3,13 @@
 pub mod caldera;
 pub mod calib;
 pub mod canonicalize;
+pub mod distill;
 pub mod fold;
 pub mod fuse;
 pub mod gptq;
 pub mod lowrank;
 pub mod manager;
+pub mod palettize;
 pub mod prune;
 pub mod quant;
 pub mod registry;

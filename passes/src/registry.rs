@@ -49,8 +49,10 @@ pub fn infos() -> Vec<&'static PassInfo> {
         &crate::structured::PRUNE_FFN_INFO,
         &crate::lowrank::LOWRANK_INFO,
         &crate::caldera::CALDERA_INFO,
+        &crate::palettize::PALETTIZE_INFO,
         &crate::smooth::SMOOTH_INFO,
         &QUANTIZE_INFO,
+        &crate::distill::DISTILL_INFO,
     ]
 }
 
@@ -80,6 +82,8 @@ pub fn create(
         "prune-ffn" => Box::new(crate::structured::PruneFfnPass::from_options(&opts)?),
         "lowrank" => Box::new(crate::lowrank::LowRankPass::from_options(&opts)?),
         "caldera" => Box::new(crate::caldera::CalderaPass::from_options(&opts)?),
+        "palettize" => Box::new(crate::palettize::PalettizePass::from_options(&opts)?),
+        "distill" => Box::new(crate::distill::DistillPass::from_options(&opts)?),
         "smooth" => Box::new(crate::smooth::SmoothPass {
             alpha: opts.float("alpha")? as f32,
         }),
