@@ -1032,7 +1032,11 @@ fn build(a: BuildArgs) -> Result<()> {
                 p.push(crate::compress::lowrank_pass(spec).map_err(|e| miette!("{e}"))?);
             }
             if let Some(spec) = &a.palettize {
-                if a.quant != "none" || a.group.is_some() || a.quant_method != "rtn" || a.bpw.is_some() {
+                if a.quant != "none"
+                    || a.group.is_some()
+                    || a.quant_method != "rtn"
+                    || a.bpw.is_some()
+                {
                     return Err(miette!(
                         help = "palettize alone (--palettize 16:128), or quantize alone (--quant w4a16)",
                         "--palettize and --quant/--group/--quant-method/--bpw both choose how linear weights are stored; give one or the other"

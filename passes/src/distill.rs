@@ -305,9 +305,8 @@ fn sites(g: &Graph, originals: &Originals) -> (Vec<Site>, Vec<(String, String)>)
         if !seen.insert(name.clone()) {
             continue;
         }
-        let dims = |ty: &TensorType| -> Vec<u64> {
-            ty.shape.0.iter().filter_map(|d| d.fixed()).collect()
-        };
+        let dims =
+            |ty: &TensorType| -> Vec<u64> { ty.shape.0.iter().filter_map(|d| d.fixed()).collect() };
         let (was, now) = (dims(&orig.ty), dims(&g.weights[w].ty));
         let branch = |suffix: &str| by_name.get(format!("{name}{suffix}").as_str()).copied();
         let form = if was == now {
@@ -320,7 +319,8 @@ fn sites(g: &Graph, originals: &Originals) -> (Vec<Site>, Vec<(String, String)>)
             let inner = producers[n.inputs[0].0 as usize].map(|p| &g.nodes[p]);
             match (inner, branch(".lowrank_r")) {
                 (Some(m), Some(r))
-                    if matches!(m.op, Op::Linear { .. }) && weight_of(g, m.inputs[1]) == Some(r) =>
+                    if matches!(m.op, Op::Linear { .. })
+                        && weight_of(g, m.inputs[1]) == Some(r) =>
                 {
                     out.push(Site {
                         node,
@@ -406,7 +406,10 @@ fn data(values: &[f32], shape: &[usize], dt: DType, note: &str) -> (TensorType, 
             .collect(),
         _ => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
     };
-    (ty, WeightData::new(Bytes::owned(bytes), Format::Canonical, note))
+    (
+        ty,
+        WeightData::new(Bytes::owned(bytes), Format::Canonical, note),
+    )
 }
 
 /// Fits and applies the corrections of every linear layer whose weight changed since
@@ -743,8 +746,16 @@ mod tests {
         let e0 = direct(&approx, None, None);
         let bias = fit(&w, &approx, rows, cols, &st, &DistillOptions::default()).unwrap();
         let e1 = direct(&approx, bias.bias.as_deref(), None);
-        assert!((bias.before - e0).abs() < 1e-3 * e0, "{} vs {e0}", bias.before);
-        assert!((bias.after - e1).abs() < 1e-3 * e0, "{} vs {e1}", bias.after);
+        assert!(
+            (bias.before - e0).abs() < 1e-3 * e0,
+            "{} vs {e0}",
+            bias.before
+        );
+        assert!(
+            (bias.after - e1).abs() < 1e-3 * e0,
+            "{} vs {e1}",
+            bias.after
+        );
         assert!(e1 < 0.9 * e0, "bias: {e0} -> {e1}");
         let o = DistillOptions {
             rank: 4,
@@ -758,7 +769,130 @@ mod tests {
         // the branch adds B·A to the weight: the residual the direct check subtracts
         let e2 = direct(&approx, both.bias.as_deref(), Some(&lr));
         assert!(e2 < 0.8 * e1, "bias {e1} -> bias+rank4 {e2}");
-        assert!((both.after - e2).abs() < 1e-2 * e2, "{} vs {e2}", both.after);
+        assert!(
+            (both.after - e2).abs() < 1e-2 * e2,
+            "{} vs {e2}",
+            both.after
+        );
+    }
+
+    /// x → rms_norm → linear a [24×16] → silu → linear b [16×24] → y, random weights.
+    fn graph() -> Graph {
+        let mut seed = 21u64;
+        let mut t = |n: usize, k: usize, scale: f32| {
+            let v: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) * scale).collect();
+            (
+                TensorType::fixed(&[n, k], DType::F32),
+                Some(WeightData::from_tensor(&Tensor::f32(vec![n, k], v), "t")),
+            )
+        };
+        let mut g = Graph::new("d");
+        let x = g.add_input("x", TensorType::fixed(&[64, 16], DType::F32));
+        let gamma: Vec<f32> = (0..16).map(|j| 0.5 + j as f32 * 0.1).collect();
+        let gm = g
+            .add_weight(
+                "gamma",
+                TensorType::fixed(&[16], DType::F32),
+                Some(WeightData::from_tensor(&Tensor::f32(vec![16], gamma), "t")),
+            )
+            .unwrap();
+        let (ta, da) = t(24, 16, 1.0);
+        let (tb, db) = t(16, 24, 0.5);
+        let wa = g.add_weight("a", ta, da).unwrap();
+        let wb = g.add_weight("b", tb, db).unwrap();
+        let lin = Op::Linear {
+            act: ActQuant::None,
+        };
+        let n = g
+            .add1(
+                Op::RmsNorm {
+                    axis: -1,
+                    eps: 1e-5,
+                },
+                &[x, gm],
+            )
+            .unwrap();
+        let a = g.add1(lin.clone(), &[n, wa]).unwrap();
+        let s = g.add1(Op::Unary(llmc_ir::UnaryOp::Silu), &[a]).unwrap();
+        let y = g.add1(lin, &[s, wb]).unwrap();
+        g.set_output("y", y);
+        g
+    }
+
+    #[test]
+    fn distilled_pipelines_move_the_graph_toward_the_uncompressed_one() {
+        use crate::manager::{PassContext, PassManager};
+        let mut seed = 5u64;
+        // inputs with a per-channel offset, so that means matter
+        let windows: Vec<Vec<(String, Tensor)>> = (0..4)
+            .map(|_| {
+                let v: Vec<f32> = (0..64 * 16)
+                    .map(|i| 0.4 * ((i % 16) as f32 - 6.0) + lcg(&mut seed))
+                    .collect();
+                vec![("x".to_string(), Tensor::f32(vec![64, 16], v))]
+            })
+            .collect();
+        let run = |g: &Graph| -> Vec<f32> {
+            let mut s = llmc_ir::Session::new(g).unwrap();
+            windows
+                .iter()
+                .flat_map(|w| {
+                    let feed: Vec<(&str, Tensor)> =
+                        w.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+                    s.reset();
+                    s.run(&feed).unwrap()[0].1.to_f32_vec()
+                })
+                .collect()
+        };
+        let reference = run(&graph());
+        let error = |p: &str| -> (f64, Vec<serde_json::Value>) {
+            let mut g = graph();
+            let mut cx = PassContext {
+                calib: Some(crate::calib::Calibration {
+                    windows: windows.clone(),
+                    label: "test".into(),
+                }),
+                ..Default::default()
+            };
+            let mut pm = PassManager::new(crate::registry::pipeline(p).unwrap());
+            pm.run(&mut g, &mut cx, |_, _| {}).unwrap();
+            let out = run(&g);
+            let e = out
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>();
+            (e, cx.report)
+        };
+        for (plain, extra) in [
+            ("quantize{bits=3,group=8}", "distill"),
+            ("quantize{bits=3,group=8}", "distill{rank=2}"),
+            (
+                "smooth,quantize{bits=3,group=8,act=i8}",
+                "distill{rank=2,dtype=f32}",
+            ),
+            ("palettize{bits=2}", "distill{rank=2}"),
+            ("palettize{bits=3,group=rows:8}", "distill"),
+            ("lowrank{rank=4,head=true}", "distill{rank=2}"),
+            (
+                "caldera{bits=2,group=8,rank=2,iters=1,head=true}",
+                "distill{rank=2}",
+            ),
+        ] {
+            let (e0, _) = error(plain);
+            let (e1, rows) = error(&format!("{plain},{extra}"));
+            let corrected: Vec<&serde_json::Value> =
+                rows.iter().filter(|r| r["pass"] == "distill").collect();
+            assert_eq!(corrected.len(), 2, "{plain},{extra}: {corrected:?}");
+            for r in &corrected {
+                let (b, a) = (
+                    r["out_error_before"].as_f64().unwrap(),
+                    r["out_error_after"].as_f64().unwrap(),
+                );
+                assert!(a <= b, "{plain},{extra}: {r}");
+            }
+            assert!(e1 < 0.9 * e0, "{plain} -> {extra}: {e0} -> {e1}");
+        }
     }
 
     #[test]

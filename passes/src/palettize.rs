@@ -40,7 +40,8 @@ impl Sorted {
         let mut pairs: Vec<(f32, f64)> = match weights {
             Some(w) => {
                 // a floor keeps elements of silent channels from having no say at all
-                let mean = w.iter().map(|&v| v.max(0.0) as f64).sum::<f64>() / w.len().max(1) as f64;
+                let mean =
+                    w.iter().map(|&v| v.max(0.0) as f64).sum::<f64>() / w.len().max(1) as f64;
                 let floor = (mean * 1e-6).max(f64::MIN_POSITIVE);
                 xs.iter()
                     .zip(w)
@@ -189,7 +190,10 @@ pub fn palettize_matrix(
         }
     };
     if !(1..=8).contains(&spec.bits) {
-        return Err(format!("palette indices take 1 to 8 bits, not {}", spec.bits));
+        return Err(format!(
+            "palette indices take 1 to 8 bits, not {}",
+            spec.bits
+        ));
     }
     let k = 1usize << spec.bits;
     let groups = rows.div_ceil(rows_per);
@@ -568,7 +572,8 @@ mod tests {
         let (rows, cols) = (64, 256);
         let mut seed = 3u64;
         let v: Vec<f32> = (0..rows * cols).map(|_| normal(&mut seed)).collect();
-        let energy = |a: &[f32]| -> f64 { v.iter().zip(a).map(|(x, y)| ((x - y) as f64).powi(2)).sum() };
+        let energy =
+            |a: &[f32]| -> f64 { v.iter().zip(a).map(|(x, y)| ((x - y) as f64).powi(2)).sum() };
         for group in [Group::Tensor, Group::Rows(16)] {
             let spec = PaletteSpec {
                 bits: 4,
@@ -577,7 +582,7 @@ mod tests {
             };
             let p = palettize_matrix(&v, rows, cols, &spec, None, 100).unwrap();
             let ty = TensorType {
-                shape: llmc_ir::Shape::fixed(&[rows as u64, cols as u64]),
+                shape: llmc_ir::Shape::fixed(&[rows, cols]),
                 enc: Encoding::Palette(spec),
             };
             assert_eq!(
@@ -601,7 +606,10 @@ mod tests {
             };
             let (_, rtn) = crate::quant::rtn(&v, rows, cols, &q);
             let rtn_mse = energy(&rtn) / v.len() as f64;
-            assert!(mse < 0.9 * rtn_mse, "{group}: palette {mse} vs rtn {rtn_mse}");
+            assert!(
+                mse < 0.9 * rtn_mse,
+                "{group}: palette {mse} vs rtn {rtn_mse}"
+            );
         }
     }
 
@@ -611,6 +619,8 @@ mod tests {
         assert_eq!(parse_group("rows:128").unwrap(), Group::Rows(128));
         assert_eq!(parse_group("r64").unwrap(), Group::Rows(64));
         assert!(parse_group("rows:0").is_err());
-        assert!(parse_group("g128").unwrap_err().contains("not a palette grouping"));
+        assert!(parse_group("g128")
+            .unwrap_err()
+            .contains("not a palette grouping"));
     }
 }

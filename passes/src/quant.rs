@@ -332,15 +332,16 @@ pub fn quantize_with(
         }
     }
     // what each weight was before this pass (AWQ's scaling rewrites them as f32 first)
-    let original: std::collections::BTreeMap<usize, (String, Option<u64>)> = quantizable(g, opts.head)
-        .into_iter()
-        .map(|(i, _)| {
-            let w = &g.weights[i];
-            let dims: Option<Vec<u64>> = w.ty.shape.0.iter().map(|d| d.fixed()).collect();
-            let bytes = dims.and_then(|d| w.ty.enc.byte_size(&d));
-            (i, (w.ty.enc.to_string(), bytes))
-        })
-        .collect();
+    let original: std::collections::BTreeMap<usize, (String, Option<u64>)> =
+        quantizable(g, opts.head)
+            .into_iter()
+            .map(|(i, _)| {
+                let w = &g.weights[i];
+                let dims: Option<Vec<u64>> = w.ty.shape.0.iter().map(|d| d.fixed()).collect();
+                let bytes = dims.and_then(|d| w.ty.enc.byte_size(&d));
+                (i, (w.ty.enc.to_string(), bytes))
+            })
+            .collect();
     let mut awq_rows = Vec::new();
     if let (Method::Awq, WeightFormat::Int(bits), Some(st)) =
         (opts.method, opts.weights, stats.as_deref_mut())
@@ -612,7 +613,10 @@ fn awq(
     bits: u8,
     stats: &mut Stats,
 ) -> Result<Vec<WeightReport>, PassError> {
-    let quantized: BTreeSet<usize> = quantizable(g, opts.head).into_iter().map(|(i, _)| i).collect();
+    let quantized: BTreeSet<usize> = quantizable(g, opts.head)
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
     let mut rows_out = Vec::new();
     for site in crate::smooth::sites(g) {
         if !site.linears.iter().all(|i| quantized.contains(i)) {
