@@ -164,8 +164,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "SPEC")]
     pub lowrank: Option<String>,
     /// Weight sharing after low-rank, instead of --quant: ENTRIES per codebook, one codebook
-    /// per linear weight (16) or per run of output rows (16:128); k-means weighted by
-    /// calibration energy when --calib is given.
+    /// per linear weight (16) or per run of output rows (16:128); the k-means weighs each
+    /// weight by its input's calibration energy (--calib).
     #[arg(long, value_name = "SPEC")]
     pub palettize: Option<String>,
     /// Local distillation, last: fit a bias correction per changed linear layer on calibration

@@ -203,6 +203,47 @@ fn compression_flags_that_do_not_fit_get_clear_errors() {
             vec!["--passes", "lowrank", "--lowrank", "svd:0.5"],
             "--passes replaces",
         ),
+        (
+            vec!["--palettize", "12"],
+            "a codebook holds a power of two from 2 to 256 entries",
+        ),
+        (
+            vec!["--palettize", "512"],
+            "a codebook holds a power of two from 2 to 256 entries",
+        ),
+        (
+            vec!["--palettize", "16:0"],
+            "rows per codebook must be a positive number",
+        ),
+        (
+            vec!["--palettize", "many"],
+            "--palettize 'many' is not a palette spec",
+        ),
+        (
+            vec!["--palettize", "16", "--quant", "w4a16"],
+            "--palettize and --quant/--group/--quant-method/--bpw both choose",
+        ),
+        (
+            vec!["--passes", "palettize{group=g128}"],
+            "is not a palette grouping",
+        ),
+        (vec!["--passes", "palettize{bits=9}"], "bits must be 1 to 8"),
+        (
+            vec!["--quant", "w4a16", "--distill", "rank:x"],
+            "the rank must be a positive number",
+        ),
+        (
+            vec!["--quant", "w4a16", "--distill", "lots"],
+            "--distill 'lots' is not a distillation spec",
+        ),
+        (
+            vec!["--passes", "quantize", "--distill"],
+            "--passes replaces",
+        ),
+        (
+            vec!["--passes", "quantize,distill{rank=0,bias=false}"],
+            "there is nothing to fit",
+        ),
     ] {
         let mut a = vec!["build", model.as_str(), "-o", o.as_str()];
         a.extend(args);

@@ -454,7 +454,7 @@ pub static PALETTIZE_INFO: crate::manager::PassInfo = crate::manager::PassInfo {
             name: "weighted",
             kind: "bool",
             default: "true",
-            help: "weigh each element by its input column's calibration energy when calibration data is given",
+            help: "weigh each element by its input column's calibration energy (calibrates; without calibration data the k-means is unweighted)",
         },
     ],
 };
@@ -497,6 +497,10 @@ impl PalettizePass {
 impl crate::manager::Pass for PalettizePass {
     fn info(&self) -> &'static crate::manager::PassInfo {
         &PALETTIZE_INFO
+    }
+
+    fn needs_calibration(&self) -> bool {
+        self.opts.weighted
     }
 
     fn run(
