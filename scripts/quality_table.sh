@@ -67,6 +67,7 @@ lowrank_configs=(
 # weight sharing and local distillation: palettes count their codebooks (f16 entries); a
 # distilled row adds its bias (not a linear weight) and any correction branch (f16, counted)
 share_configs=(
+  "palettize 16 per tensor, unweighted|--passes palettize{bits=4,head=false,weighted=false}"
   "palettize 16 per tensor|--palettize 16"
   "palettize 16 per 128 rows|--palettize 16:128"
   "palettize 16 per 128 rows + distill|--palettize 16:128 --distill"
