@@ -27,6 +27,9 @@ use llmc_ir::{
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
+/// A row-major matrix: values, rows, columns.
+pub type Matrix = (Vec<f32>, usize, usize);
+
 /// One linear weight as the pipeline found it.
 #[derive(Clone, Debug)]
 struct Original {
@@ -83,7 +86,7 @@ impl Originals {
     }
 
     /// The weight `name` as it was, in f32, with its rescalings: values, rows, columns.
-    pub fn weight_f32(&self, name: &str) -> Option<Result<(Vec<f32>, usize, usize), String>> {
+    pub fn weight_f32(&self, name: &str) -> Option<Result<Matrix, String>> {
         let o = self.weights.get(name)?;
         Some((|| {
             let dims: Vec<u64> = o.ty.shape.0.iter().filter_map(|d| d.fixed()).collect();
@@ -359,7 +362,7 @@ fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 }
 
 /// What the layer's weight computes now, `rows × cols`.
-fn effective(g: &Graph, form: Form) -> Result<(Vec<f32>, usize, usize), PassError> {
+fn effective(g: &Graph, form: Form) -> Result<Matrix, PassError> {
     let w = |i| crate::smooth::weight_f32(g, i);
     Ok(match form {
         Form::Direct { w: i } => w(i)?,
@@ -412,6 +415,14 @@ fn data(values: &[f32], shape: &[usize], dt: DType, note: &str) -> (TensorType, 
     )
 }
 
+/// What [`distill`] did: a row per changed layer, and the layers it could not examine, with
+/// why.
+#[derive(Clone, Debug, Default)]
+pub struct Distilled {
+    pub reports: Vec<DistillReport>,
+    pub skipped: Vec<(String, String)>,
+}
+
 /// Fits and applies the corrections of every linear layer whose weight changed since
 /// `originals`, on the input statistics `stats` of the graph as it stands.
 pub fn distill(
@@ -420,7 +431,7 @@ pub fn distill(
     stats: &Stats,
     o: &DistillOptions,
     progress: Option<&crate::manager::Progress>,
-) -> Result<(Vec<DistillReport>, Vec<(String, String)>), PassError> {
+) -> Result<Distilled, PassError> {
     let err = |at: &str, msg: String| PassError::Pattern {
         pattern: "distill",
         at: format!("@{at}"),
@@ -429,7 +440,8 @@ pub fn distill(
     let (work, mut skipped) = sites(g, originals);
     let total = work.len() as u64;
     let done = std::sync::atomic::AtomicU64::new(0);
-    let fits: Vec<Result<Option<(Correction, usize, usize)>, PassError>> = work
+    type Fitted = Option<(Correction, usize, usize)>;
+    let fits: Vec<Result<Fitted, PassError>> = work
         .par_iter()
         .map(|s| {
             let (w, rows, cols) = originals
@@ -538,7 +550,7 @@ pub fn distill(
         });
     }
     g.sort().map_err(|e| err("graph", e.to_string()))?;
-    Ok((reports, skipped))
+    Ok(Distilled { reports, skipped })
 }
 
 /// The `distill` pass.
@@ -648,7 +660,8 @@ impl crate::manager::Pass for DistillPass {
         }
         let stats = cx.take_stats(g, "distill")?;
         let progress = cx.progress.clone();
-        let (reports, skipped) = distill(g, &originals, &stats, &self.opts, progress.as_ref())?;
+        let Distilled { reports, skipped } =
+            distill(g, &originals, &stats, &self.opts, progress.as_ref())?;
         cx.originals = Some(originals);
         for r in &reports {
             cx.report.push(serde_json::json!({

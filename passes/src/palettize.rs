@@ -197,7 +197,9 @@ pub fn palettize_matrix(
     }
     let k = 1usize << spec.bits;
     let groups = rows.div_ceil(rows_per);
-    let per: Vec<(Vec<f32>, Vec<u8>, Vec<f32>, usize)> = (0..groups)
+    // per group: the codebook, the codes, the values they decode to, the Lloyd steps
+    type Group1 = (Vec<f32>, Vec<u8>, Vec<f32>, usize);
+    let per: Vec<Group1> = (0..groups)
         .into_par_iter()
         .map(|gi| {
             let r0 = gi * rows_per;
