@@ -106,6 +106,44 @@ fn calibrated_bundles_continue_with_paris() {
 }
 
 #[test]
+fn palettized_and_distilled_bundles_continue_with_paris() {
+    let calib = calib_args();
+    let c: Vec<&str> = calib.iter().map(|x| x.as_str()).collect();
+    let dir = tmp("palettize");
+    let mut extra = vec!["--palettize", "16:128", "--keep-head", "--distill"];
+    extra.extend(&c);
+    let out = build(&dir, &extra);
+    assert!(out.contains("distilled "), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let pal: Vec<&serde_json::Value> = rows.iter().filter(|r| r["pass"] == "palettize").collect();
+    assert_eq!(pal.len(), 210, "the linears, not the head");
+    assert!(pal
+        .iter()
+        .all(|r| r["to"] == "!pal4<r128,f16>" && r["method"] == "kmeans+calib"));
+    // indices, and a codebook of 16 f16 entries per 128 rows
+    let bpw = report["totals"]["bits_per_weight"].as_f64().unwrap();
+    assert!((4.0..4.01).contains(&bpw), "{bpw}");
+    let distilled: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["pass"] == "distill" && r["correction"].is_string())
+        .collect();
+    assert_eq!(distilled.len(), 210);
+    for r in &distilled {
+        let (b, a) = (
+            r["out_error_before"].as_f64().unwrap(),
+            r["out_error_after"].as_f64().unwrap(),
+        );
+        assert!(a <= b, "{r}");
+    }
+    assert!(distilled.iter().any(|r| r["correction"] == "bias"));
+    let text = ok(&["run", &s(&dir), "--prompt", PROMPT, "-n", "4"]);
+    assert!(text.contains("Paris"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn over_budget_builds_fail_and_write_nothing() {
     let dir = tmp("budget");
     let model = s(&assets::smollm2_gguf());
