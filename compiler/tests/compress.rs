@@ -121,7 +121,7 @@ fn palettized_and_distilled_bundles_continue_with_paris() {
     assert_eq!(pal.len(), 210, "the linears, not the head");
     assert!(pal
         .iter()
-        .all(|r| r["to"] == "!pal4<r128,f16>" && r["method"] == "kmeans+calib"));
+        .all(|r| r["to"] == "!pal4<r128,f16>" && r["method"] == "kmeans+gptq"));
     // indices, and a codebook of 16 f16 entries per 128 rows
     let bpw = report["totals"]["bits_per_weight"].as_f64().unwrap();
     assert!((4.0..4.01).contains(&bpw), "{bpw}");

@@ -168,6 +168,90 @@ pub struct Palettized {
     pub iterations: usize,
 }
 
+/// Rows per codebook of a spec over `rows` rows.
+fn rows_per(spec: &PaletteSpec, rows: usize) -> Result<usize, String> {
+    if !(1..=8).contains(&spec.bits) {
+        return Err(format!(
+            "palette indices take 1 to 8 bits, not {}",
+            spec.bits
+        ));
+    }
+    match spec.group {
+        Group::Tensor => Ok(rows.max(1)),
+        Group::Channel => Ok(1),
+        Group::Rows(g) if g > 0 => Ok(g as usize),
+        other => Err(format!(
+            "palettes here group per tensor, channel or rows, not {other}"
+        )),
+    }
+}
+
+/// A group's codebook, sorted, with the midpoints between neighbouring entries.
+#[derive(Clone, Debug)]
+struct Book {
+    entries: Vec<f32>,
+    mids: Vec<f32>,
+}
+
+impl Book {
+    /// The index of the entry nearest `x`, and the entry.
+    #[inline]
+    fn nearest(&self, x: f32) -> (u8, f32) {
+        let i = self.mids.partition_point(|&m| m <= x);
+        (i as u8, self.entries[i])
+    }
+}
+
+/// The codebook of every group by weighted k-means, entries rounded to the entry type; and
+/// the most Lloyd steps a group took.
+fn codebooks(
+    v: &[f32],
+    rows: usize,
+    cols: usize,
+    spec: &PaletteSpec,
+    energy: Option<&[f32]>,
+    max_iter: usize,
+) -> Result<(Vec<Book>, usize), String> {
+    let rows_per = rows_per(spec, rows)?;
+    let k = 1usize << spec.bits;
+    let books: Vec<(Book, usize)> = (0..rows.div_ceil(rows_per))
+        .into_par_iter()
+        .map(|gi| {
+            let r0 = gi * rows_per;
+            let r1 = (r0 + rows_per).min(rows);
+            let w: Option<Vec<f32>> =
+                energy.map(|e| (r0..r1).flat_map(|_| e.iter().copied()).collect());
+            let km = kmeans_1d(&v[r0 * cols..r1 * cols], w.as_deref(), k, max_iter);
+            let mut entries: Vec<f32> = km
+                .centroids
+                .iter()
+                .map(|&c| round_entry(c, spec.entry))
+                .collect();
+            entries.sort_by(f32::total_cmp);
+            let mids = entries.windows(2).map(|p| midpoint(p[0], p[1])).collect();
+            (Book { entries, mids }, km.iterations)
+        })
+        .collect();
+    let iterations = books.iter().map(|b| b.1).max().unwrap_or(0);
+    Ok((books.into_iter().map(|b| b.0).collect(), iterations))
+}
+
+/// The canonical bytes of a palette: packed index rows, then the codebooks.
+fn encode(codes: &[u8], cols: usize, books: &[Book], spec: &PaletteSpec) -> Vec<u8> {
+    let mut out = Vec::new();
+    for row in codes.chunks(cols.max(1)) {
+        out.extend(pack_codes(row, spec.bits as u32));
+    }
+    for e in books.iter().flat_map(|b| &b.entries) {
+        match spec.entry {
+            DType::F16 => out.extend(half::f16::from_f32(*e).to_le_bytes()),
+            DType::BF16 => out.extend(half::bf16::from_f32(*e).to_le_bytes()),
+            _ => out.extend(e.to_le_bytes()),
+        }
+    }
+    out
+}
+
 /// Palettizes a row-major `[rows, cols]` matrix under `spec` (groups `Tensor`, `Channel` or
 /// `Rows(g)`), each element weighted by `energy[col]` when given. Entries are rounded to the
 /// entry type before indices are chosen, so every element maps to its nearest stored entry.
@@ -179,74 +263,91 @@ pub fn palettize_matrix(
     energy: Option<&[f32]>,
     max_iter: usize,
 ) -> Result<Palettized, String> {
-    let rows_per = match spec.group {
-        Group::Tensor => rows.max(1),
-        Group::Channel => 1,
-        Group::Rows(g) if g > 0 => g as usize,
-        other => {
-            return Err(format!(
-                "palettes here group per tensor, channel or rows, not {other}"
-            ))
+    let rows_per = rows_per(spec, rows)?;
+    let (books, iterations) = codebooks(v, rows, cols, spec, energy, max_iter)?;
+    let (codes, approx): (Vec<u8>, Vec<f32>) = v
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| books[i / cols.max(1) / rows_per].nearest(x))
+        .unzip();
+    Ok(Palettized {
+        bytes: encode(&codes, cols, &books, spec),
+        approx,
+        iterations,
+    })
+}
+
+/// Palettization with GPTQ's error feedback: the codebooks come from k-means weighted by the
+/// Hessian's diagonal, then columns are assigned to their nearest entries in order of
+/// decreasing diagonal, each column's rounding error pushed into the columns not yet visited
+/// through the inverse Hessian of `gram` (`XᵀX`, `cols × cols`), as GPTQ does with its grid.
+pub fn palettize_gptq(
+    v: &[f32],
+    rows: usize,
+    cols: usize,
+    spec: &PaletteSpec,
+    gram: &[f64],
+    max_iter: usize,
+    damp: f64,
+) -> Result<Palettized, String> {
+    use crate::gptq::{inverse_hessian_factor, obs_sweep, Columns};
+    let rows_per = rows_per(spec, rows)?;
+    let mut h = gram.to_vec();
+    let mut diag: Vec<f64> = (0..cols).map(|c| h[c * cols + c]).collect();
+    let mut w = v.to_vec();
+    for c in 0..cols {
+        if diag[c] <= 0.0 {
+            // a channel that is always zero: its weights never matter
+            h[c * cols + c] = 1.0;
+            diag[c] = 1.0;
         }
-    };
-    if !(1..=8).contains(&spec.bits) {
-        return Err(format!(
-            "palette indices take 1 to 8 bits, not {}",
-            spec.bits
-        ));
     }
-    let k = 1usize << spec.bits;
-    let groups = rows.div_ceil(rows_per);
-    // per group: the codebook, the codes, the values they decode to, the Lloyd steps
-    type Group1 = (Vec<f32>, Vec<u8>, Vec<f32>, usize);
-    let per: Vec<Group1> = (0..groups)
-        .into_par_iter()
-        .map(|gi| {
-            let r0 = gi * rows_per;
-            let r1 = (r0 + rows_per).min(rows);
-            let xs = &v[r0 * cols..r1 * cols];
-            let w: Option<Vec<f32>> =
-                energy.map(|e| (r0..r1).flat_map(|_| e.iter().copied()).collect());
-            let km = kmeans_1d(xs, w.as_deref(), k, max_iter);
-            let mut book: Vec<f32> = km
-                .centroids
-                .iter()
-                .map(|&c| round_entry(c, spec.entry))
-                .collect();
-            book.sort_by(f32::total_cmp);
-            let mids: Vec<f32> = book.windows(2).map(|p| midpoint(p[0], p[1])).collect();
-            let (codes, approx): (Vec<u8>, Vec<f32>) = xs
-                .iter()
-                .map(|&x| {
-                    let i = mids.partition_point(|&m| m <= x);
-                    (i as u8, book[i])
-                })
-                .unzip();
-            (book, codes, approx, km.iterations)
-        })
-        .collect();
-    let mut idx = Vec::with_capacity(rows * (cols * spec.bits as usize).div_ceil(8));
-    let mut books = Vec::with_capacity(groups * k * spec.entry.size());
-    let mut approx = Vec::with_capacity(rows * cols);
-    let mut iterations = 0;
-    for (book, codes, a, it) in per {
-        for row in codes.chunks(cols.max(1)) {
-            idx.extend(pack_codes(row, spec.bits as u32));
+    let energy: Vec<f32> = diag.iter().map(|&d| d as f32).collect();
+    let (books, iterations) = codebooks(&w, rows, cols, spec, Some(&energy), max_iter)?;
+    for c in (0..cols).filter(|&c| gram[c * cols + c] <= 0.0) {
+        (0..rows).for_each(|r| w[r * cols + c] = 0.0);
+    }
+    let mut perm: Vec<usize> = (0..cols).collect();
+    perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]).then(a.cmp(&b)));
+    let u = inverse_hessian_factor(&h, &perm, damp)?;
+    let mut wp = vec![0f32; rows * cols];
+    for (i, &c) in perm.iter().enumerate() {
+        for r in 0..rows {
+            wp[i * rows + r] = w[r * cols + c];
         }
-        for &e in &book {
-            match spec.entry {
-                DType::F16 => books.extend(half::f16::from_f32(e).to_le_bytes()),
-                DType::BF16 => books.extend(half::bf16::from_f32(e).to_le_bytes()),
-                _ => books.extend(e.to_le_bytes()),
+    }
+    struct Assign<'a> {
+        perm: &'a [usize],
+        books: &'a [Book],
+        rows_per: usize,
+        cols: usize,
+        codes: Vec<u8>,
+        approx: Vec<f32>,
+    }
+    impl Columns for Assign<'_> {
+        fn column(&mut self, i: usize, wp: &[f32], out: &mut [f32]) {
+            let rows = out.len();
+            let c = self.perm[i];
+            for (r, o) in out.iter_mut().enumerate() {
+                let (code, a) = self.books[r / self.rows_per].nearest(wp[i * rows + r]);
+                self.codes[r * self.cols + c] = code;
+                self.approx[r * self.cols + c] = a;
+                *o = a;
             }
         }
-        approx.extend(a);
-        iterations = iterations.max(it);
     }
-    idx.extend(books);
+    let mut f = Assign {
+        perm: &perm,
+        books: &books,
+        rows_per,
+        cols,
+        codes: vec![0; rows * cols],
+        approx: vec![0.0; rows * cols],
+    };
+    obs_sweep(&mut wp, rows, cols, &u, 128, &mut f);
     Ok(Palettized {
-        bytes: idx,
-        approx,
+        bytes: encode(&f.codes, cols, &books, spec),
+        approx: f.approx,
         iterations,
     })
 }
@@ -264,6 +365,10 @@ pub struct PaletteOptions {
     pub iters: usize,
     /// Weigh elements by their input column's calibration energy when statistics exist.
     pub weighted: bool,
+    /// Assign indices with GPTQ's error feedback when statistics exist (else nearest entry).
+    pub gptq: bool,
+    /// GPTQ's dampening of the Hessian's diagonal, as a fraction of its mean.
+    pub damp: f64,
 }
 
 impl Default for PaletteOptions {
@@ -275,6 +380,8 @@ impl Default for PaletteOptions {
             head: true,
             iters: 100,
             weighted: true,
+            gptq: true,
+            damp: 0.01,
         }
     }
 }
@@ -310,8 +417,9 @@ pub struct PaletteReport {
     pub rel_error: f64,
     /// ‖(W − Ŵ)X‖ / ‖WX‖ over the calibration inputs, when calibrated.
     pub out_error: Option<f64>,
-    /// Whether the k-means was weighted by calibration energy.
-    pub weighted: bool,
+    /// `kmeans`, `kmeans+calib` (weighted by calibration energy) or `kmeans+gptq` (weighted,
+    /// then indices assigned with GPTQ's error feedback).
+    pub method: &'static str,
     pub iterations: usize,
 }
 
@@ -353,8 +461,12 @@ pub fn palettize(
             let energy: Option<Vec<f32>> = st
                 .filter(|_| o.weighted)
                 .map(|s| (0..cols).map(|j| s.gram[j * cols + j] as f32).collect());
-            let p = palettize_matrix(&v, rows, cols, &spec, energy.as_deref(), o.iters)
-                .map_err(|m| err(&w.name, m))?;
+            let gptq = st.filter(|_| o.weighted && o.gptq);
+            let p = match gptq {
+                Some(s) => palettize_gptq(&v, rows, cols, &spec, &s.gram, o.iters, o.damp),
+                None => palettize_matrix(&v, rows, cols, &spec, energy.as_deref(), o.iters),
+            }
+            .map_err(|m| err(&w.name, m))?;
             let (mut num, mut den) = (0f64, 0f64);
             for (a, b) in v.iter().zip(&p.approx) {
                 num += ((a - b) as f64).powi(2);
@@ -389,7 +501,11 @@ pub fn palettize(
                 bytes_after: enc.byte_size(&dims).unwrap_or(0),
                 rel_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
                 out_error,
-                weighted: energy.is_some(),
+                method: match (gptq, &energy) {
+                    (Some(_), _) => "kmeans+gptq",
+                    (None, Some(_)) => "kmeans+calib",
+                    (None, None) => "kmeans",
+                },
                 iterations: p.iterations,
             };
             let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -458,6 +574,18 @@ pub static PALETTIZE_INFO: crate::manager::PassInfo = crate::manager::PassInfo {
             default: "true",
             help: "weigh each element by its input column's calibration energy (calibrates; without calibration data the k-means is unweighted)",
         },
+        crate::manager::OptionSpec {
+            name: "gptq",
+            kind: "bool",
+            default: "true",
+            help: "when calibrated, assign indices column by column with GPTQ's error feedback instead of to the nearest entry",
+        },
+        crate::manager::OptionSpec {
+            name: "damp",
+            kind: "float",
+            default: "0.01",
+            help: "GPTQ: dampening of the Hessian's diagonal, as a fraction of its mean",
+        },
     ],
 };
 
@@ -479,6 +607,10 @@ impl PalettizePass {
             "f32" => DType::F32,
             _ => DType::F16,
         };
+        let damp = o.float("damp")?;
+        if !(0.0..1.0).contains(&damp) {
+            return Err(bad(format!("damp must lie in [0, 1), not {damp}")));
+        }
         let iters = o.int("iters")?;
         if iters < 1 {
             return Err(bad(format!("iters must be at least 1, not {iters}")));
@@ -491,6 +623,8 @@ impl PalettizePass {
                 head: o.bool("head"),
                 iters: iters as usize,
                 weighted: o.bool("weighted"),
+                gptq: o.bool("gptq"),
+                damp,
             },
         })
     }
@@ -525,7 +659,7 @@ impl crate::manager::Pass for PalettizePass {
                 "weight": r.name,
                 "from": r.from,
                 "to": r.to,
-                "method": if r.weighted { "kmeans+calib" } else { "kmeans" },
+                "method": r.method,
                 "params": r.params,
                 "bytes_before": r.bytes_before,
                 "bytes_after": r.bytes_after,
@@ -617,6 +751,47 @@ mod tests {
                 "{group}: palette {mse} vs rtn {rtn_mse}"
             );
         }
+    }
+
+    #[test]
+    fn error_feedback_lowers_the_output_error_of_a_palette() {
+        let (rows, cols, tokens) = (32, 64, 512);
+        let mut seed = 13u64;
+        let w: Vec<f32> = (0..rows * cols).map(|_| normal(&mut seed)).collect();
+        // correlated inputs with a few loud channels
+        let x: Vec<f32> = (0..tokens)
+            .flat_map(|_| {
+                let common = normal(&mut seed);
+                (0..cols)
+                    .map(|j| (normal(&mut seed) + common) * if j < 4 { 6.0 } else { 1.0 })
+                    .collect::<Vec<f32>>()
+            })
+            .collect();
+        let gram = crate::gptq::tests::gram_of(&x, cols);
+        let energy: Vec<f32> = (0..cols).map(|j| gram[j * cols + j] as f32).collect();
+        let spec = PaletteSpec {
+            bits: 3,
+            group: Group::Rows(8),
+            entry: DType::F16,
+        };
+        let near = palettize_matrix(&w, rows, cols, &spec, Some(&energy), 100).unwrap();
+        let fed = palettize_gptq(&w, rows, cols, &spec, &gram, 100, 0.01).unwrap();
+        let e = |a: &[f32]| crate::gptq::output_error(&w, a, rows, cols, &gram);
+        assert!(
+            e(&fed.approx) < 0.8 * e(&near.approx),
+            "gptq {} vs nearest {}",
+            e(&fed.approx),
+            e(&near.approx)
+        );
+        let ty = TensorType {
+            shape: llmc_ir::Shape::fixed(&[rows, cols]),
+            enc: Encoding::Palette(spec),
+        };
+        let d = WeightData::new(Bytes::owned(fed.bytes), Format::Canonical, "t")
+            .decode_f32(&ty)
+            .unwrap()
+            .to_f32_vec();
+        assert_eq!(d, fed.approx);
     }
 
     #[test]
