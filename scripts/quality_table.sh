@@ -4,10 +4,11 @@
 # empty cache, 8,176 predicted tokens; KL and top-1 against the uncompressed model, which
 # the same run measures), beside llama.cpp's Q8_0 / Q4_0 / Q4_K_M on the same tokens.
 #
-#   scripts/quality_table.sh [--set quant|prune|lowrank|all] [--rows NAME,NAME...] [--no-peer]
+#   scripts/quality_table.sh [--set quant|prune|lowrank|share|all] [--rows NAME,NAME...] [--no-peer]
 #
 # --set quant (the default) measures the quantization rows, prune the pruning rows, lowrank
-# the factored (SVD, SVD-LLM) and CALDERA rows beside 2-bit GPTQ, all of them.
+# the factored (SVD, SVD-LLM) and CALDERA rows beside 2-bit GPTQ, share the palettized and
+# locally distilled rows, all of them.
 # Each llmc row is one `llmc build ... --eval --keep-head` (the 210 linear layers are
 # compressed; the tied embedding / output head stays as shipped, Q8_0, which the reference
 # decodes alike). Calibration: 64 windows of 512 tokens from SOTU 1950-1999, as ASSETS.md
@@ -67,12 +68,25 @@ lowrank_configs=(
   "caldera q2 + rank 16 w4|--passes caldera{bits=2,rank=16}"
   "caldera q2 + rank 64 w4|--passes caldera{bits=2,rank=64}"
 )
+# weight sharing and local distillation: palettes count their codebooks (f16 entries); a
+# distilled row adds its bias (not a linear weight) and any correction branch (f16, counted)
+share_configs=(
+  "palettize 16 per tensor, unweighted|--passes palettize{bits=4,head=false,weighted=false}"
+  "palettize 16 per tensor|--palettize 16"
+  "palettize 16 per 128 rows|--palettize 16:128"
+  "palettize 16 per 128 rows + distill|--palettize 16:128 --distill"
+  "w4a16 g128 rtn + distill|--quant w4a16 --group 128 --distill"
+  "w4a16 g128 rtn + distill rank 8|--quant w4a16 --group 128 --distill rank:8"
+  "w3a16 g128 gptq + distill|--quant w3a16 --group 128 --quant-method gptq --distill"
+  "w3a16 g128 gptq + distill rank 8|--quant w3a16 --group 128 --quant-method gptq --distill rank:8"
+)
 case "$set_name" in
   quant) configs=("${quant_configs[@]}") ;;
+  share) configs=("${share_configs[@]}"); peer=0 ;;
   prune) configs=("${prune_configs[@]}"); peer=0 ;;
   lowrank) configs=("${lowrank_configs[@]}"); peer=0 ;;
-  all) configs=("${quant_configs[@]}" "${prune_configs[@]}" "${lowrank_configs[@]}") ;;
-  *) echo "quality_table.sh: --set takes quant, prune, lowrank or all, not '$set_name'" >&2; exit 2 ;;
+  all) configs=("${quant_configs[@]}" "${prune_configs[@]}" "${lowrank_configs[@]}" "${share_configs[@]}") ;;
+  *) echo "quality_table.sh: --set takes quant, prune, lowrank, share or all, not '$set_name'" >&2; exit 2 ;;
 esac
 
 cd "$root"

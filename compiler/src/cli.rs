@@ -171,6 +171,15 @@ pub struct BuildArgs {
     /// that fraction of each layer's values.
     #[arg(long, value_name = "SPEC")]
     pub lowrank: Option<String>,
+    /// Weight sharing after low-rank, instead of --quant: ENTRIES per codebook, one codebook
+    /// per linear weight (16) or per run of output rows (16:128); the k-means weighs each
+    /// weight by its input's calibration energy (--calib).
+    #[arg(long, value_name = "SPEC")]
+    pub palettize: Option<String>,
+    /// Local distillation, last: fit a bias correction per changed linear layer on calibration
+    /// (--distill), plus a low-rank correction branch (--distill rank:8).
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "bias")]
+    pub distill: Option<String>,
     /// Mixed precision: average bits per quantized weight; the layers most sensitive on
     /// calibration move to int8 per channel until the target is met (e.g. --bpw 5.5).
     #[arg(long)]
@@ -1008,10 +1017,12 @@ fn build(a: BuildArgs) -> Result<()> {
                 || a.bpw.is_some()
                 || a.prune.is_some()
                 || a.lowrank.is_some()
+                || a.palettize.is_some()
+                || a.distill.is_some()
             {
                 return Err(miette!(
                     help = "put the quantization in the pipeline: quantize{bits=4,group=64,act=i8,method=gptq}",
-                    "--passes replaces --quant, --group, --quant-method, --bpw, --prune and --lowrank; give one or the other"
+                    "--passes replaces --quant, --group, --quant-method, --bpw, --prune, --lowrank, --palettize and --distill; give one or the other"
                 ));
             }
             llmc_passes::registry::pipeline(p).map_err(|e| {
@@ -1029,6 +1040,22 @@ fn build(a: BuildArgs) -> Result<()> {
             if let Some(spec) = &a.lowrank {
                 p.push(crate::compress::lowrank_pass(spec).map_err(|e| miette!("{e}"))?);
             }
+            if let Some(spec) = &a.palettize {
+                if a.quant != "none"
+                    || a.group.is_some()
+                    || a.quant_method != "rtn"
+                    || a.bpw.is_some()
+                {
+                    return Err(miette!(
+                        help = "palettize alone (--palettize 16:128), or quantize alone (--quant w4a16)",
+                        "--palettize and --quant/--group/--quant-method/--bpw both choose how linear weights are stored; give one or the other"
+                    ));
+                }
+                p.push(
+                    crate::compress::palettize_pass(spec, a.keep_head)
+                        .map_err(|e| miette!("{e}"))?,
+                );
+            }
             p.extend(
                 crate::compress::preset_pipeline(
                     scheme,
@@ -1039,6 +1066,9 @@ fn build(a: BuildArgs) -> Result<()> {
                 )
                 .map_err(|e| miette!("{e}"))?,
             );
+            if let Some(spec) = &a.distill {
+                p.push(crate::compress::distill_pass(spec).map_err(|e| miette!("{e}"))?);
+            }
             p
         }
     };

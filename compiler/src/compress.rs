@@ -201,6 +201,73 @@ pub fn lowrank_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
     }))
 }
 
+/// The palettization pass behind `--palettize ENTRIES[:ROWS]`: `16` gives every linear weight
+/// one codebook of 16 entries (4-bit indices), `16:128` one per run of 128 output rows.
+/// `keep_head` leaves the output head (and an embedding tied to it) alone.
+pub fn palettize_pass(spec: &str, keep_head: bool) -> Result<Box<dyn Pass>, String> {
+    use llmc_passes::palettize::{PaletteOptions, PalettizePass};
+    let bad = || {
+        format!("--palettize '{spec}' is not a palette spec (write 16 for one codebook of 16 entries per tensor, or 16:128 for one per 128 output rows)")
+    };
+    let (entries, rows) = match spec.split_once(':') {
+        Some((e, r)) => (e, Some(r)),
+        None => (spec, None),
+    };
+    let entries: u32 = entries.trim().parse().map_err(|_| bad())?;
+    if !(2..=256).contains(&entries) || !entries.is_power_of_two() {
+        return Err(format!(
+            "--palettize '{spec}': a codebook holds a power of two from 2 to 256 entries (indices of 1 to 8 bits), not {entries}"
+        ));
+    }
+    let group = match rows {
+        None => llmc_ir::Group::Tensor,
+        Some(r) => match r.trim().parse::<u32>() {
+            Ok(n) if n > 0 => llmc_ir::Group::Rows(n),
+            _ => {
+                return Err(format!(
+                    "--palettize '{spec}': rows per codebook must be a positive number (16:128)"
+                ))
+            }
+        },
+    };
+    Ok(Box::new(PalettizePass {
+        opts: PaletteOptions {
+            bits: entries.trailing_zeros() as u8,
+            group,
+            head: !keep_head,
+            ..Default::default()
+        },
+    }))
+}
+
+/// The local distillation pass behind `--distill [SPEC]`: `bias` (the default) fits a bias
+/// correction per changed linear layer; `rank:8` adds a rank-8 correction branch too.
+pub fn distill_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
+    use llmc_passes::distill::{DistillOptions, DistillPass};
+    let rank = match spec.trim() {
+        "" | "bias" => 0,
+        s => {
+            let r = s.strip_prefix("rank:").ok_or_else(|| {
+                format!("--distill '{spec}' is not a distillation spec (write --distill for a bias correction, or --distill rank:8 to add a rank-8 branch)")
+            })?;
+            match r.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(format!(
+                        "--distill '{spec}': the rank must be a positive number (rank:8)"
+                    ))
+                }
+            }
+        }
+    };
+    Ok(Box::new(DistillPass {
+        opts: DistillOptions {
+            rank,
+            ..Default::default()
+        },
+    }))
+}
+
 /// Calibration windows of a decoder from text files: the files joined as the evaluation
 /// protocol joins them, tokenized, `count` windows of `len` tokens evenly spaced.
 pub fn calibration(
@@ -436,9 +503,49 @@ fn print_rows(rows: &[serde_json::Value]) {
             sum("params_after"),
         );
     }
+    let distilled: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["pass"] == "distill" && r["correction"].is_string())
+        .collect();
+    if !distilled.is_empty() {
+        let mean = |k: &str| {
+            distilled.iter().filter_map(|r| r[k].as_f64()).sum::<f64>() / distilled.len() as f64
+        };
+        let corrected = distilled
+            .iter()
+            .filter(|r| r["correction"] != "none")
+            .count();
+        let skipped = rows
+            .iter()
+            .filter(|r| r["pass"] == "distill" && r["skipped"].is_string())
+            .count();
+        println!(
+            "distilled {corrected} of {} changed layers ({}): mean output error on calibration {:.4} -> {:.4}, {} values added{}",
+            distilled.len(),
+            distilled
+                .iter()
+                .find(|r| r["correction"] != "none")
+                .and_then(|r| r["correction"].as_str())
+                .unwrap_or("none"),
+            mean("out_error_before"),
+            mean("out_error_after"),
+            distilled
+                .iter()
+                .filter_map(|r| r["params_added"].as_u64())
+                .sum::<u64>(),
+            if skipped > 0 {
+                format!(", {skipped} skipped")
+            } else {
+                String::new()
+            }
+        );
+    }
     let q: Vec<&serde_json::Value> = rows
         .iter()
-        .filter(|r| r["pass"] == "quantize" && r["params"].as_u64().unwrap_or(0) > 0)
+        .filter(|r| {
+            (r["pass"] == "quantize" || r["pass"] == "palettize")
+                && r["params"].as_u64().unwrap_or(0) > 0
+        })
         .collect();
     if q.is_empty() {
         return;

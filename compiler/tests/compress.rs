@@ -106,6 +106,44 @@ fn calibrated_bundles_continue_with_paris() {
 }
 
 #[test]
+fn palettized_and_distilled_bundles_continue_with_paris() {
+    let calib = calib_args();
+    let c: Vec<&str> = calib.iter().map(|x| x.as_str()).collect();
+    let dir = tmp("palettize");
+    let mut extra = vec!["--palettize", "16:128", "--keep-head", "--distill"];
+    extra.extend(&c);
+    let out = build(&dir, &extra);
+    assert!(out.contains("distilled "), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let pal: Vec<&serde_json::Value> = rows.iter().filter(|r| r["pass"] == "palettize").collect();
+    assert_eq!(pal.len(), 210, "the linears, not the head");
+    assert!(pal
+        .iter()
+        .all(|r| r["to"] == "!pal4<r128,f16>" && r["method"] == "kmeans+gptq"));
+    // indices, and a codebook of 16 f16 entries per 128 rows
+    let bpw = report["totals"]["bits_per_weight"].as_f64().unwrap();
+    assert!((4.0..4.01).contains(&bpw), "{bpw}");
+    let distilled: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["pass"] == "distill" && r["correction"].is_string())
+        .collect();
+    assert_eq!(distilled.len(), 210);
+    for r in &distilled {
+        let (b, a) = (
+            r["out_error_before"].as_f64().unwrap(),
+            r["out_error_after"].as_f64().unwrap(),
+        );
+        assert!(a <= b, "{r}");
+    }
+    assert!(distilled.iter().any(|r| r["correction"] == "bias"));
+    let text = ok(&["run", &s(&dir), "--prompt", PROMPT, "-n", "4"]);
+    assert!(text.contains("Paris"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn over_budget_builds_fail_and_write_nothing() {
     let dir = tmp("budget");
     let model = s(&assets::smollm2_gguf());
@@ -220,6 +258,47 @@ fn compression_flags_that_do_not_fit_get_clear_errors() {
         (
             vec!["--passes", "lowrank", "--lowrank", "svd:0.5"],
             "--passes replaces",
+        ),
+        (
+            vec!["--palettize", "12"],
+            "a codebook holds a power of two from 2 to 256 entries",
+        ),
+        (
+            vec!["--palettize", "512"],
+            "a codebook holds a power of two from 2 to 256 entries",
+        ),
+        (
+            vec!["--palettize", "16:0"],
+            "rows per codebook must be a positive number",
+        ),
+        (
+            vec!["--palettize", "many"],
+            "--palettize 'many' is not a palette spec",
+        ),
+        (
+            vec!["--palettize", "16", "--quant", "w4a16"],
+            "--palettize and --quant/--group/--quant-method/--bpw both choose",
+        ),
+        (
+            vec!["--passes", "palettize{group=g128}"],
+            "is not a palette grouping",
+        ),
+        (vec!["--passes", "palettize{bits=9}"], "bits must be 1 to 8"),
+        (
+            vec!["--quant", "w4a16", "--distill", "rank:x"],
+            "the rank must be a positive number",
+        ),
+        (
+            vec!["--quant", "w4a16", "--distill", "lots"],
+            "--distill 'lots' is not a distillation spec",
+        ),
+        (
+            vec!["--passes", "quantize", "--distill"],
+            "--passes replaces",
+        ),
+        (
+            vec!["--passes", "quantize,distill{rank=0,bias=false}"],
+            "there is nothing to fit",
         ),
     ] {
         let mut a = vec!["build", model.as_str(), "-o", o.as_str()];

@@ -281,7 +281,7 @@ pub fn caldera(
 }
 
 /// Every use of `old` now reads `new`, except in node `keep`.
-fn replace_uses_except(g: &mut Graph, old: ValueId, new: ValueId, keep: usize) {
+pub(crate) fn replace_uses_except(g: &mut Graph, old: ValueId, new: ValueId, keep: usize) {
     for (i, n) in g.nodes.iter_mut().enumerate() {
         if i == keep {
             continue;

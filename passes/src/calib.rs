@@ -29,6 +29,8 @@ pub struct InputStats {
     pub tokens: usize,
     /// Σ |x_j| over tokens, per channel.
     pub abs_sum: Vec<f64>,
+    /// Σ x_j over tokens, per channel (signed: the mean input, for bias corrections).
+    pub sum: Vec<f64>,
     /// max |x_j| over tokens, per channel.
     pub abs_max: Vec<f32>,
     /// XᵀX, `cols × cols`, row-major.
@@ -41,9 +43,19 @@ impl InputStats {
             cols,
             tokens: 0,
             abs_sum: vec![0.0; cols],
+            sum: vec![0.0; cols],
             abs_max: vec![0.0; cols],
             gram: vec![0.0; cols * cols],
         }
+    }
+
+    /// The statistics of the rows of `x` (`tokens × cols`, row-major), as calibration
+    /// gathers them.
+    pub fn from_rows(x: &[f32], cols: usize) -> InputStats {
+        let mut s = InputStats::new(cols);
+        s.add(x);
+        s.finish();
+        s
     }
 
     /// Mean |x_j| per channel.
@@ -52,14 +64,27 @@ impl InputStats {
         self.abs_sum.iter().map(|s| s / n).collect()
     }
 
+    /// Mean x_j per channel.
+    pub fn mean(&self) -> Vec<f64> {
+        let n = self.tokens.max(1) as f64;
+        self.sum.iter().map(|s| s / n).collect()
+    }
+
     fn add(&mut self, x: &[f32]) {
         let c = self.cols;
         let rows = x.len() / c;
         self.tokens += rows;
         for row in x.chunks_exact(c) {
-            for ((s, m), &v) in self.abs_sum.iter_mut().zip(&mut self.abs_max).zip(row) {
+            for (((s, m), t), &v) in self
+                .abs_sum
+                .iter_mut()
+                .zip(&mut self.abs_max)
+                .zip(&mut self.sum)
+                .zip(row)
+            {
                 *s += v.abs() as f64;
                 *m = m.max(v.abs());
+                *t += v as f64;
             }
         }
         // XᵀX of this window in f32 (at most a window of tokens), summed in f64; only the
@@ -114,6 +139,7 @@ impl InputStats {
         for j in 0..c {
             let inv = 1.0 / s[j] as f64;
             self.abs_sum[j] *= inv;
+            self.sum[j] *= inv;
             self.abs_max[j] = (self.abs_max[j] as f64 * inv) as f32;
         }
         self.gram
@@ -295,6 +321,8 @@ mod tests {
             }
             let m = (0..4).map(|r| x[r * 3 + i].abs()).fold(0f32, f32::max);
             assert_eq!(s.abs_max[i], m);
+            let t: f64 = (0..4).map(|r| x[r * 3 + i] as f64).sum();
+            assert!((s.mean()[i] - t / 4.0).abs() < 1e-9, "{i}");
         }
         let mut t = s.clone();
         t.divide_channels(&[2.0, 1.0, 0.5]);
@@ -302,5 +330,7 @@ mod tests {
         assert!((t.gram[2] - s.gram[2]).abs() < 1e-9);
         assert!((t.gram[8] - s.gram[8] * 4.0).abs() < 1e-9);
         assert_eq!(t.abs_max[2], s.abs_max[2] * 2.0);
+        assert!((t.mean()[0] - s.mean()[0] / 2.0).abs() < 1e-12);
+        assert!((t.sum[2] - s.sum[2] * 2.0).abs() < 1e-9);
     }
 }

@@ -3,6 +3,7 @@
 pub mod caldera;
 pub mod calib;
 pub mod canonicalize;
+pub mod distill;
 pub mod fold;
 pub mod fuse;
 pub mod gptq;
@@ -10,6 +11,7 @@ pub mod heads;
 pub mod layers;
 pub mod lowrank;
 pub mod manager;
+pub mod palettize;
 pub mod prune;
 pub mod quant;
 pub mod registry;

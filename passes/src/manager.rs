@@ -139,6 +139,10 @@ pub struct PassContext {
     pub progress: Option<Progress>,
     /// Seconds spent running calibration.
     pub calib_seconds: f64,
+    /// The linear weights as the pipeline found them, for passes that compare against them
+    /// (local distillation); taken before the first pass when one asks for it. Passes that
+    /// rescale a weight's input columns without changing the function keep it current.
+    pub originals: Option<crate::distill::Originals>,
 }
 
 impl PassContext {
@@ -180,6 +184,11 @@ pub trait Pass {
     fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError>;
     /// Whether the pass reads calibration statistics.
     fn needs_calibration(&self) -> bool {
+        false
+    }
+    /// Whether the pass reads the linear weights as they were before the pipeline
+    /// ([`PassContext::originals`]).
+    fn needs_originals(&self) -> bool {
         false
     }
 }
@@ -294,6 +303,9 @@ impl PassManager {
         mut dump: impl FnMut(&str, &str),
     ) -> Result<Vec<PassTiming>, PassError> {
         let mut timings = Vec::new();
+        if cx.originals.is_none() && self.passes.iter().any(|p| p.needs_originals()) {
+            cx.originals = Some(crate::distill::Originals::snapshot(g));
+        }
         for p in &mut self.passes {
             let name = p.info().name;
             let t0 = Instant::now();

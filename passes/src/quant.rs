@@ -211,6 +211,8 @@ pub struct WeightReport {
     pub rel_error: f64,
     /// ‖(W − Ŵ)X‖ / ‖WX‖ over the calibration inputs, when calibrated.
     pub out_error: Option<f64>,
+    /// For `awq-scale` rows: the weights whose input columns were multiplied, and by what.
+    pub rescaled: Option<(Vec<String>, Vec<f32>)>,
 }
 
 /// Rewrites linear weights to the scheme's encoding by round-to-nearest; returns what changed.
@@ -274,6 +276,15 @@ pub fn targets(g: &Graph, head: bool) -> Vec<(usize, ValueId)> {
     out
 }
 
+/// The [`targets`] quantization changes: all but weights another pass palettized (a palette
+/// is the weight's compression already, not a source to round again).
+fn quantizable(g: &Graph, head: bool) -> Vec<(usize, ValueId)> {
+    targets(g, head)
+        .into_iter()
+        .filter(|&(i, _)| !matches!(g.weights[i].ty.enc, Encoding::Palette(_)))
+        .collect()
+}
+
 /// Rewrites linear weights to the options' encoding with their method, reading calibration
 /// statistics (`stats`) where the method needs them; returns what changed.
 pub fn quantize_with(
@@ -307,30 +318,37 @@ pub fn quantize_with(
         .filter(|(_, n)| g.outputs.iter().any(|(_, o)| n.outputs.contains(o)))
         .map(|(i, _)| i)
         .collect();
+    let palettes: BTreeSet<ValueId> = g
+        .weights
+        .iter()
+        .filter(|w| matches!(w.ty.enc, Encoding::Palette(_)))
+        .map(|w| w.value)
+        .collect();
     for (i, n) in g.nodes.iter_mut().enumerate() {
         if let Op::Linear { act: a } = &mut n.op {
-            if opts.head || !heads.contains(&i) {
+            if (opts.head || !heads.contains(&i)) && !palettes.contains(&n.inputs[1]) {
                 *a = act;
             }
         }
     }
     // what each weight was before this pass (AWQ's scaling rewrites them as f32 first)
-    let original: std::collections::BTreeMap<usize, (String, Option<u64>)> = targets(g, opts.head)
-        .into_iter()
-        .map(|(i, _)| {
-            let w = &g.weights[i];
-            let dims: Option<Vec<u64>> = w.ty.shape.0.iter().map(|d| d.fixed()).collect();
-            let bytes = dims.and_then(|d| w.ty.enc.byte_size(&d));
-            (i, (w.ty.enc.to_string(), bytes))
-        })
-        .collect();
+    let original: std::collections::BTreeMap<usize, (String, Option<u64>)> =
+        quantizable(g, opts.head)
+            .into_iter()
+            .map(|(i, _)| {
+                let w = &g.weights[i];
+                let dims: Option<Vec<u64>> = w.ty.shape.0.iter().map(|d| d.fixed()).collect();
+                let bytes = dims.and_then(|d| w.ty.enc.byte_size(&d));
+                (i, (w.ty.enc.to_string(), bytes))
+            })
+            .collect();
     let mut awq_rows = Vec::new();
     if let (Method::Awq, WeightFormat::Int(bits), Some(st)) =
         (opts.method, opts.weights, stats.as_deref_mut())
     {
         awq_rows = awq(g, opts, bits, st)?;
     }
-    let work = targets(g, opts.head);
+    let work = quantizable(g, opts.head);
     let high = match (opts.bpw, opts.weights, stats.as_deref()) {
         (Some(bpw), WeightFormat::Int(bits), Some(st)) => {
             mixed_precision(g, opts, bits, bpw, &work, st)?
@@ -514,6 +532,7 @@ pub fn quantize_with(
                 bytes_after: after,
                 rel_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
                 out_error,
+                rescaled: None,
             };
             let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if let Some(p) = progress {
@@ -643,7 +662,10 @@ fn awq(
     bits: u8,
     stats: &mut Stats,
 ) -> Result<Vec<WeightReport>, PassError> {
-    let quantized: BTreeSet<usize> = targets(g, opts.head).into_iter().map(|(i, _)| i).collect();
+    let quantized: BTreeSet<usize> = quantizable(g, opts.head)
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
     let mut rows_out = Vec::new();
     for site in crate::smooth::sites(g) {
         if !site.linears.iter().all(|i| quantized.contains(i)) {
@@ -700,10 +722,14 @@ fn awq(
             .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0))
             .map(|(k, (l, _))| (k, (losses[0].0, *l)))
             .expect("grid is not empty");
-        if best > 0 {
+        let rescaled = if best > 0 {
             let s = losses[best].1.clone();
             crate::smooth::apply(g, &site, &s, Some(stats), "awq")?;
-        }
+            let names = site.linears.iter().map(|&i| g.weights[i].name.clone());
+            Some((names.collect(), s))
+        } else {
+            None
+        };
         rows_out.push(WeightReport {
             name: site
                 .linears
@@ -723,6 +749,7 @@ fn awq(
                 1.0
             },
             out_error: None,
+            rescaled,
         });
     }
     Ok(rows_out)
@@ -1119,6 +1146,11 @@ impl crate::manager::Pass for QuantizePass {
         let progress = cx.progress.clone();
         self.reports = quantize_with(g, &self.opts, stats.as_mut(), progress.as_ref())?;
         cx.stats = stats;
+        if let Some(o) = cx.originals.as_mut() {
+            for (names, s) in self.reports.iter().filter_map(|r| r.rescaled.as_ref()) {
+                names.iter().for_each(|n| o.scale_columns(n, s));
+            }
+        }
         for r in &self.reports {
             cx.report.push(serde_json::json!({
                 "pass": "quantize",

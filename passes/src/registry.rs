@@ -51,8 +51,10 @@ pub fn infos() -> Vec<&'static PassInfo> {
         &crate::layers::DROP_LAYERS_INFO,
         &crate::lowrank::LOWRANK_INFO,
         &crate::caldera::CALDERA_INFO,
+        &crate::palettize::PALETTIZE_INFO,
         &crate::smooth::SMOOTH_INFO,
         &QUANTIZE_INFO,
+        &crate::distill::DISTILL_INFO,
     ]
 }
 
@@ -84,6 +86,8 @@ pub fn create(
         "drop-layers" => Box::new(crate::layers::DropLayersPass::from_options(&opts)?),
         "lowrank" => Box::new(crate::lowrank::LowRankPass::from_options(&opts)?),
         "caldera" => Box::new(crate::caldera::CalderaPass::from_options(&opts)?),
+        "palettize" => Box::new(crate::palettize::PalettizePass::from_options(&opts)?),
+        "distill" => Box::new(crate::distill::DistillPass::from_options(&opts)?),
         "smooth" => Box::new(crate::smooth::SmoothPass {
             alpha: opts.float("alpha")? as f32,
         }),

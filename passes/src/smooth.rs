@@ -314,6 +314,11 @@ impl crate::manager::Pass for SmoothPass {
             let s = smoothquant_scales(&st.abs_max, &w_max, self.alpha);
             let before = st.abs_max.iter().cloned().fold(0f32, f32::max);
             apply(g, &site, &s, Some(&mut stats), "smoothquant")?;
+            if let Some(o) = cx.originals.as_mut() {
+                for &i in &site.linears {
+                    o.scale_columns(&g.weights[i].name, &s);
+                }
+            }
             let after = stats.inputs[&site.input]
                 .abs_max
                 .iter()

@@ -338,6 +338,8 @@ fn llama_calibrated_methods() {
         "quantize{bits=3,group=32,method=gptq}",
         "lowrank{method=svd-llm,params=0.5}",
         "caldera{bits=2,group=32,rank=8,iters=2}",
+        "quantize{bits=3,group=32,method=gptq},distill{rank=4}",
+        "palettize{bits=4,group=rows:16},distill",
     ];
     let graphs: Vec<(String, Graph)> = pipelines
         .iter()
