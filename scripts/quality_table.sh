@@ -46,7 +46,8 @@ quant_configs=(
   "w3a16 g128 gptq|--quant w3a16 --group 128 --quant-method gptq"
   "mixed w4/w8 5.5 gptq|--quant w4a16 --group 128 --quant-method gptq --bpw 5.5"
 )
-# pruned weights stay dense: bpw is that of their storage (f32, or the quantized encoding)
+# unstructured pruned weights stay dense (bpw of their storage, f32 or the quantized encoding);
+# 2:4 weights are stored as !sp24 (half the values and a 2-bit position each)
 prune_configs=(
   "magnitude 50%|--prune magnitude:0.5"
   "wanda 50%|--prune wanda:0.5"
@@ -79,6 +80,10 @@ share_configs=(
   "w4a16 g128 rtn + distill rank 8|--quant w4a16 --group 128 --distill rank:8"
   "w3a16 g128 gptq + distill|--quant w3a16 --group 128 --quant-method gptq --distill"
   "w3a16 g128 gptq + distill rank 8|--quant w3a16 --group 128 --quant-method gptq --distill rank:8"
+  "w4a16 g128 rtn + entropy coding|--quant w4a16 --group 128 --entropy"
+  "wanda 50% + distill|--prune wanda:0.5 --distill"
+  "wanda 2:4 + w4a16 g128 rtn + distill|--prune wanda:2:4 --quant w4a16 --group 128 --distill"
+  "svd-llm 70% + distill|--lowrank svd-llm:0.7 --distill"
 )
 case "$set_name" in
   quant) configs=("${quant_configs[@]}") ;;
