@@ -439,3 +439,60 @@ fn targets_lists_kernels_per_cpu() {
         assert!(text.contains(want), "{want}: {text}");
     }
 }
+
+/// `--entropy` writes a smaller, entropy-coded weights file that `llmc run` decodes before
+/// init: the same text as the plain bundle (the coding is lossless); a truncated coded file
+/// is refused with an error naming it.
+#[test]
+fn entropy_coded_weights_run_like_plain_ones() {
+    let model = s(&assets::smollm2_gguf());
+    let build = |name: &str, extra: &[&str]| {
+        let dir = tmp(name);
+        let mut args = vec![
+            "build",
+            &model,
+            "-o",
+            "",
+            "--name",
+            "smol",
+            "--emit",
+            "so",
+            "--quant",
+            "w4a16",
+            "--group",
+            "128",
+            "--max-context",
+            "64",
+            "--max-tokens",
+            "16",
+            "--force",
+        ];
+        let d = s(&dir);
+        args[3] = &d;
+        args.extend(extra);
+        ok(&args);
+        dir
+    };
+    let plain = build("plain", &[]);
+    let coded = build("coded", &["--entropy"]);
+    let w = |d: &Path| d.join("smol.weights");
+    let (pb, cb) = (
+        std::fs::read(w(&plain)).unwrap(),
+        std::fs::read(w(&coded)).unwrap(),
+    );
+    assert_eq!(&cb[..8], b"LLMCWZS\0");
+    assert!(
+        cb.len() < pb.len() * 96 / 100,
+        "{} vs {}",
+        cb.len(),
+        pb.len()
+    );
+    let man: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(coded.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(man["weights_file"]["decoded_bytes"], pb.len());
+    let text = |d: &Path| ok(&["run", &s(d), "--prompt", PROMPT, "-n", "8"]);
+    assert_eq!(text(&plain), text(&coded));
+    std::fs::write(w(&coded), &cb[..cb.len() / 2]).unwrap();
+    fails_with(&["run", &s(&coded), "--prompt", PROMPT], "smol.weights");
+}

@@ -420,10 +420,11 @@ fn smollm2_calibrated_methods() {
 }
 
 /// SmolLM2-135M compressed by the methods whose bundles read compressed forms (CALDERA's
-/// three linears, 2:4 with 4-bit kept values): host and AArch64 builds agree with the
-/// interpreter on the compressed graph as `smollm2_calibrated_methods` checks. Neither is
-/// asked for " Paris": at about 2.5 bits (CALDERA with this small calibration) and with half
-/// the weights gone (2:4 by Wanda) the model no longer knows it.
+/// three linears, 2:4 with 4-bit kept values, 16-entry palettes per 128 rows): host and
+/// AArch64 builds agree with the interpreter on the compressed graph as
+/// `smollm2_calibrated_methods` checks. Only the palettized model is asked for " Paris": at
+/// about 2.5 bits (CALDERA with this small calibration) and with half the weights gone (2:4
+/// by Wanda) the model no longer knows it.
 #[test]
 fn smollm2_compressed_forms() {
     use llmc_passes::registry::pipeline;
@@ -440,6 +441,11 @@ fn smollm2_compressed_forms() {
                     .unwrap()
             }),
             false,
+        ),
+        (
+            "palettize-16-r128",
+            Box::new(|| pipeline("palettize{bits=4,group=rows:128,head=false}").unwrap()),
+            true,
         ),
     ];
     smollm2_agrees(configs);

@@ -1236,12 +1236,22 @@ impl<'g> Lowerer<'g> {
                 Encoding::Dense(d @ (DType::F32 | DType::F16 | DType::BF16)) if tied => {
                     RowFormat::Panels(*d)
                 }
+                Encoding::Palette(p)
+                    if tied
+                        && super::pack::palette_packable(
+                            p,
+                            wt.ty.shape.0[1].fixed().unwrap_or(0) as usize,
+                        ) =>
+                {
+                    RowFormat::PalettePanels
+                }
                 Encoding::Dense(d) => RowFormat::Dense(*d),
                 Encoding::Quant(q) => RowFormat::Quant(*q),
                 _ => RowFormat::Dense(DType::F32),
             };
             let place = match fmt {
                 RowFormat::Panels(_) => self.pack(w as usize, Pack::DensePanels)?,
+                RowFormat::PalettePanels => self.pack(w as usize, Pack::PalettePanels)?,
                 RowFormat::Dense(DType::F32) if !wt.ty.enc.is_dense() => {
                     self.pack(w as usize, Pack::F32 { len: 0 })?
                 }

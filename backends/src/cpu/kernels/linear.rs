@@ -21,6 +21,8 @@ pub enum RowFormat {
     /// Dense panels (`pack::pack_dense`): a table that a linear layer also reads (a tied
     /// embedding) is stored once, in the linear kernel's layout.
     Panels(DType),
+    /// Palette panels (`pack::pack_palette`), likewise for a palettized tied table.
+    PalettePanels,
 }
 
 /// How a linear kernel's weight is laid out in the weights file.
@@ -1568,6 +1570,37 @@ pub fn decode_row<'ctx>(
             let dt = *dt;
             kb.for_range(zero, cols, 1, |kb, c| {
                 let v = load_f32(kb, dt, base, kb.add(start, c));
+                each(kb, c, v)
+            });
+        }
+        RowFormat::PalettePanels => {
+            // row r is lane r % NR of panel r / NR: its index for column c is nibble
+            // (c % 8 ≥ 4) of byte 64 + (c / 8)·64 + 4·lane + c % 4, after the 16 f32 entries
+            let nr = kb.i64c(NR as i64);
+            let pb = kb.add(kb.i64c(64), kb.mul(cols, kb.i64c(NR as i64 / 2)));
+            let start = kb.mul(kb.sdiv(row, nr), pb);
+            let lane4 = kb.mul(kb.srem(row, nr), kb.i64c(4));
+            kb.for_range(zero, cols, 1, |kb, c| {
+                let blk = kb.mul(kb.sdiv(c, kb.i64c(8)), kb.i64c(64));
+                let at = kb.add(
+                    kb.add(kb.add(start, kb.i64c(64)), blk),
+                    kb.add(lane4, kb.srem(c, kb.i64c(4))),
+                );
+                let byte = kb.zext(
+                    kb.load(kb.i8t().into(), base, at).into_int_value(),
+                    kb.i64t(),
+                );
+                let high = kb.icmp(IntPredicate::SGE, kb.srem(c, kb.i64c(8)), kb.i64c(4));
+                let shift = kb.select(high, kb.i64c(4), kb.i64c(0)).into_int_value();
+                let idx =
+                    kb.b.build_and(
+                        kb.b.build_right_shift(byte, shift, false, "").expect("shr"),
+                        kb.i64c(15),
+                        "",
+                    )
+                    .expect("and");
+                let entry = kb.add(kb.sdiv(start, kb.i64c(4)), idx);
+                let v = kb.load_f32(base, entry);
                 each(kb, c, v)
             });
         }
