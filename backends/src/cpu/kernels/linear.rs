@@ -421,18 +421,27 @@ fn quant_offsets<'ctx>(
     IntValue<'ctx>,
     IntValue<'ctx>,
 ) {
-    let (pb, g) = quant_panel_bytes_rt(kb, q, k);
-    let start = kb.mul(p, pb);
-    let (soff, zoff) = quant_parts_at(kb, q, start, k);
-    (start, soff, zoff, g)
+    let sz = quant_panel_sizes(kb, q, k);
+    let start = kb.mul(p, sz.panel);
+    let soff = kb.add(start, sz.codes);
+    (start, soff, kb.add(soff, sz.scales), sz.group)
 }
 
-/// `pack::quant_panel_bytes` at run time, and the group length.
-fn quant_panel_bytes_rt<'ctx>(
+/// Byte sizes of a quantized panel over `k` (`pack::quant_panel_bytes`, at run time): its
+/// codes, its scales, the whole panel; and the group length.
+#[derive(Clone, Copy)]
+struct QuantPanelSizes<'ctx> {
+    codes: IntValue<'ctx>,
+    scales: IntValue<'ctx>,
+    panel: IntValue<'ctx>,
+    group: IntValue<'ctx>,
+}
+
+fn quant_panel_sizes<'ctx>(
     kb: &Kb<'_, 'ctx>,
     q: &QuantSpec,
     k: IntValue<'ctx>,
-) -> (IntValue<'ctx>, IntValue<'ctx>) {
+) -> QuantPanelSizes<'ctx> {
     let g = match q.group {
         Group::Size(g) => kb.i64c(g as i64),
         _ => k,
@@ -448,29 +457,16 @@ fn quant_panel_bytes_rt<'ctx>(
         Zero::Float => kb.mul(kb.mul(groups, nr), ssz),
     };
     let total = kb.add(kb.add(codes, scales), zeros);
-    let pb = kb.mul(
+    let panel = kb.mul(
         kb.sdiv(kb.add(total, kb.i64c(63)), kb.i64c(64)),
         kb.i64c(64),
     );
-    (pb, g)
-}
-
-/// Byte offsets of the scales and zeros of a quantized panel over `k` starting at `start`.
-fn quant_parts_at<'ctx>(
-    kb: &Kb<'_, 'ctx>,
-    q: &QuantSpec,
-    start: IntValue<'ctx>,
-    k: IntValue<'ctx>,
-) -> (IntValue<'ctx>, IntValue<'ctx>) {
-    let g = match q.group {
-        Group::Size(g) => kb.i64c(g as i64),
-        _ => k,
-    };
-    let nr = kb.i64c(NR as i64);
-    let codes = kb.sdiv(kb.mul(kb.mul(k, nr), kb.i64c(q.bits as i64)), kb.i64c(8));
-    let scales = kb.mul(kb.mul(kb.sdiv(k, g), nr), kb.i64c(q.scale.size() as i64));
-    let soff = kb.add(start, codes);
-    (soff, kb.add(soff, scales))
+    QuantPanelSizes {
+        codes,
+        scales,
+        panel,
+        group: g,
+    }
 }
 
 /// The zero term of group `gi`: `(zz, m)` so that a weight is `s·(u − zz)` (`sym`, `asym`) or
@@ -884,12 +880,15 @@ fn sparse24_tile<'ctx>(
         kb.mul(kb.sdiv(kb.add(b, kb.i64c(63)), kb.i64c(64)), kb.i64c(64))
     };
     // as pack::sparse24_panel_bytes
-    let (vb, g) = match kept {
+    let (vb, qsz) = match kept {
         Kept::Dense(dt) => (
             round64(kb, kb.mul(half, kb.i64c((NR * dt.size()) as i64))),
-            half,
+            None,
         ),
-        Kept::Quant(q) => quant_panel_bytes_rt(kb, &q, half),
+        Kept::Quant(q) => {
+            let sz = quant_panel_sizes(kb, &q, half);
+            (sz.panel, Some(sz))
+        }
     };
     let pb = kb.add(vb, round64(kb, kb.mul(k, kb.i64c(2))));
     let start = kb.mul(p, pb);
@@ -1031,7 +1030,9 @@ fn sparse24_tile<'ctx>(
             });
         }
         Kept::Quant(q) => {
-            let (soff, zoff) = quant_parts_at(kb, &q, start, half);
+            let sz = qsz.expect("sizes of quantized kept values");
+            let soff = kb.add(start, sz.codes);
+            let (zoff, g) = (kb.add(soff, sz.scales), sz.group);
             dequant_panel(
                 kb,
                 &q,
