@@ -318,7 +318,7 @@ pub static CALDERA_INFO: crate::manager::PassInfo = crate::manager::PassInfo {
             name: "group",
             kind: "int",
             default: "128",
-            help: "group size of every quantized factor (halved until it divides a row)",
+            help: "group size of every quantized factor, a multiple of 8 (halved until it divides a row)",
         },
         crate::manager::OptionSpec {
             name: "rank",
@@ -372,9 +372,9 @@ impl CalderaPass {
         if !(4..=8).contains(&lr_bits) {
             return Err(bad(format!("lr_bits must be 4 to 8, not {lr_bits}")));
         }
-        if group < 8 || !(group as u64).is_power_of_two() {
+        if group < 8 || group % 8 != 0 {
             return Err(bad(format!(
-                "group must be a power of two of at least 8, not {group}"
+                "group must be a positive multiple of 8 (e.g. 128, or 192 for rows of 576), not {group}"
             )));
         }
         if rank < 1 {

@@ -209,6 +209,21 @@ impl<'a, 'ctx> Kb<'a, 'ctx> {
     pub fn load_i64(&self, p: PointerValue<'ctx>, i: IntValue<'ctx>) -> IntValue<'ctx> {
         self.load(self.i64t().into(), p, i).into_int_value()
     }
+    /// A hint to bring the cache line holding byte `i` of `p` into the cache for reading. It
+    /// never faults, so `i` may point past the buffer (the address is not `inbounds`).
+    pub fn prefetch(&self, p: PointerValue<'ctx>, i: IntValue<'ctx>) {
+        // SAFETY (LLVM semantics): a plain gep is defined for any offset; prefetch only hints.
+        let ptr = unsafe { self.b.build_gep(self.i8t(), p, &[i], "pf") }.expect("gep");
+        let f = Intrinsic::find("llvm.prefetch")
+            .expect("llvm.prefetch")
+            .get_declaration(self.m, &[ptr.get_type().into()])
+            .expect("declaration of llvm.prefetch");
+        let c = |x: i32| self.i32c(x).into();
+        // read, keep in all levels, data cache
+        self.b
+            .build_call(f, &[ptr.into(), c(0), c(3), c(1)], "")
+            .expect("call");
+    }
     /// A vector load of `lanes` elements starting at element `i` (element alignment).
     pub fn vload(
         &self,

@@ -629,6 +629,7 @@ fn quant_f32_tile<'ctx>(
 ) {
     let (x, w, k) = (kb.arg_ptr(arg::X), kb.arg_ptr(arg::W), kb.arg(arg::K));
     let (start, soff, zoff, g) = quant_offsets(kb, q, p, k);
+    prefetch_next_groups(kb, q, w, (soff, zoff), quant_panel_sizes(kb, q, k).panel);
     dequant_panel(
         kb,
         q,
@@ -860,6 +861,33 @@ fn palette_tile<'ctx>(
     });
 }
 
+/// How far ahead (bytes) the panel kernels ask for the weights they stream. A panel keeps
+/// its parts apart (codes, then scales and zeros; 2:4 values, then positions): streams the
+/// hardware prefetcher picks up again only some lines into every panel, so decode, which
+/// reads each byte once, would wait on memory at every panel's start.
+const PREFETCH_VALUES: i64 = 1024;
+const PREFETCH_POS: i64 = 512;
+
+/// Asks for the first lines of the next panel's scales and zeros, `stride` bytes on: a
+/// panel reads its zeros as it starts and its scales as its first group ends, before the
+/// hardware prefetcher has found either stream.
+fn prefetch_next_groups<'ctx>(
+    kb: &Kb<'_, 'ctx>,
+    q: &QuantSpec,
+    w: PointerValue<'ctx>,
+    (soff, zoff): (IntValue<'ctx>, IntValue<'ctx>),
+    stride: IntValue<'ctx>,
+) {
+    for line in 0..4 {
+        kb.prefetch(w, kb.add(kb.add(soff, stride), kb.i64c(line * 64)));
+    }
+    if q.zero != Zero::Symmetric {
+        for line in 0..2 {
+            kb.prefetch(w, kb.add(kb.add(zoff, stride), kb.i64c(line * 64)));
+        }
+    }
+}
+
 /// f32 activations against 2:4 panels: each kept value (decoded in registers) multiplies
 /// the input its 2-bit position picks out of its group of four: a `vpermps` of a window of
 /// the token's inputs on AVX-512 (16 wide) and AVX2 (8 wide), selects elsewhere.
@@ -1010,6 +1038,11 @@ fn sparse24_tile<'ctx>(
             }
         }
     };
+    // the panel's positions follow its values: ask for the first lines of the next panel's
+    // now, and (dense values) for the rest as they come
+    for line in 0..PREFETCH_POS / 64 {
+        kb.prefetch(w, kb.add(kb.add(pos_at, pb), kb.i64c(line * 64)));
+    }
     match kept {
         Kept::Dense(dt) => {
             let esz = dt.size() as i64;
@@ -1017,10 +1050,19 @@ fn sparse24_tile<'ctx>(
             // half is a multiple of 4 (K of 8), of 8 with K of 16
             let mult: u32 = if k16 { 8 } else { 4 };
             kb.for_range(zero, half, mult as i64, |kb, kk0| {
+                let quad_bytes = kb.mul(
+                    kb.b.build_right_shift(kk0, kb.i64c(2), false, "")
+                        .expect("shr"),
+                    kb.i64c(NR as i64),
+                );
+                kb.prefetch(w, kb.add(kb.add(pos_at, quad_bytes), kb.i64c(PREFETCH_POS)));
                 for t in 0..mult {
                     let v = V { kb };
                     let kk = kb.add(kk0, kb.i64c(t as i64));
                     let off = kb.add(start, kb.mul(kk, kb.i64c(NR as i64 * esz)));
+                    if (t as i64 * NR as i64 * esz) % 64 == 0 {
+                        kb.prefetch(w, kb.add(off, kb.i64c(PREFETCH_VALUES)));
+                    }
                     let wv = match dt {
                         DType::F32 => v.load_vec(kb.f32t().into(), nr, w, off),
                         other => v.load_floats(other, w, off, isa),
@@ -1033,6 +1075,7 @@ fn sparse24_tile<'ctx>(
             let sz = qsz.expect("sizes of quantized kept values");
             let soff = kb.add(start, sz.codes);
             let (zoff, g) = (kb.add(soff, sz.scales), sz.group);
+            prefetch_next_groups(kb, &q, w, (soff, zoff), pb);
             dequant_panel(
                 kb,
                 &q,
@@ -1164,6 +1207,7 @@ fn dot4_tile<'ctx>(
     let nr = NR as u32;
     let groups = kb.sdiv(k, g);
     let step: i64 = if q.bits == 4 { 8 } else { 4 };
+    prefetch_next_groups(kb, q, w, (soff, zoff), quant_panel_sizes(kb, q, k).panel);
     let zero = kb.i64c(0);
     let q = *q;
     let v0 = V { kb };
@@ -1319,6 +1363,7 @@ fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
     };
     kb.for_range(beg, end, 1, |kb, p| {
         let (start, soff, zoff, g) = quant_offsets(kb, &q, p, k);
+        prefetch_next_groups(kb, &q, w, (soff, zoff), quant_panel_sizes(kb, &q, k).panel);
         let groups = kb.sdiv(k, g);
         let col0 = kb.mul(p, kb.i64c(NR as i64));
         let zero = kb.i64c(0);
