@@ -62,12 +62,18 @@ prune_configs=(
   "1/3 of query heads|--prune heads:0.25"
 )
 # low-rank rows: bpw over the original parameter count (factors are f32 unless quantized)
+# CALDERA against GPTQ at equal or more bits: w2 g32 (2.75 bpw) against q2 + rank 32, the
+# table's w3a16 g128 gptq (3.328) against q3 + rank 8; a group of 192 divides SmolLM2's rows
+# of 576 and 1536, where 128 falls back to 64
 lowrank_configs=(
   "svd 70% of values|--lowrank svd:0.7"
   "svd-llm 70% of values|--lowrank svd-llm:0.7"
   "w2a16 g64 asym gptq|--passes quantize{bits=2,group=64,zero=asym,method=gptq,head=false}"
-  "caldera q2 + rank 16 w4|--passes caldera{bits=2,rank=16}"
+  "w2a16 g32 asym gptq|--passes quantize{bits=2,group=32,zero=asym,method=gptq,head=false}"
+  "w3a16 g128 gptq|--quant w3a16 --group 128 --quant-method gptq"
+  "caldera q2 g192 + rank 32 w4|--passes caldera{bits=2,group=192,rank=32}"
   "caldera q2 + rank 64 w4|--passes caldera{bits=2,rank=64}"
+  "caldera q3 g192 + rank 8 w4|--passes caldera{bits=3,group=192,rank=8}"
 )
 # weight sharing and local distillation: palettes count their codebooks (f16 entries); a
 # distilled row adds its bias (not a linear weight) and any correction branch (f16, counted)
