@@ -1166,14 +1166,22 @@ pub fn linear(act: ActQuant, full: bool) -> Vec<Case> {
             tol,
         ));
     }
-    // odd group sizes and rows whose codes straddle bytes: K = 96 in groups of 16 and 96
+    // odd group sizes and rows whose codes straddle bytes: K = 96 in groups of 16 and 96;
+    // panel kernels with groups that are no power of two (48, 96: CALDERA's 192 on rows of 576)
     let mut encs = vec![];
-    for (bits, g) in [(3u8, 16u32), (5, 96), (6, 16), (7, 32)] {
+    for (bits, g, zero) in [
+        (3u8, 16u32, Zero::Float),
+        (5, 96, Zero::Float),
+        (6, 16, Zero::Float),
+        (7, 32, Zero::Float),
+        (4, 48, Zero::Int),
+        (8, 96, Zero::Int),
+    ] {
         let q = QuantSpec {
             bits,
             group: Group::Size(g),
             scale: DType::F16,
-            zero: Zero::Float,
+            zero,
         };
         encs.push((Encoding::Quant(q), quant_bytes(&mut rng, 7, 96, &q)));
     }
