@@ -409,10 +409,13 @@ fn tile<'ctx>(
     acc.iter().map(|a| kb.get(*a).into_vector_value()).collect()
 }
 
-/// Byte offsets of a quantized panel's parts: (panel start, scales, zeros).
-fn quant_offsets<'ctx>(
+/// Byte offsets of quantized panel `p`'s parts in `w`: (panel start, scales, zeros), and the
+/// group length. Every kernel that reads the panel calls this as it starts, so it also asks
+/// for the next panel's scales and zeros (see [`prefetch_next_groups`]).
+fn enter_quant_panel<'ctx>(
     kb: &Kb<'_, 'ctx>,
     q: &QuantSpec,
+    w: PointerValue<'ctx>,
     p: IntValue<'ctx>,
     k: IntValue<'ctx>,
 ) -> (
@@ -424,7 +427,9 @@ fn quant_offsets<'ctx>(
     let sz = quant_panel_sizes(kb, q, k);
     let start = kb.mul(p, sz.panel);
     let soff = kb.add(start, sz.codes);
-    (start, soff, kb.add(soff, sz.scales), sz.group)
+    let zoff = kb.add(soff, sz.scales);
+    prefetch_next_groups(kb, q, w, (soff, zoff), sz.panel);
+    (start, soff, zoff, sz.group)
 }
 
 /// Byte sizes of a quantized panel over `k` (`pack::quant_panel_bytes`, at run time): its
@@ -628,8 +633,7 @@ fn quant_f32_tile<'ctx>(
     acc: &[Var<'ctx>],
 ) {
     let (x, w, k) = (kb.arg_ptr(arg::X), kb.arg_ptr(arg::W), kb.arg(arg::K));
-    let (start, soff, zoff, g) = quant_offsets(kb, q, p, k);
-    prefetch_next_groups(kb, q, w, (soff, zoff), quant_panel_sizes(kb, q, k).panel);
+    let (start, soff, zoff, g) = enter_quant_panel(kb, q, w, p, k);
     dequant_panel(
         kb,
         q,
@@ -861,10 +865,10 @@ fn palette_tile<'ctx>(
     });
 }
 
-/// How far ahead (bytes) the panel kernels ask for the weights they stream. A panel keeps
-/// its parts apart (codes, then scales and zeros; 2:4 values, then positions): streams the
-/// hardware prefetcher picks up again only some lines into every panel, so decode, which
-/// reads each byte once, would wait on memory at every panel's start.
+/// How far ahead (bytes) the 2:4 kernel asks for the dense values and the positions it
+/// streams. A panel keeps its parts apart (codes, then scales and zeros; 2:4 values, then
+/// positions): streams the hardware prefetcher picks up again only some lines into every
+/// panel, so decode, which reads each byte once, would wait on memory at every panel's start.
 const PREFETCH_VALUES: i64 = 1024;
 const PREFETCH_POS: i64 = 512;
 
@@ -1203,11 +1207,10 @@ fn dot4_tile<'ctx>(
 ) {
     let (x, w, k) = (kb.arg_ptr(arg::X), kb.arg_ptr(arg::W), kb.arg(arg::K));
     let (sx, xqsum) = (kb.arg_ptr(arg::SX), kb.arg_ptr(arg::XQSUM));
-    let (start, soff, zoff, g) = quant_offsets(kb, q, p, k);
+    let (start, soff, zoff, g) = enter_quant_panel(kb, q, w, p, k);
     let nr = NR as u32;
     let groups = kb.sdiv(k, g);
     let step: i64 = if q.bits == 4 { 8 } else { 4 };
-    prefetch_next_groups(kb, q, w, (soff, zoff), quant_panel_sizes(kb, q, k).panel);
     let zero = kb.i64c(0);
     let q = *q;
     let v0 = V { kb };
@@ -1362,8 +1365,7 @@ fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
         ..Isa::default()
     };
     kb.for_range(beg, end, 1, |kb, p| {
-        let (start, soff, zoff, g) = quant_offsets(kb, &q, p, k);
-        prefetch_next_groups(kb, &q, w, (soff, zoff), quant_panel_sizes(kb, &q, k).panel);
+        let (start, soff, zoff, g) = enter_quant_panel(kb, &q, w, p, k);
         let groups = kb.sdiv(k, g);
         let col0 = kb.mul(p, kb.i64c(NR as i64));
         let zero = kb.i64c(0);
