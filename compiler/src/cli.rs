@@ -191,12 +191,19 @@ pub struct BuildArgs {
     /// scripts/setup.sh fetches).
     #[arg(long, num_args = 1..)]
     pub calib: Vec<PathBuf>,
-    /// Calibration windows, evenly spaced over the text.
-    #[arg(long, default_value_t = 64)]
-    pub calib_windows: usize,
-    /// Tokens per calibration window.
-    #[arg(long, default_value_t = 512)]
-    pub calib_window: usize,
+    /// Calibrate without data, on text the model writes itself: each window starts from a
+    /// random token and continues by sampling the model (seeded by --calib-seed).
+    #[arg(long, conflicts_with = "calib")]
+    pub calib_self: bool,
+    /// The seed of --calib-self's sampling.
+    #[arg(long, default_value_t = 0x5eed)]
+    pub calib_seed: u64,
+    /// Calibration windows, evenly spaced over the text (default 64; 16 with --calib-self).
+    #[arg(long)]
+    pub calib_windows: Option<usize>,
+    /// Tokens per calibration window (default 512; 128 with --calib-self).
+    #[arg(long)]
+    pub calib_window: Option<usize>,
     /// Measure the compressed model against the uncompressed one on these text files
     /// (default with no files: the addresses 2016–2021, the evaluation protocol's text).
     #[arg(long, num_args = 0..)]
@@ -1087,16 +1094,25 @@ fn build(a: BuildArgs) -> Result<()> {
     let mut cx = llmc_passes::manager::PassContext::default();
     let (progress, _bar) = crate::compress::progress_bar();
     cx.progress = Some(progress.clone());
-    if pm.needs_calibration() || !a.calib.is_empty() {
+    if a.calib_self {
+        let count = a.calib_windows.unwrap_or(16);
+        let len = a.calib_window.unwrap_or(128);
+        let t0 = std::time::Instant::now();
+        cx.calib = Some(
+            crate::compress::self_calibration(&m, count, len, a.calib_seed, Some(&progress))
+                .map_err(|e| miette!("{e}"))?,
+        );
+        cx.calib_seconds += t0.elapsed().as_secs_f64();
+    } else if pm.needs_calibration() || !a.calib.is_empty() {
         let files = if a.calib.is_empty() {
             crate::compress::sotu_files(1950, 1999, "--calib").map_err(|e| miette!("{e}"))?
         } else {
             a.calib.clone()
         };
-        cx.calib = Some(
-            crate::compress::calibration(&m, &files, a.calib_windows, a.calib_window)
-                .map_err(|e| miette!("{e}"))?,
-        );
+        let count = a.calib_windows.unwrap_or(64);
+        let len = a.calib_window.unwrap_or(512);
+        cx.calib =
+            Some(crate::compress::calibration(&m, &files, count, len).map_err(|e| miette!("{e}"))?);
     }
     let footprint_before = crate::compress::Footprint::of(&m.graph, !a.keep_head);
     let timings = pm

@@ -4,9 +4,11 @@
 
 use crate::eval::{evaluate, join_texts, year_files, EvalResult, Protocol};
 use crate::frontend::{Model, ModelKind};
+use llmc_ir::{Session, Tensor};
 use llmc_passes::calib::{decoder_feeds, spaced_windows, Calibration};
 use llmc_passes::manager::{Pass, Progress};
 use llmc_passes::quant::{Method, QuantOptions, QuantizePass, Scheme};
+use llmc_runtime::{Sampler, SamplerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -299,6 +301,87 @@ pub fn calibration(
             "{count} windows of {len} tokens from {} files ({} tokens)",
             files.len(),
             ids.len()
+        ),
+    })
+}
+
+/// The first token of each window is drawn uniformly from the vocabulary; the rest are
+/// sampled from the model's own next-token distribution at temperature 1 among its 40 most
+/// likely tokens.
+const SELF_CALIB_TOP_K: usize = 40;
+
+/// Calibration windows a language model writes itself, for calibrated methods without any
+/// data (the data-free calibration of LLM-QAT): `count` windows of `len` tokens, each
+/// continued from a random first token by sampling the model's next token, the interpreter
+/// keeping the KV cache. The same `seed` writes the same windows.
+pub fn self_calibration(
+    m: &Model,
+    count: usize,
+    len: usize,
+    seed: u64,
+    progress: Option<&Progress>,
+) -> Result<Calibration, String> {
+    let ModelKind::CausalLm {
+        vocab, max_context, ..
+    } = m.kind
+    else {
+        return Err(format!(
+            "{}: --calib-self needs a language model that writes text; this model is {:?}",
+            m.path.display(),
+            m.kind
+        ));
+    };
+    if count == 0 || len < 2 {
+        return Err(format!(
+            "--calib-self writes {count} windows of {len} tokens; give at least one window of two tokens (--calib-windows, --calib-window)"
+        ));
+    }
+    let len = len.min(max_context);
+    let mut windows = Vec::with_capacity(count);
+    for w in 0..count {
+        let mut sampler = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: SELF_CALIB_TOP_K,
+            top_p: 1.0,
+            seed: seed.wrapping_add(w as u64),
+        });
+        let mut session = Session::new(&m.graph).map_err(|e| e.to_string())?;
+        let mut ids = vec![sampler.below(vocab) as u32];
+        while ids.len() < len {
+            let pos = ids.len() - 1;
+            let res = session
+                .run(&[
+                    ("tokens", Tensor::i64(vec![1, 1], vec![ids[pos] as i64])),
+                    ("positions", Tensor::i64(vec![1, 1], vec![pos as i64])),
+                ])
+                .map_err(|e| format!("--calib-self: {e}"))?;
+            let logits = res
+                .iter()
+                .find(|(k, _)| k == "logits")
+                .ok_or("--calib-self: the graph has no 'logits' output")?
+                .1
+                .to_f32_vec();
+            if logits.len() < vocab {
+                return Err(format!(
+                    "--calib-self: the graph gave {} logits for a vocabulary of {vocab}",
+                    logits.len()
+                ));
+            }
+            ids.push(sampler.sample(&logits[logits.len() - vocab..]));
+            if let Some(p) = progress {
+                p(
+                    "writing calibration text",
+                    (w * len + ids.len()) as u64,
+                    (count * len) as u64,
+                );
+            }
+        }
+        windows.push(ids);
+    }
+    Ok(Calibration {
+        windows: decoder_feeds(&windows),
+        label: format!(
+            "{count} windows of {len} tokens the model wrote itself (seed {seed}, top-{SELF_CALIB_TOP_K} sampling)"
         ),
     })
 }

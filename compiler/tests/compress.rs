@@ -210,6 +210,117 @@ fn over_budget_builds_fail_and_write_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--calib-self`: the windows a model writes itself are the same for a seed and differ for
+/// another; each holds its length of in-vocabulary tokens at positions 0.., and every token
+/// after the first is among the 40 the model found likeliest there.
+#[test]
+fn self_written_calibration_follows_the_model_and_its_seed() {
+    let dir = tmp("selfcal");
+    let m = llmc::frontend::load(&write_tiny_llama(&dir)).unwrap();
+    let write = |seed| llmc::compress::self_calibration(&m, 3, 10, seed, None).unwrap();
+    let (a, b, c) = (write(7), write(7), write(8));
+    assert_eq!(a.windows, b.windows);
+    assert_ne!(a.windows, c.windows);
+    assert!(
+        a.label
+            .contains("3 windows of 10 tokens the model wrote itself"),
+        "{}",
+        a.label
+    );
+    assert_eq!(a.windows.len(), 3);
+    for w in &a.windows {
+        let get = |name: &str| w.iter().find(|(k, _)| k == name).unwrap().1.to_i64_vec();
+        let (tokens, positions) = (get("tokens"), get("positions"));
+        assert_eq!(positions, (0..10).collect::<Vec<i64>>());
+        assert!(tokens.iter().all(|&t| (0..100).contains(&t)), "{tokens:?}");
+        let mut session = Session::new(&m.graph).unwrap();
+        let feeds: Vec<(&str, Tensor)> = w.iter().map(|(k, t)| (k.as_str(), t.clone())).collect();
+        let out = session.run(&feeds).unwrap();
+        let logits = out
+            .iter()
+            .find(|(k, _)| k == "logits")
+            .unwrap()
+            .1
+            .to_f32_vec();
+        for (p, next) in tokens.iter().enumerate().skip(1) {
+            let row = &logits[(p - 1) * 100..p * 100];
+            let above = row.iter().filter(|&&l| l > row[*next as usize]).count();
+            assert!(above < 40, "position {p}: token {next} ranks {above}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Without any data: SmolLM2's FFN channels scored on text it writes itself keep the model
+/// working, where the spectral (PruneNet-style) score ruins it.
+#[test]
+fn self_calibrated_ffn_pruning_beats_the_spectral_score() {
+    let model = s(&assets::smollm2_gguf());
+    let eval = eval_file();
+    let mut ppl = Vec::new();
+    for (tag, flags) in [
+        (
+            "self",
+            &[
+                "--prune",
+                "ffn:0.25",
+                "--calib-self",
+                "--calib-windows",
+                "4",
+                "--calib-window",
+                "64",
+            ][..],
+        ),
+        ("spectral", &["--prune", "ffn-prunenet:0.25"][..]),
+    ] {
+        let dir = tmp(tag);
+        let d = s(&dir);
+        let mut args = vec![
+            "build",
+            &model,
+            "-o",
+            &d,
+            "--emit",
+            "so",
+            "--max-context",
+            "64",
+            "--eval",
+            &eval,
+            "--eval-windows",
+            "2",
+            "--eval-window",
+            "128",
+        ];
+        args.extend(flags);
+        let out = ok(&args);
+        if tag == "self" {
+            assert!(
+                out.contains("calibration: 4 windows of 64 tokens the model wrote itself"),
+                "{out}"
+            );
+        }
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
+                .unwrap();
+        let e = &report["eval"];
+        ppl.push((
+            e["perplexity"].as_f64().unwrap(),
+            e["reference_perplexity"].as_f64().unwrap(),
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let (own, reference) = ppl[0];
+    let spectral = ppl[1].0;
+    assert!(
+        own < 4.0 * reference,
+        "self-calibrated: {own} against {reference}"
+    );
+    assert!(
+        spectral > 10.0 * own,
+        "spectral {spectral} against self-calibrated {own}"
+    );
+}
+
 #[test]
 fn compression_flags_that_do_not_fit_get_clear_errors() {
     let model = s(&assets::smollm2_gguf());
@@ -267,6 +378,10 @@ fn compression_flags_that_do_not_fit_get_clear_errors() {
             "--prune 'heads:1.5': the fraction must lie in [0, 1)",
         ),
         (vec!["--prune", "layers:0"], "N must be a positive integer"),
+        (
+            vec!["--prune", "ffn:0.25", "--calib-self", "--calib-window", "1"],
+            "give at least one window of two tokens",
+        ),
         (
             vec!["--prune", "layers:30", "--calib", &calib_file],
             "would remove every one of the model's 30 layers",

@@ -43,13 +43,22 @@ impl Sampler {
         }
     }
 
-    /// A uniform number in [0, 1) (xorshift64*).
-    fn uniform(&mut self) -> f32 {
+    /// The next 64 random bits (xorshift64*).
+    fn next(&mut self) -> u64 {
         self.state ^= self.state >> 12;
         self.state ^= self.state << 25;
         self.state ^= self.state >> 27;
-        let r = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        (r >> 40) as f32 / (1u64 << 24) as f32
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A uniform number in [0, 1).
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// An index drawn uniformly from `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next() as u128 * n as u128) >> 64) as usize
     }
 
     /// Picks a token index from logits.
@@ -108,6 +117,16 @@ pub fn argmax(v: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn below_covers_its_range_evenly() {
+        let mut s = Sampler::new(SamplerConfig::default());
+        let mut seen = [0usize; 5];
+        for _ in 0..5000 {
+            seen[s.below(5)] += 1;
+        }
+        assert!(seen.iter().all(|&c| (850..1150).contains(&c)), "{seen:?}");
+    }
 
     #[test]
     fn greedy_takes_the_largest() {
