@@ -196,7 +196,7 @@ pub struct BuildArgs {
     #[arg(long, conflicts_with = "calib")]
     pub calib_self: bool,
     /// The seed of --calib-self's sampling.
-    #[arg(long, default_value_t = 0x5eed)]
+    #[arg(long, default_value_t = 0x5eed, requires = "calib_self")]
     pub calib_seed: u64,
     /// Calibration windows, evenly spaced over the text (default 64; 16 with --calib-self).
     #[arg(long)]
@@ -1094,7 +1094,9 @@ fn build(a: BuildArgs) -> Result<()> {
     let mut cx = llmc_passes::manager::PassContext::default();
     let (progress, _bar) = crate::compress::progress_bar();
     cx.progress = Some(progress.clone());
-    if a.calib_self {
+    if a.calib_self && !pm.needs_calibration() {
+        eprintln!("--calib-self: no pass of this pipeline calibrates, so the model writes no calibration text");
+    } else if a.calib_self {
         let count = a.calib_windows.unwrap_or(16);
         let len = a.calib_window.unwrap_or(128);
         let t0 = std::time::Instant::now();
