@@ -1042,7 +1042,10 @@ fn build(a: BuildArgs) -> Result<()> {
         None => {
             let mut p = Vec::new();
             if let Some(spec) = &a.prune {
-                p.push(crate::compress::prune_pass(spec).map_err(|e| miette!("{e}"))?);
+                p.push(
+                    crate::compress::prune_pass(spec, a.distill.is_some())
+                        .map_err(|e| miette!("{e}"))?,
+                );
             }
             if let Some(spec) = &a.lowrank {
                 p.push(crate::compress::lowrank_pass(spec).map_err(|e| miette!("{e}"))?);

@@ -100,7 +100,8 @@ pub fn preset_pipeline(
 /// `METHOD:N:M` (`sparsegpt:2:4`); methods magnitude, wanda, sparsegpt. Structured:
 /// `ffn:F`/`ffn-prunenet:F` (FFN channels), `heads:F` (query heads, the same number from every
 /// KV group), `heads-kv:F` (whole KV groups) and `layers:N` (N whole decoder layers, ShortGPT).
-pub fn prune_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
+/// With `distill`, FFN channel and head pruning compensate the mean output of what they remove.
+pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
     use llmc_passes::prune::{PruneMethod, PrunePass, Sparsity};
     let bad = || {
         format!(
@@ -121,7 +122,11 @@ pub fn prune_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
         } else {
             HeadUnit::Kv
         };
-        return Ok(Box::new(PruneHeadsPass { fraction, unit }));
+        return Ok(Box::new(PruneHeadsPass {
+            fraction,
+            unit,
+            compensate: distill,
+        }));
     }
     if let Some(("layers", n)) = spec.split_once(':') {
         let count: usize = n.parse().map_err(|_| {
@@ -147,7 +152,11 @@ pub fn prune_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
         if !(0.0..1.0).contains(&fraction) {
             return Err(format!("--prune '{spec}': the fraction must lie in [0, 1)"));
         }
-        return Ok(Box::new(PruneFfnPass { fraction, score }));
+        return Ok(Box::new(PruneFfnPass {
+            fraction,
+            score,
+            compensate: distill,
+        }));
     }
     let parts: Vec<&str> = spec.split(':').collect();
     let (method, rest) = match PruneMethod::parse(parts[0]) {
@@ -622,6 +631,28 @@ fn print_rows(rows: &[serde_json::Value]) {
                 format!(", {skipped} skipped")
             } else {
                 String::new()
+            }
+        );
+    }
+    for (pass, c) in rows
+        .iter()
+        .filter_map(|r| Some((r["pass"].as_str()?, r.get("compensation")?)))
+    {
+        let check = &c["check"];
+        let losses = match (check["loss_before"].as_f64(), check["loss_after"].as_f64()) {
+            (Some(b), Some(a)) => format!(
+                " (next-token loss on {} calibration windows {b:.4} without, {a:.4} with)",
+                check["windows"]
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "{pass} compensation: {} biases for the mean output of what was removed, {}{losses}",
+            c["biases"],
+            if c["kept"] == true {
+                "kept"
+            } else {
+                "rejected"
             }
         );
     }

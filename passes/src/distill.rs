@@ -547,31 +547,9 @@ pub fn apply(
         let mut added = 0;
         let note = format!("distill {}", c.describe());
         if let Some(b) = &c.bias {
-            let n = &g.nodes[s.node];
-            match n.inputs.get(2).copied() {
-                Some(bv) => {
-                    let Some(bi) = weight_of(g, bv) else {
-                        skipped.push((s.name.clone(), "its bias is computed, not a weight".into()));
-                        continue;
-                    };
-                    let (mut v, _, _) = crate::smooth::weight_f32(g, bi)?;
-                    v.iter_mut().zip(b).for_each(|(a, d)| *a += d);
-                    crate::smooth::set_weight_f32(g, bi, v, &note);
-                }
-                None => {
-                    let bname = format!("{}.distill_bias", s.name);
-                    let bv = g
-                        .add_weight(
-                            &bname,
-                            TensorType::fixed(&[rows], DType::F32),
-                            Some(WeightData::from_tensor(
-                                &Tensor::f32(vec![rows], b.clone()),
-                                note.clone(),
-                            )),
-                        )
-                        .map_err(|e| err(&bname, e.to_string()))?;
-                    g.nodes[s.node].inputs.push(bv);
-                }
+            if !add_to_bias(g, s.node, &format!("{}.distill_bias", s.name), b, &note)? {
+                skipped.push((s.name.clone(), "its bias is computed, not a weight".into()));
+                continue;
             }
             added += rows;
         }
@@ -617,9 +595,45 @@ pub fn apply(
     Ok(Distilled { reports, skipped })
 }
 
+/// Adds `b` to the bias of the linear layer at `node`: to its bias weight, or as a new f32
+/// weight named `name` when it has none. False (and nothing changed) when its bias is computed
+/// by the graph rather than stored.
+pub(crate) fn add_to_bias(
+    g: &mut Graph,
+    node: usize,
+    name: &str,
+    b: &[f32],
+    note: &str,
+) -> Result<bool, PassError> {
+    match g.nodes[node].inputs.get(2).copied() {
+        Some(bv) => {
+            let Some(bi) = weight_of(g, bv) else {
+                return Ok(false);
+            };
+            let (mut v, _, _) = crate::smooth::weight_f32(g, bi)?;
+            v.iter_mut().zip(b).for_each(|(a, d)| *a += d);
+            crate::smooth::set_weight_f32(g, bi, v, note);
+        }
+        None => {
+            let bv = g
+                .add_weight(
+                    name,
+                    TensorType::fixed(&[b.len()], DType::F32),
+                    Some(WeightData::from_tensor(
+                        &Tensor::f32(vec![b.len()], b.to_vec()),
+                        note.to_string(),
+                    )),
+                )
+                .map_err(|e| distill_err(name, e.to_string()))?;
+            g.nodes[node].inputs.push(bv);
+        }
+    }
+    Ok(true)
+}
+
 /// Whether `g` is a language model whose loss the check can measure: a `tokens` input and a
 /// `logits` output.
-fn is_language_model(g: &Graph) -> bool {
+pub(crate) fn is_language_model(g: &Graph) -> bool {
     g.inputs.iter().any(|(n, _)| n == "tokens") && g.outputs.iter().any(|(n, _)| n == "logits")
 }
 
@@ -711,7 +725,7 @@ impl DistillPass {
 }
 
 /// `n` of `windows`, evenly spaced.
-fn spread<T: Clone>(windows: &[T], n: usize) -> Vec<T> {
+pub(crate) fn spread<T: Clone>(windows: &[T], n: usize) -> Vec<T> {
     let len = windows.len();
     (0..n.min(len))
         .map(|i| windows[i * len / n.min(len)].clone())
@@ -720,7 +734,7 @@ fn spread<T: Clone>(windows: &[T], n: usize) -> Vec<T> {
 
 /// Mean next-token negative log-likelihood of a language model over `windows` (each from an
 /// empty state): the logits at position t against the token at t + 1.
-fn lm_loss(g: &Graph, windows: &[Vec<(String, Tensor)>]) -> Result<f64, PassError> {
+pub(crate) fn lm_loss(g: &Graph, windows: &[Vec<(String, Tensor)>]) -> Result<f64, PassError> {
     let err = |msg: String| PassError::Pattern {
         pattern: "distill",
         at: "check".into(),

@@ -490,6 +490,9 @@ pub fn weight_bytes(g: &Graph, i: usize) -> u64 {
 pub struct PruneHeadsPass {
     pub fraction: f64,
     pub unit: HeadUnit,
+    /// Add the removed heads' mean output to the output projection's bias, kept only where it
+    /// lowers the next-token loss on calibration windows.
+    pub compensate: bool,
 }
 
 pub static PRUNE_HEADS_INFO: crate::manager::PassInfo = crate::manager::PassInfo {
@@ -507,6 +510,12 @@ pub static PRUNE_HEADS_INFO: crate::manager::PassInfo = crate::manager::PassInfo
             kind: "query|kv",
             default: "query",
             help: "query: the same number of query heads from every KV group (KV cache stays); kv: whole KV groups",
+        },
+        crate::manager::OptionSpec {
+            name: "compensate",
+            kind: "bool",
+            default: "false",
+            help: "add the removed heads' mean output to the output projection's bias, kept if the next-token loss on 8 calibration windows falls (--distill asks for it)",
         },
     ],
 };
@@ -530,7 +539,11 @@ impl PruneHeadsPass {
                 })
             }
         };
-        Ok(PruneHeadsPass { fraction, unit })
+        Ok(PruneHeadsPass {
+            fraction,
+            unit,
+            compensate: o.bool("compensate"),
+        })
     }
 }
 
@@ -608,8 +621,21 @@ impl crate::manager::Pass for PruneHeadsPass {
             .collect();
         let note = format!("prune-heads {}", self.fraction);
         let mut counts = std::collections::BTreeSet::new();
+        let mut compensation = Vec::new();
         for (b, s) in blocks.iter().zip(scored) {
             let (sel, e) = s?;
+            if self.compensate {
+                let (w, rows, cols) = weight_f32(g, b.o.weight)?;
+                let removed: Vec<usize> = (0..b.heads)
+                    .filter(|h| !sel.q_keep.contains(h))
+                    .flat_map(|h| h * b.v_dim..(h + 1) * b.v_dim)
+                    .collect();
+                // score_block found these statistics
+                let st = &stats.inputs[&b.o_input];
+                let bias = crate::structured::removed_mean_output(&w, rows, cols, &removed, st);
+                let name = format!("{}.prune_bias", g.weights[b.o.weight].name);
+                compensation.push((b.o.node, name, bias));
+            }
             let ws: Vec<usize> = [&b.q, &b.k, &b.v, &b.o]
                 .iter()
                 .flat_map(|p| [Some(p.weight), p.bias])
@@ -637,6 +663,9 @@ impl crate::manager::Pass for PruneHeadsPass {
             }));
         }
         reinfer(g)?;
+        if !compensation.is_empty() {
+            crate::structured::compensate(g, cx, compensation, "prune-heads", &note)?;
+        }
         // the model's facts say how many heads it has
         if let (1, Some(&(h, kv))) = (counts.len(), counts.iter().next()) {
             for (k, v) in g.meta.iter_mut() {

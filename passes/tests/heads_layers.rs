@@ -294,6 +294,7 @@ fn removing_query_heads_equals_zeroing_their_output_columns() {
         Box::new(PruneHeadsPass {
             fraction: 0.34,
             unit: HeadUnit::Query,
+            compensate: false,
         }),
     );
     assert_eq!(report.len(), 3);
@@ -347,6 +348,7 @@ fn removing_kv_groups_shrinks_the_cache_and_stays_exact() {
         Box::new(PruneHeadsPass {
             fraction: 0.5,
             unit: HeadUnit::Kv,
+            compensate: false,
         }),
     );
     for r in &report {
@@ -376,6 +378,7 @@ fn prune_heads_without_calibration_says_what_it_needs() {
     let e = PruneHeadsPass {
         fraction: 0.34,
         unit: HeadUnit::Query,
+        compensate: false,
     }
     .run(&mut g, &mut cx)
     .unwrap_err()

@@ -204,6 +204,157 @@ fn ffn_channels_leave_by_either_score() {
     assert_ne!(kept[0], kept[1]);
 }
 
+/// `compensate`: each down projection gains a bias, the mean over calibration of what its
+/// removed channels wrote (computed here from the dense graph's statistics), and keeps it only
+/// if the next-token loss falls; the check's losses are the ones measured here.
+#[test]
+fn ffn_compensation_adds_the_removed_channels_mean_output() {
+    let mut outcomes = Vec::new();
+    for seed in [90, 91, 92, 93] {
+        let calib = calibration(seed);
+        let (dense, plain, _) = prune(seed, false, "prune-ffn{fraction=0.25}");
+        let (_, g, report) = prune(seed, false, "prune-ffn{fraction=0.25,compensate=true}");
+        let c = report
+            .iter()
+            .find_map(|r| r.get("compensation"))
+            .unwrap_or_else(|| panic!("no compensation row in {report:?}"));
+        let (before, after) = (
+            c["check"]["loss_before"].as_f64().unwrap(),
+            c["check"]["loss_after"].as_f64().unwrap(),
+        );
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs();
+        assert!(close(before, loss(&plain, &calib)), "{seed}: {before}");
+        assert_eq!(c["kept"], after < before, "{seed}: {c}");
+        assert!(close(loss(&g, &calib), after.min(before)), "{seed}: {c}");
+        if c["kept"] == true {
+            let stats = llmc_passes::calib::collect(&dense, &calib, |_| {}).unwrap();
+            for f in llmc_passes::structured::ffns(&dense) {
+                let st = &stats.inputs[&f.hidden];
+                let name = &dense.weights[f.down].name;
+                let (down, rows, w) = llmc_passes::smooth::weight_f32(&dense, f.down).unwrap();
+                let kept_down = {
+                    let i = g.weights.iter().position(|x| &x.name == name).unwrap();
+                    llmc_passes::smooth::weight_f32(&g, i).unwrap().0
+                };
+                // the kept channels: the dense down columns found among the pruned ones
+                let kept: Vec<usize> = (0..w)
+                    .filter(|&c| {
+                        (0..kept_down.len() / rows).any(|k| {
+                            (0..rows).all(|r| {
+                                kept_down[r * (kept_down.len() / rows) + k] == down[r * w + c]
+                            })
+                        })
+                    })
+                    .collect();
+                assert_eq!(kept.len(), w * 3 / 4, "{name}");
+                let bias_name = format!("{name}.prune_bias");
+                let i = g.weights.iter().position(|x| x.name == bias_name).unwrap();
+                let bias = llmc_passes::smooth::weight_f32(&g, i).unwrap().0;
+                for r in 0..rows {
+                    let want: f64 = (0..w)
+                        .filter(|c| !kept.contains(c))
+                        .map(|c| down[r * w + c] as f64 * st.sum[c] / st.tokens as f64)
+                        .sum();
+                    assert!(
+                        (bias[r] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{name} row {r}"
+                    );
+                }
+            }
+            agrees_natively(&g, &format!("ffn_compensated_{seed}"));
+        } else {
+            assert!(g.weights.iter().all(|x| !x.name.ends_with(".prune_bias")));
+        }
+        outcomes.push(c["kept"] == true);
+    }
+    eprintln!("compensation kept, by seed: {outcomes:?}");
+    assert!(
+        outcomes.contains(&true),
+        "no seed kept the compensation: {outcomes:?}"
+    );
+}
+
+/// The same for heads: each output projection gains the mean over calibration of what its
+/// removed heads' columns wrote, kept only if the next-token loss falls.
+#[test]
+fn head_compensation_adds_the_removed_heads_mean_output() {
+    let mut outcomes = Vec::new();
+    for seed in [94, 95, 96, 97] {
+        let calib = calibration(seed);
+        let (dense, plain, _) = prune(seed, true, "prune-heads{fraction=0.5}");
+        let (_, g, report) = prune(seed, true, "prune-heads{fraction=0.5,compensate=true}");
+        let c = report
+            .iter()
+            .find_map(|r| r.get("compensation"))
+            .unwrap_or_else(|| panic!("no compensation row in {report:?}"));
+        let (before, after) = (
+            c["check"]["loss_before"].as_f64().unwrap(),
+            c["check"]["loss_after"].as_f64().unwrap(),
+        );
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs();
+        assert!(close(before, loss(&plain, &calib)), "{seed}: {before}");
+        assert_eq!(c["kept"], after < before, "{seed}: {c}");
+        assert!(close(loss(&g, &calib), after.min(before)), "{seed}: {c}");
+        if c["kept"] == true {
+            let stats = llmc_passes::calib::collect(&dense, &calib, |_| {}).unwrap();
+            for b in llmc_passes::heads::attention_blocks(&dense) {
+                let name = &dense.weights[b.o.weight].name;
+                let removed: Vec<usize> = report
+                    .iter()
+                    .find(|r| r["weight"] == name.as_str())
+                    .unwrap()["removed"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|h| {
+                        let h = h.as_u64().unwrap() as usize;
+                        h * b.v_dim..(h + 1) * b.v_dim
+                    })
+                    .collect();
+                let st = &stats.inputs[&b.o_input];
+                let (o, rows, cols) = llmc_passes::smooth::weight_f32(&dense, b.o.weight).unwrap();
+                // the o bias the model had (if any), plus the compensation
+                let (old_bias, new_bias) = match b.o.bias {
+                    Some(bi) => {
+                        let bname = &dense.weights[bi].name;
+                        let i = g.weights.iter().position(|x| &x.name == bname).unwrap();
+                        (
+                            llmc_passes::smooth::weight_f32(&dense, bi).unwrap().0,
+                            llmc_passes::smooth::weight_f32(&g, i).unwrap().0,
+                        )
+                    }
+                    None => {
+                        let bname = format!("{name}.prune_bias");
+                        let i = g.weights.iter().position(|x| x.name == bname).unwrap();
+                        (
+                            vec![0.0; rows],
+                            llmc_passes::smooth::weight_f32(&g, i).unwrap().0,
+                        )
+                    }
+                };
+                for r in 0..rows {
+                    let want: f64 = old_bias[r] as f64
+                        + removed
+                            .iter()
+                            .map(|&c| o[r * cols + c] as f64 * st.sum[c] / st.tokens as f64)
+                            .sum::<f64>();
+                    assert!(
+                        (new_bias[r] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{name} row {r}"
+                    );
+                }
+            }
+            agrees_natively(&g, &format!("heads_compensated_{seed}"));
+        }
+        outcomes.push(c["kept"] == true);
+    }
+    eprintln!("compensation kept, by seed: {outcomes:?}");
+    assert!(
+        outcomes.contains(&true),
+        "no seed kept the compensation: {outcomes:?}"
+    );
+}
+
 /// Mean next-token negative log-likelihood of `g` over the windows of `calib`, computed here
 /// from the logits.
 fn loss(g: &Graph, calib: &Calibration) -> f64 {
