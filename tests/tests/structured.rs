@@ -204,6 +204,41 @@ fn ffn_channels_leave_by_either_score() {
     assert_ne!(kept[0], kept[1]);
 }
 
+/// Prunes with `pipeline` (one pass, options in braces) and again with `compensate=true`;
+/// checks the compensation row against losses measured here (the graph keeps the bias exactly
+/// when it lowers the loss) and returns the dense and compensated graphs, the report and
+/// whether the compensation stayed.
+fn compensated(
+    seed: u64,
+    biases: bool,
+    pipeline: &str,
+) -> (Graph, Graph, Vec<serde_json::Value>, bool) {
+    let calib = calibration(seed);
+    let (dense, plain, _) = prune(seed, biases, pipeline);
+    let with = format!("{},compensate=true}}", pipeline.trim_end_matches('}'));
+    let (_, g, report) = prune(seed, biases, &with);
+    let c = report
+        .iter()
+        .find_map(|r| r.get("compensation"))
+        .unwrap_or_else(|| panic!("{with}: no compensation row in {report:?}"));
+    let (before, after) = (
+        c["check"]["loss_before"].as_f64().unwrap(),
+        c["check"]["loss_after"].as_f64().unwrap(),
+    );
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs();
+    assert!(
+        close(before, loss(&plain, &calib)),
+        "{with} {seed}: {before}"
+    );
+    assert_eq!(c["kept"], after < before, "{with} {seed}: {c}");
+    assert!(
+        close(loss(&g, &calib), after.min(before)),
+        "{with} {seed}: {c}"
+    );
+    let kept = c["kept"] == true;
+    (dense, g, report, kept)
+}
+
 /// `compensate`: each down projection gains a bias, the mean over calibration of what its
 /// removed channels wrote (computed here from the dense graph's statistics), and keeps it only
 /// if the next-token loss falls; the check's losses are the ones measured here.
@@ -211,23 +246,9 @@ fn ffn_channels_leave_by_either_score() {
 fn ffn_compensation_adds_the_removed_channels_mean_output() {
     let mut outcomes = Vec::new();
     for seed in [90, 91, 92, 93] {
-        let calib = calibration(seed);
-        let (dense, plain, _) = prune(seed, false, "prune-ffn{fraction=0.25}");
-        let (_, g, report) = prune(seed, false, "prune-ffn{fraction=0.25,compensate=true}");
-        let c = report
-            .iter()
-            .find_map(|r| r.get("compensation"))
-            .unwrap_or_else(|| panic!("no compensation row in {report:?}"));
-        let (before, after) = (
-            c["check"]["loss_before"].as_f64().unwrap(),
-            c["check"]["loss_after"].as_f64().unwrap(),
-        );
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs();
-        assert!(close(before, loss(&plain, &calib)), "{seed}: {before}");
-        assert_eq!(c["kept"], after < before, "{seed}: {c}");
-        assert!(close(loss(&g, &calib), after.min(before)), "{seed}: {c}");
-        if c["kept"] == true {
-            let stats = llmc_passes::calib::collect(&dense, &calib, |_| {}).unwrap();
+        let (dense, g, _, kept) = compensated(seed, false, "prune-ffn{fraction=0.25}");
+        if kept {
+            let stats = llmc_passes::calib::collect(&dense, &calibration(seed), |_| {}).unwrap();
             for f in llmc_passes::structured::ffns(&dense) {
                 let st = &stats.inputs[&f.hidden];
                 let name = &dense.weights[f.down].name;
@@ -265,7 +286,7 @@ fn ffn_compensation_adds_the_removed_channels_mean_output() {
         } else {
             assert!(g.weights.iter().all(|x| !x.name.ends_with(".prune_bias")));
         }
-        outcomes.push(c["kept"] == true);
+        outcomes.push(kept);
     }
     eprintln!("compensation kept, by seed: {outcomes:?}");
     assert!(
@@ -280,23 +301,9 @@ fn ffn_compensation_adds_the_removed_channels_mean_output() {
 fn head_compensation_adds_the_removed_heads_mean_output() {
     let mut outcomes = Vec::new();
     for seed in [94, 95, 96, 97] {
-        let calib = calibration(seed);
-        let (dense, plain, _) = prune(seed, true, "prune-heads{fraction=0.5}");
-        let (_, g, report) = prune(seed, true, "prune-heads{fraction=0.5,compensate=true}");
-        let c = report
-            .iter()
-            .find_map(|r| r.get("compensation"))
-            .unwrap_or_else(|| panic!("no compensation row in {report:?}"));
-        let (before, after) = (
-            c["check"]["loss_before"].as_f64().unwrap(),
-            c["check"]["loss_after"].as_f64().unwrap(),
-        );
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs();
-        assert!(close(before, loss(&plain, &calib)), "{seed}: {before}");
-        assert_eq!(c["kept"], after < before, "{seed}: {c}");
-        assert!(close(loss(&g, &calib), after.min(before)), "{seed}: {c}");
-        if c["kept"] == true {
-            let stats = llmc_passes::calib::collect(&dense, &calib, |_| {}).unwrap();
+        let (dense, g, report, kept) = compensated(seed, true, "prune-heads{fraction=0.5}");
+        if kept {
+            let stats = llmc_passes::calib::collect(&dense, &calibration(seed), |_| {}).unwrap();
             for b in llmc_passes::heads::attention_blocks(&dense) {
                 let name = &dense.weights[b.o.weight].name;
                 let removed: Vec<usize> = report
@@ -346,7 +353,7 @@ fn head_compensation_adds_the_removed_heads_mean_output() {
             }
             agrees_natively(&g, &format!("heads_compensated_{seed}"));
         }
-        outcomes.push(c["kept"] == true);
+        outcomes.push(kept);
     }
     eprintln!("compensation kept, by seed: {outcomes:?}");
     assert!(
