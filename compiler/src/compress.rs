@@ -100,7 +100,7 @@ pub fn preset_pipeline(
 /// `METHOD:N:M` (`sparsegpt:2:4`); methods magnitude, wanda, sparsegpt. Structured:
 /// `ffn:F`/`ffn-prunenet:F` (FFN channels), `heads:F` (query heads, the same number from every
 /// KV group), `heads-kv:F` (whole KV groups) and `layers:N` (N whole decoder layers, ShortGPT).
-/// With `distill`, FFN channel and head pruning compensate the mean output of what they remove.
+/// With `distill`, structured pruning compensates the mean output of what it removes.
 pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
     use llmc_passes::prune::{PruneMethod, PrunePass, Sparsity};
     let bad = || {
@@ -139,7 +139,10 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
                 "--prune '{spec}': layers:N removes N whole layers; N must be a positive integer"
             ));
         }
-        return Ok(Box::new(llmc_passes::layers::DropLayersPass { count }));
+        return Ok(Box::new(llmc_passes::layers::DropLayersPass {
+            count,
+            compensate: distill,
+        }));
     }
     if let Some((kind, f)) = spec.split_once(':').filter(|(k, _)| k.starts_with("ffn")) {
         use llmc_passes::structured::{ChannelScore, PruneFfnPass};

@@ -141,14 +141,23 @@ pub fn residual_stream(g: &Graph) -> Result<Stream, PassError> {
     })
 }
 
-/// Block Influence of every layer: `1 − mean cos(h_i, h_{i+1})` over every calibration token.
-/// The interpreter runs each window from an empty state and stops after the last layer.
+/// What calibration says of every layer.
+#[derive(Clone, Debug)]
+pub struct Influence {
+    /// Block Influence: `1 − mean cos(h_i, h_{i+1})` over every calibration token.
+    pub scores: Vec<f64>,
+    /// The mean over calibration tokens of what the layer adds to the stream, `h_{i+1} − h_i`.
+    pub mean_change: Vec<Vec<f64>>,
+}
+
+/// Block Influence of every layer, and its mean change of the stream. The interpreter runs
+/// each window from an empty state and stops after the last layer.
 pub fn block_influence(
     g: &Graph,
     s: &Stream,
     calib: &Calibration,
     mut progress: impl FnMut(usize),
-) -> Result<Vec<f64>, PassError> {
+) -> Result<Influence, PassError> {
     let err = |m: String| PassError::Calibration(m);
     if calib.windows.is_empty() {
         return Err(err("no calibration windows".into()));
@@ -181,6 +190,7 @@ pub fn block_influence(
     let last = *watch.keys().last().expect("layers exist");
     let mut sums = vec![0f64; layers];
     let mut tokens = vec![0usize; layers];
+    let mut change = vec![vec![0f64; dim]; layers];
     let mut session = Session::new(g).map_err(|e| err(e.to_string()))?;
     for (w, feed) in calib.windows.iter().enumerate() {
         session.reset();
@@ -211,14 +221,40 @@ pub fn block_influence(
             let (c, n) = cosine_rows(a, b, dim.max(1));
             sums[i] += c;
             tokens[i] += n;
+            let (x, y) = (a.to_f32_vec(), b.to_f32_vec());
+            for (xr, yr) in x.chunks(dim).zip(y.chunks(dim)) {
+                for ((m, &p), &q) in change[i].iter_mut().zip(xr).zip(yr) {
+                    *m += (q - p) as f64;
+                }
+            }
         }
         progress(w + 1);
     }
-    Ok(sums
-        .iter()
-        .zip(&tokens)
-        .map(|(&c, &n)| 1.0 - c / n.max(1) as f64)
-        .collect())
+    for (m, &n) in change.iter_mut().zip(&tokens) {
+        m.iter_mut().for_each(|v| *v /= n.max(1) as f64);
+    }
+    Ok(Influence {
+        scores: sums
+            .iter()
+            .zip(&tokens)
+            .map(|(&c, &n)| 1.0 - c / n.max(1) as f64)
+            .collect(),
+        mean_change: change,
+    })
+}
+
+/// The weight of the linear layer whose output the stream addition `add` adds, if it is one.
+fn writer_of(g: &Graph, add: usize, stream: ValueId) -> Option<usize> {
+    let producers = g.producers();
+    let delta = *g.nodes[add].inputs.iter().find(|&&v| v != stream)?;
+    let n = &g.nodes[producers[delta.0 as usize]?];
+    if !matches!(n.op, Op::Linear { .. }) {
+        return None;
+    }
+    match g.def(n.inputs[1]) {
+        llmc_ir::ValueDef::Weight(w) => Some(w as usize),
+        _ => None,
+    }
 }
 
 /// Sum over rows of `d` values of the cosine between `a` and `b`, and the row count.
@@ -333,17 +369,28 @@ pub fn remove_layers(g: &mut Graph, s: &Stream, drop: &[usize]) -> Result<(), Pa
 /// The `drop-layers` pass.
 pub struct DropLayersPass {
     pub count: usize,
+    /// Add each removed layer's mean change of the stream to the bias of the projection that
+    /// writes the stream last before it, kept only if the next-token loss falls.
+    pub compensate: bool,
 }
 
 pub static DROP_LAYERS_INFO: crate::manager::PassInfo = crate::manager::PassInfo {
     name: "drop-layers",
     summary: "remove the decoder layers that change the residual stream least on calibration (ShortGPT Block Influence)",
-    options: &[crate::manager::OptionSpec {
-        name: "count",
-        kind: "int",
-        default: "4",
-        help: "how many layers are removed",
-    }],
+    options: &[
+        crate::manager::OptionSpec {
+            name: "count",
+            kind: "int",
+            default: "4",
+            help: "how many layers are removed",
+        },
+        crate::manager::OptionSpec {
+            name: "compensate",
+            kind: "bool",
+            default: "false",
+            help: "add each removed layer's mean change of the stream to the bias of the projection writing the stream before it, kept if the next-token loss on 8 calibration windows falls (--distill asks for it)",
+        },
+    ],
 };
 
 impl DropLayersPass {
@@ -357,6 +404,7 @@ impl DropLayersPass {
         }
         Ok(DropLayersPass {
             count: count as usize,
+            compensate: o.bool("compensate"),
         })
     }
 }
@@ -394,13 +442,34 @@ impl crate::manager::Pass for DropLayersPass {
         let t0 = std::time::Instant::now();
         let total = calib.windows.len() as u64;
         let progress = cx.progress.clone();
-        let bi = block_influence(g, &s, calib, |w| {
+        let influence = block_influence(g, &s, calib, |w| {
             if let Some(p) = &progress {
                 p("block influence", w as u64, total)
             }
         })?;
+        let bi = &influence.scores;
         cx.calib_seconds += t0.elapsed().as_secs_f64();
-        let drop = lowest_layers(&bi, self.count);
+        let drop = lowest_layers(bi, self.count);
+        // each removed layer's mean change, by the projection that writes the stream last
+        // before it (a layer with none before it gets no compensation)
+        let mut writes: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        if self.compensate {
+            for &l in &drop {
+                let Some(k) = (0..l).rev().find(|k| !drop.contains(k)) else {
+                    continue;
+                };
+                let at = s.starts.get(k + 1).copied().unwrap_or(s.values.len() - 1);
+                let Some(w) = writer_of(g, s.adds[at - 1], s.values[at - 1]) else {
+                    continue;
+                };
+                let acc = writes
+                    .entry(g.weights[w].name.clone())
+                    .or_insert_with(|| vec![0.0; influence.mean_change[l].len()]);
+                acc.iter_mut()
+                    .zip(&influence.mean_change[l])
+                    .for_each(|(a, &m)| *a += m);
+            }
+        }
         let weights_before: u64 = (0..g.weights.len())
             .map(|i| crate::heads::weight_bytes(g, i))
             .sum();
@@ -408,6 +477,16 @@ impl crate::manager::Pass for DropLayersPass {
         let weights_after: u64 = (0..g.weights.len())
             .map(|i| crate::heads::weight_bytes(g, i))
             .sum();
+        let biases: Vec<(usize, String, Vec<f32>)> = writes
+            .into_iter()
+            .filter_map(|(name, b)| {
+                let node = g.nodes.iter().position(|n| {
+                    matches!(n.op, Op::Linear { .. })
+                        && matches!(g.def(n.inputs[1]), llmc_ir::ValueDef::Weight(w) if g.weights[w as usize].name == name)
+                })?;
+                Some((node, format!("{name}.prune_bias"), b.iter().map(|&v| v as f32).collect()))
+            })
+            .collect();
         cx.report.push(serde_json::json!({
             "pass": "drop-layers",
             "layers_before": s.layers(),
@@ -418,6 +497,10 @@ impl crate::manager::Pass for DropLayersPass {
             "bytes_after": weights_after,
             "calibration": calib.label,
         }));
+        if !biases.is_empty() {
+            let note = format!("drop-layers {}", self.count);
+            crate::structured::compensate(g, cx, biases, "drop-layers", &note)?;
+        }
         // statistics name values of the graph before
         cx.stats = None;
         Ok(())

@@ -416,7 +416,13 @@ fn the_quiet_layer_goes_and_the_rest_computes_as_before() {
     // decoder built from layers 0, 1 and 3
     let mut g = llama(4, &[0, 1, 2, 3], &[2]);
     let before = weight_bytes(&g);
-    let report = run_pass(&mut g, Box::new(DropLayersPass { count: 1 }));
+    let report = run_pass(
+        &mut g,
+        Box::new(DropLayersPass {
+            count: 1,
+            compensate: false,
+        }),
+    );
     let r = &report[0];
     assert_eq!(r["removed"], serde_json::json!([2]));
     let bi: Vec<f64> = r["block_influence"]
@@ -444,7 +450,13 @@ fn the_quiet_layer_goes_and_the_rest_computes_as_before() {
 #[test]
 fn dropping_adjacent_layers_rewires_past_the_whole_run() {
     let mut g = llama(4, &[0, 1, 2, 3], &[1, 2]);
-    let report = run_pass(&mut g, Box::new(DropLayersPass { count: 2 }));
+    let report = run_pass(
+        &mut g,
+        Box::new(DropLayersPass {
+            count: 2,
+            compensate: false,
+        }),
+    );
     assert_eq!(report[0]["removed"], serde_json::json!([1, 2]));
     let reference = llama(4, &[0, 3], &[]);
     let d = max_diff(&logits(&g), &logits(&reference));

@@ -207,20 +207,20 @@ fn ffn_channels_leave_by_either_score() {
 /// Prunes with `pipeline` (one pass, options in braces) and again with `compensate=true`;
 /// checks the compensation row against losses measured here (the graph keeps the bias exactly
 /// when it lowers the loss) and returns the dense and compensated graphs, the report and
-/// whether the compensation stayed.
+/// whether the compensation stayed (None: the pass found nothing to compensate).
 fn compensated(
     seed: u64,
     biases: bool,
     pipeline: &str,
-) -> (Graph, Graph, Vec<serde_json::Value>, bool) {
+) -> (Graph, Graph, Vec<serde_json::Value>, Option<bool>) {
     let calib = calibration(seed);
     let (dense, plain, _) = prune(seed, biases, pipeline);
     let with = format!("{},compensate=true}}", pipeline.trim_end_matches('}'));
     let (_, g, report) = prune(seed, biases, &with);
-    let c = report
-        .iter()
-        .find_map(|r| r.get("compensation"))
-        .unwrap_or_else(|| panic!("{with}: no compensation row in {report:?}"));
+    let Some(c) = report.iter().find_map(|r| r.get("compensation")) else {
+        assert!(g.weights.iter().all(|x| !x.name.ends_with(".prune_bias")));
+        return (dense, g, report, None);
+    };
     let (before, after) = (
         c["check"]["loss_before"].as_f64().unwrap(),
         c["check"]["loss_after"].as_f64().unwrap(),
@@ -236,7 +236,47 @@ fn compensated(
         "{with} {seed}: {c}"
     );
     let kept = c["kept"] == true;
-    (dense, g, report, kept)
+    (dense, g, report, Some(kept))
+}
+
+/// A removed layer's mean change of the stream joins the bias of the projection that wrote
+/// the stream just before it (the layer below's down projection); a first layer has none.
+#[test]
+fn layer_compensation_adds_the_removed_layers_mean_change() {
+    let mut outcomes = Vec::new();
+    for seed in 98..106 {
+        let (dense, g, report, kept) = compensated(seed, false, "drop-layers{count=1}");
+        let removed = report[0]["removed"][0].as_u64().unwrap() as usize;
+        match (removed, kept) {
+            (0, None) => continue,
+            (1, Some(true)) => {
+                let s = llmc_passes::layers::residual_stream(&dense).unwrap();
+                let change =
+                    llmc_passes::layers::block_influence(&dense, &s, &calibration(seed), |_| {})
+                        .unwrap()
+                        .mean_change;
+                let i = g
+                    .weights
+                    .iter()
+                    .position(|x| x.name == "blk.0.ffn_down.weight.prune_bias")
+                    .unwrap();
+                let bias = llmc_passes::smooth::weight_f32(&g, i).unwrap().0;
+                assert_eq!(bias.len(), change[1].len());
+                for (b, m) in bias.iter().zip(&change[1]) {
+                    assert!(
+                        (*b as f64 - m).abs() <= 1e-5 * (1.0 + m.abs()),
+                        "{b} vs {m}"
+                    );
+                }
+                agrees_natively(&g, &format!("layers_compensated_{seed}"));
+            }
+            (1, Some(false)) => {}
+            other => panic!("seed {seed}: removed layer and compensation {other:?}"),
+        }
+        outcomes.push(kept == Some(true));
+    }
+    eprintln!("compensation kept, by seed with layer 1 removed: {outcomes:?}");
+    assert!(outcomes.contains(&true), "{outcomes:?}");
 }
 
 /// `compensate`: each down projection gains a bias, the mean over calibration of what its
@@ -247,6 +287,7 @@ fn ffn_compensation_adds_the_removed_channels_mean_output() {
     let mut outcomes = Vec::new();
     for seed in [90, 91, 92, 93] {
         let (dense, g, _, kept) = compensated(seed, false, "prune-ffn{fraction=0.25}");
+        let kept = kept.expect("a compensation row");
         if kept {
             let stats = llmc_passes::calib::collect(&dense, &calibration(seed), |_| {}).unwrap();
             for f in llmc_passes::structured::ffns(&dense) {
@@ -302,6 +343,7 @@ fn head_compensation_adds_the_removed_heads_mean_output() {
     let mut outcomes = Vec::new();
     for seed in [94, 95, 96, 97] {
         let (dense, g, report, kept) = compensated(seed, true, "prune-heads{fraction=0.5}");
+        let kept = kept.expect("a compensation row");
         if kept {
             let stats = llmc_passes::calib::collect(&dense, &calibration(seed), |_| {}).unwrap();
             for b in llmc_passes::heads::attention_blocks(&dense) {
