@@ -58,6 +58,8 @@ prune_configs=(
   "sparsegpt 2:4 + w4a16 g128 rtn|--prune sparsegpt:2:4 --quant w4a16 --group 128"
   "ffn 25% channels (calibrated)|--prune ffn:0.25"
   "ffn 25% channels (prunenet)|--prune ffn-prunenet:0.25"
+  "ffn 25% channels (self-calibrated, no data)|--prune ffn:0.25 --calib-self"
+  "wanda 50% (self-calibrated, no data)|--prune wanda:0.5 --calib-self"
   "4 layers removed (shortgpt)|--prune layers:4"
   "1/3 of query heads|--prune heads:0.25"
 )
@@ -77,8 +79,7 @@ lowrank_configs=(
 )
 # weight sharing and local distillation: palettes count their codebooks (f16 entries); a
 # distilled row adds its bias (not a linear weight) and any correction branch (f16, counted);
-# structured pruning (FFN channels, heads, layers) leaves no layer distill can compare: the
-# layers it shrank changed shape and the others did not change
+# after structured pruning --distill compensates the mean output of what was removed
 share_configs=(
   "palettize 16 per tensor, unweighted|--passes palettize{bits=4,head=false,weighted=false}"
   "palettize 16 per tensor|--palettize 16"
@@ -98,6 +99,9 @@ share_configs=(
   "sparsegpt 2:4 + w4a16 g128 rtn + distill|--prune sparsegpt:2:4 --quant w4a16 --group 128 --distill"
   "palettize 16 per tensor + distill|--palettize 16 --distill"
   "caldera q2 g192 + rank 32 w4 + distill|--passes caldera{bits=2,group=192,rank=32},distill"
+  "ffn 25% channels + distill|--prune ffn:0.25 --distill"
+  "1/3 of query heads + distill|--prune heads:0.25 --distill"
+  "4 layers removed + distill|--prune layers:4 --distill"
 )
 case "$set_name" in
   quant) configs=("${quant_configs[@]}") ;;
