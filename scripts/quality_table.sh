@@ -102,6 +102,8 @@ share_configs=(
   "ffn 25% channels + distill|--prune ffn:0.25 --distill"
   "1/3 of query heads + distill|--prune heads:0.25 --distill"
   "4 layers removed + distill|--prune layers:4 --distill"
+  "wanda 2:4 + distill|--prune wanda:2:4 --distill"
+  "sparsegpt 2:4 + distill|--prune sparsegpt:2:4 --distill"
 )
 case "$set_name" in
   quant) configs=("${quant_configs[@]}") ;;
