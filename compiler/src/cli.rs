@@ -1,7 +1,9 @@
 //! The `llmc` command line: argument definitions and the commands behind them.
 
 use crate::bundle::{BundleDir, BundleKind};
-use crate::eval::{evaluate_with, join_texts, BundleScorer, Protocol, Scorer, WindowScorer};
+use crate::eval::{
+    evaluate_with, interpreter_logits, join_texts, BundleScorer, Protocol, Scorer, WindowScorer,
+};
 use crate::frontend::{self, Model, ModelKind};
 use crate::npy;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -677,20 +679,9 @@ fn generate(m: &Model, a: &RunArgs) -> Result<()> {
     let mut session = Session::new(&m.graph).map_err(|e| miette!("{e}"))?;
     let mut pos = 0usize;
     stream_generate(tok, &prompt, ids, eos, a, |step| {
-        let n = step.len();
-        let tokens = Tensor::i64(vec![1, n], step.iter().map(|&t| t as i64).collect());
-        let positions = Tensor::i64(vec![1, n], (pos as i64..(pos + n) as i64).collect());
-        let res = session
-            .run(&[("tokens", tokens), ("positions", positions)])
-            .map_err(|e| miette!("{e}"))?;
-        pos += n;
-        let logits = &res
-            .iter()
-            .find(|(k, _)| k == "logits")
-            .ok_or_else(|| miette!("the graph has no 'logits' output"))?
-            .1;
-        let all = logits.to_f32_vec();
-        Ok(all[(n - 1) * vocab..n * vocab].to_vec())
+        let all = interpreter_logits(&mut session, step, pos, vocab).map_err(|e| miette!("{e}"))?;
+        pos += step.len();
+        Ok(all[all.len() - vocab..].to_vec())
     })
 }
 

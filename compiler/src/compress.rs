@@ -4,7 +4,7 @@
 
 use crate::eval::{evaluate, join_texts, year_files, EvalResult, Protocol};
 use crate::frontend::{Model, ModelKind};
-use llmc_ir::{Session, Tensor};
+use llmc_ir::Session;
 use llmc_passes::calib::{decoder_feeds, spaced_windows, Calibration};
 use llmc_passes::manager::{Pass, Progress};
 use llmc_passes::quant::{Method, QuantOptions, QuantizePass, Scheme};
@@ -361,24 +361,8 @@ pub fn self_calibration(
         let mut ids = vec![sampler.below(vocab) as u32];
         while ids.len() < len {
             let pos = ids.len() - 1;
-            let res = session
-                .run(&[
-                    ("tokens", Tensor::i64(vec![1, 1], vec![ids[pos] as i64])),
-                    ("positions", Tensor::i64(vec![1, 1], vec![pos as i64])),
-                ])
+            let logits = crate::eval::interpreter_logits(&mut session, &ids[pos..], pos, vocab)
                 .map_err(|e| format!("--calib-self: {e}"))?;
-            let logits = res
-                .iter()
-                .find(|(k, _)| k == "logits")
-                .ok_or("--calib-self: the graph has no 'logits' output")?
-                .1
-                .to_f32_vec();
-            if logits.len() < vocab {
-                return Err(format!(
-                    "--calib-self: the graph gave {} logits for a vocabulary of {vocab}",
-                    logits.len()
-                ));
-            }
             ids.push(sampler.sample(&logits[logits.len() - vocab..]));
             if let Some(p) = progress {
                 p(
@@ -642,22 +626,61 @@ fn print_rows(rows: &[serde_json::Value]) {
         .filter_map(|r| Some((r["pass"].as_str()?, r.get("compensation")?)))
     {
         let check = &c["check"];
-        let losses = match (check["loss_before"].as_f64(), check["loss_after"].as_f64()) {
-            (Some(b), Some(a)) => format!(
-                " (next-token loss on {} calibration windows {b:.4} without, {a:.4} with)",
-                check["windows"]
+        let groups = c["groups"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let tried: usize = groups
+            .iter()
+            .filter_map(|t| t["biases"].as_u64())
+            .sum::<u64>() as usize;
+        let outcome = match groups {
+            [one] => format!(
+                "{} biases for the mean output of what was removed, {}",
+                one["biases"],
+                if one["kept"] == true {
+                    "kept"
+                } else {
+                    "rejected"
+                }
+            ),
+            _ => format!(
+                "{tried} biases in {} groups for the mean output of what was removed, {} kept",
+                groups.len(),
+                c["biases"]
+            ),
+        };
+        let with: Vec<String> = groups
+            .iter()
+            .filter_map(|t| {
+                let l = t["loss"].as_f64()?;
+                Some(match groups.len() {
+                    1 => format!("{l:.4} with"),
+                    _ => format!(
+                        "{l:.4} {}",
+                        if t["kept"] == true {
+                            "kept"
+                        } else {
+                            "rejected"
+                        }
+                    ),
+                })
+            })
+            .collect();
+        let losses = match check["loss_before"].as_f64() {
+            Some(b) if groups.len() == 1 && !with.is_empty() => format!(
+                " (next-token loss on {} calibration windows {b:.4} without, {})",
+                check["windows"], with[0]
+            ),
+            Some(b) if !with.is_empty() => format!(
+                " (next-token loss on {} calibration windows {b:.4} without; each group added in turn: {}; {:.4} in the end)",
+                check["windows"],
+                with.join(", "),
+                check["loss_after"].as_f64().unwrap_or(b)
             ),
             _ => String::new(),
         };
-        println!(
-            "{pass} compensation: {} biases for the mean output of what was removed, {}{losses}",
-            c["biases"],
-            if c["kept"] == true {
-                "kept"
-            } else {
-                "rejected"
-            }
-        );
+        println!("{pass} compensation: {outcome}{losses}");
     }
     for c in rows
         .iter()

@@ -128,29 +128,38 @@ impl WindowScorer for Scorer<'_> {
 
     fn log_probs(&mut self, ids: &[u32]) -> Result<Vec<f32>, EvalError> {
         self.session.reset();
-        let n = ids.len();
-        let tokens = Tensor::i64(vec![1, n], ids.iter().map(|&t| t as i64).collect());
-        let positions = Tensor::i64(vec![1, n], (0..n as i64).collect());
-        let out = self
-            .session
-            .run(&[("tokens", tokens), ("positions", positions)])?;
-        let logits = out
-            .into_iter()
-            .find(|(k, _)| k == "logits")
-            .ok_or_else(|| EvalError::Bad("the graph has no 'logits' output".into()))?
-            .1;
-        let mut v = logits.to_f32_vec();
-        if v.len() != n * self.vocab {
-            return Err(EvalError::Bad(format!(
-                "logits have {} values, expected {n} x {}",
-                v.len(),
-                self.vocab
-            )));
-        }
+        let mut v = interpreter_logits(&mut self.session, ids, 0, self.vocab)?;
         use rayon::prelude::*;
         v.par_chunks_mut(self.vocab).for_each(log_softmax);
         Ok(v)
     }
+}
+
+/// The interpreter continues `session` with `ids` at positions `start..`: the `logits` output,
+/// `ids.len()` rows of `vocab`.
+pub fn interpreter_logits(
+    session: &mut Session,
+    ids: &[u32],
+    start: usize,
+    vocab: usize,
+) -> Result<Vec<f32>, EvalError> {
+    let n = ids.len();
+    let tokens = Tensor::i64(vec![1, n], ids.iter().map(|&t| t as i64).collect());
+    let positions = Tensor::i64(vec![1, n], (start as i64..(start + n) as i64).collect());
+    let out = session.run(&[("tokens", tokens), ("positions", positions)])?;
+    let logits = out
+        .into_iter()
+        .find(|(k, _)| k == "logits")
+        .ok_or_else(|| EvalError::Bad("the graph has no 'logits' output".into()))?
+        .1
+        .to_f32_vec();
+    if logits.len() != n * vocab {
+        return Err(EvalError::Bad(format!(
+            "logits have {} values, expected {n} x {vocab}",
+            logits.len()
+        )));
+    }
+    Ok(logits)
 }
 
 /// A compiled decoder bundle scoring windows: each window is prefilled from an empty cache

@@ -130,6 +130,10 @@ pub struct DistillOptions {
     pub check: usize,
 }
 
+/// Calibration windows on which a language model's next-token loss decides whether
+/// corrections stay, unless `check` says otherwise (structured pruning's compensation too).
+pub(crate) const CHECK_WINDOWS: usize = 8;
+
 impl Default for DistillOptions {
     fn default() -> Self {
         DistillOptions {
@@ -138,7 +142,7 @@ impl Default for DistillOptions {
             dtype: DType::F16,
             damp: 0.01,
             recalibrate: false,
-            check: 8,
+            check: CHECK_WINDOWS,
         }
     }
 }

@@ -664,7 +664,7 @@ impl crate::manager::Pass for PruneHeadsPass {
         }
         reinfer(g)?;
         if !compensation.is_empty() {
-            crate::structured::compensate(g, cx, compensation, "prune-heads", &note)?;
+            crate::structured::compensate(g, cx, vec![compensation], "prune-heads", &note)?;
         }
         // the model's facts say how many heads it has
         if let (1, Some(&(h, kv))) = (counts.len(), counts.iter().next()) {

@@ -146,7 +146,8 @@ pub fn residual_stream(g: &Graph) -> Result<Stream, PassError> {
 pub struct Influence {
     /// Block Influence: `1 − mean cos(h_i, h_{i+1})` over every calibration token.
     pub scores: Vec<f64>,
-    /// The mean over calibration tokens of what the layer adds to the stream, `h_{i+1} − h_i`.
+    /// The mean over calibration tokens, each window's first left out, of what the layer adds
+    /// to the stream, `h_{i+1} − h_i`.
     pub mean_change: Vec<Vec<f64>>,
 }
 
@@ -191,6 +192,7 @@ pub fn block_influence(
     let mut sums = vec![0f64; layers];
     let mut tokens = vec![0usize; layers];
     let mut change = vec![vec![0f64; dim]; layers];
+    let mut changed = vec![0usize; layers];
     let mut session = Session::new(g).map_err(|e| err(e.to_string()))?;
     for (w, feed) in calib.windows.iter().enumerate() {
         session.reset();
@@ -221,16 +223,20 @@ pub fn block_influence(
             let (c, n) = cosine_rows(a, b, dim.max(1));
             sums[i] += c;
             tokens[i] += n;
+            // the mean change leaves out a window's first token, where the attention sink's
+            // massive activations would outweigh every other position
             let (x, y) = (a.to_f32_vec(), b.to_f32_vec());
-            for (xr, yr) in x.chunks(dim).zip(y.chunks(dim)) {
+            let skip = usize::from(x.len() > dim);
+            for (xr, yr) in x.chunks(dim).zip(y.chunks(dim)).skip(skip) {
                 for ((m, &p), &q) in change[i].iter_mut().zip(xr).zip(yr) {
                     *m += (q - p) as f64;
                 }
             }
+            changed[i] += x.len() / dim - skip;
         }
         progress(w + 1);
     }
-    for (m, &n) in change.iter_mut().zip(&tokens) {
+    for (m, &n) in change.iter_mut().zip(&changed) {
         m.iter_mut().for_each(|v| *v /= n.max(1) as f64);
     }
     Ok(Influence {
@@ -451,8 +457,8 @@ impl crate::manager::Pass for DropLayersPass {
         cx.calib_seconds += t0.elapsed().as_secs_f64();
         let drop = lowest_layers(bi, self.count);
         // each removed layer's mean change, by the projection that writes the stream last
-        // before it (a layer with none before it gets no compensation)
-        let mut writes: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        // before it (a layer with none before it gets no compensation), in the layers' order
+        let mut writes: Vec<(String, Vec<f64>)> = Vec::new();
         if self.compensate {
             for &l in &drop {
                 let Some(k) = (0..l).rev().find(|k| !drop.contains(k)) else {
@@ -462,10 +468,17 @@ impl crate::manager::Pass for DropLayersPass {
                 let Some(w) = writer_of(g, s.adds[at - 1], s.values[at - 1]) else {
                     continue;
                 };
-                let acc = writes
-                    .entry(g.weights[w].name.clone())
-                    .or_insert_with(|| vec![0.0; influence.mean_change[l].len()]);
-                acc.iter_mut()
+                let name = &g.weights[w].name;
+                let slot = match writes.iter().position(|(n, _)| n == name) {
+                    Some(i) => i,
+                    None => {
+                        writes.push((name.clone(), vec![0.0; influence.mean_change[l].len()]));
+                        writes.len() - 1
+                    }
+                };
+                writes[slot]
+                    .1
+                    .iter_mut()
                     .zip(&influence.mean_change[l])
                     .for_each(|(a, &m)| *a += m);
             }
@@ -477,14 +490,15 @@ impl crate::manager::Pass for DropLayersPass {
         let weights_after: u64 = (0..g.weights.len())
             .map(|i| crate::heads::weight_bytes(g, i))
             .sum();
-        let biases: Vec<(usize, String, Vec<f32>)> = writes
+        // one group per writer, so each removed layer's compensation stays or goes alone
+        let groups: Vec<Vec<crate::structured::Bias>> = writes
             .into_iter()
             .filter_map(|(name, b)| {
                 let node = g.nodes.iter().position(|n| {
                     matches!(n.op, Op::Linear { .. })
                         && matches!(g.def(n.inputs[1]), llmc_ir::ValueDef::Weight(w) if g.weights[w as usize].name == name)
                 })?;
-                Some((node, format!("{name}.prune_bias"), b.iter().map(|&v| v as f32).collect()))
+                Some(vec![(node, format!("{name}.prune_bias"), b.iter().map(|&v| v as f32).collect())])
             })
             .collect();
         cx.report.push(serde_json::json!({
@@ -497,9 +511,9 @@ impl crate::manager::Pass for DropLayersPass {
             "bytes_after": weights_after,
             "calibration": calib.label,
         }));
-        if !biases.is_empty() {
+        if !groups.is_empty() {
             let note = format!("drop-layers {}", self.count);
-            crate::structured::compensate(g, cx, biases, "drop-layers", &note)?;
+            crate::structured::compensate(g, cx, groups, "drop-layers", &note)?;
         }
         // statistics name values of the graph before
         cx.stats = None;

@@ -394,7 +394,7 @@ impl crate::manager::Pass for PruneFfnPass {
         }
         reinfer(g)?;
         if !compensation.is_empty() {
-            compensate(g, cx, compensation, "prune-ffn", &note)?;
+            compensate(g, cx, vec![compensation], "prune-ffn", &note)?;
         }
         // channel statistics no longer line up with the graph
         cx.stats = None;
@@ -423,47 +423,72 @@ pub(crate) fn removed_mean_output(
         .collect()
 }
 
-/// Adds the compensating `biases` (linear node, name for a new bias weight, values) if they
-/// lower the next-token loss on 8 calibration windows (always, for a graph that is not a
+/// One compensating bias: the linear node it joins, the name of a new bias weight (when the
+/// node has none), and its values.
+pub(crate) type Bias = (usize, String, Vec<f32>);
+
+/// Adds compensating biases if they lower the next-token loss on
+/// [`crate::distill::CHECK_WINDOWS`] calibration windows (always, for a graph that is not a
 /// language model), and reports the check as `{"pass": pass, "compensation": ...}`.
+///
+/// The biases come in `groups`, tried in order: each group stays if, added to the groups kept
+/// before it, it lowers the loss further. One group is all or nothing; a group per removed
+/// layer lets one layer's compensation stay when another's would hurt.
 pub(crate) fn compensate(
     g: &mut Graph,
     cx: &mut crate::manager::PassContext,
-    biases: Vec<(usize, String, Vec<f32>)>,
+    groups: Vec<Vec<Bias>>,
     pass: &str,
     note: &str,
 ) -> Result<(), PassError> {
-    let mut h = g.clone();
-    let mut added = 0;
-    for (node, name, b) in &biases {
-        if crate::distill::add_to_bias(&mut h, *node, name, b, note)? {
-            added += 1;
-        }
-    }
     let windows = match &cx.calib {
-        Some(c) if crate::distill::is_language_model(g) => crate::distill::spread(&c.windows, 8),
+        Some(c) if crate::distill::is_language_model(g) => {
+            crate::distill::spread(&c.windows, crate::distill::CHECK_WINDOWS)
+        }
         _ => Vec::new(),
     };
-    let (check, keep) = if windows.is_empty() {
-        (serde_json::Value::Null, true)
+    let steps = groups.len() as u64 + 1;
+    let mut best = if windows.is_empty() {
+        None
     } else {
-        cx.tick("checking the compensation", 0, 2);
-        let before = crate::distill::lm_loss(g, &windows)?;
-        cx.tick("checking the compensation", 1, 2);
-        let after = crate::distill::lm_loss(&h, &windows)?;
-        cx.tick("checking the compensation", 2, 2);
-        (
-            serde_json::json!({"windows": windows.len(), "loss_before": before, "loss_after": after}),
-            after < before,
-        )
+        cx.tick("checking the compensation", 0, steps);
+        Some(crate::distill::lm_loss(g, &windows)?)
+    };
+    let before = best;
+    let (mut added, mut tried) = (0, Vec::new());
+    for (i, group) in groups.iter().enumerate() {
+        let mut h = g.clone();
+        let mut n = 0;
+        for (node, name, b) in group {
+            if crate::distill::add_to_bias(&mut h, *node, name, b, note)? {
+                n += 1;
+            }
+        }
+        let (loss, keep) = match best {
+            None => (None, true),
+            Some(l) => {
+                let after = crate::distill::lm_loss(&h, &windows)?;
+                cx.tick("checking the compensation", i as u64 + 1, steps);
+                (Some(after), after < l)
+            }
+        };
+        if keep {
+            *g = h;
+            added += n;
+            best = loss.or(best);
+        }
+        tried.push(serde_json::json!({"biases": n, "loss": loss, "kept": keep}));
+    }
+    let check = match (before, best) {
+        (Some(b), Some(a)) => {
+            serde_json::json!({"windows": windows.len(), "loss_before": b, "loss_after": a})
+        }
+        _ => serde_json::Value::Null,
     };
     cx.report.push(serde_json::json!({
         "pass": pass,
-        "compensation": {"biases": added, "check": check, "kept": keep},
+        "compensation": {"biases": added, "check": check, "kept": added > 0, "groups": tried},
     }));
-    if keep {
-        *g = h;
-    }
     Ok(())
 }
 

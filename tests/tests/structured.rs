@@ -48,7 +48,11 @@ fn attention(name: &str) -> bool {
 
 /// Runs `pipeline` on a random Llama; returns the graph before and after and the report.
 fn prune(seed: u64, biases: bool, pipeline: &str) -> (Graph, Graph, Vec<serde_json::Value>) {
-    let dense = cases::random_llama(seed, false, biases);
+    prune_graph(cases::random_llama(seed, false, biases), seed, pipeline)
+}
+
+/// Runs `pipeline` on `dense` with the calibration of `seed`.
+fn prune_graph(dense: Graph, seed: u64, pipeline: &str) -> (Graph, Graph, Vec<serde_json::Value>) {
     let mut g = dense.clone();
     let mut cx = PassContext {
         calib: Some(calibration(seed)),
@@ -277,6 +281,79 @@ fn layer_compensation_adds_the_removed_layers_mean_change() {
     }
     eprintln!("compensation kept, by seed with layer 1 removed: {outcomes:?}");
     assert!(outcomes.contains(&true), "{outcomes:?}");
+}
+
+/// Four layers, the two quietest removed: each removed layer's compensation (on the down projection of the
+/// kept layer below it) is tried alone, in layer order, and stays only if it lowers the loss
+/// below that of what stayed before it. The report's groups say so, the graph holds exactly
+/// the kept biases, and its loss is the check's last.
+#[test]
+fn each_removed_layers_compensation_stays_or_goes_alone() {
+    let mut outcomes = Vec::new();
+    for seed in 110..118 {
+        // layers 1 and 3 write a tenth of what they would: they change the stream least
+        let mut dense = cases::random_llama_layers(seed, false, false, 4);
+        for l in [1, 3] {
+            for role in ["attn_output", "ffn_down"] {
+                let name = format!("blk.{l}.{role}.weight");
+                let i = dense.weights.iter().position(|w| w.name == name).unwrap();
+                let v = llmc_passes::smooth::weight_f32(&dense, i).unwrap().0;
+                let quiet = v.iter().map(|x| x * 0.1).collect();
+                llmc_passes::smooth::set_weight_f32(&mut dense, i, quiet, "quieter");
+            }
+        }
+        let (_, plain, _) = prune_graph(dense.clone(), seed, "drop-layers{count=2}");
+        let (_, g, report) = prune_graph(dense, seed, "drop-layers{count=2,compensate=true}");
+        let removed: Vec<usize> = report[0]["removed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_u64().unwrap() as usize)
+            .collect();
+        // the kept layer below each removed one, once each
+        let mut writers: Vec<usize> = removed
+            .iter()
+            .filter_map(|&l| (0..l).rev().find(|k| !removed.contains(k)))
+            .collect();
+        writers.dedup();
+        let Some(c) = report.iter().find_map(|r| r.get("compensation")) else {
+            assert!(writers.is_empty(), "seed {seed}: {report:?}");
+            continue;
+        };
+        let groups = c["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), writers.len(), "seed {seed}: {c}");
+        let calib = calibration(seed);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs();
+        let mut best = c["check"]["loss_before"].as_f64().unwrap();
+        assert!(close(best, loss(&plain, &calib)), "seed {seed}: {c}");
+        let mut kept = Vec::new();
+        for (group, k) in groups.iter().zip(&writers) {
+            let l = group["loss"].as_f64().unwrap();
+            assert_eq!(group["kept"], l < best, "seed {seed}: {c}");
+            if l < best {
+                best = l;
+            }
+            // weights keep their names when layers leave
+            let name = format!("blk.{k}.ffn_down.weight.prune_bias");
+            let here = g.weights.iter().any(|w| w.name == name);
+            assert_eq!(here, group["kept"] == true, "seed {seed}: {name} {c}");
+            kept.push(here);
+        }
+        assert!(
+            close(c["check"]["loss_after"].as_f64().unwrap(), best),
+            "seed {seed}: {c}"
+        );
+        assert!(close(loss(&g, &calib), best), "seed {seed}: {c}");
+        outcomes.push((removed, kept));
+    }
+    eprintln!("removed layers and whether their compensation stayed: {outcomes:?}");
+    // one layer's compensation stayed where the other's went
+    assert!(
+        outcomes
+            .iter()
+            .any(|(r, k)| r == &[1, 3] && k.contains(&true) && k.contains(&false)),
+        "{outcomes:?}"
+    );
 }
 
 /// `compensate`: each down projection gains a bias, the mean over calibration of what its

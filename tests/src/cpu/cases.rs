@@ -2627,9 +2627,14 @@ pub fn check_decoder_rows(
 /// layers, width 128, 4 query and 2 KV heads of 32, a feed-forward of 256, 96 tokens; with a
 /// tied head and q/k/v biases when asked.
 pub fn random_llama(seed: u64, tied: bool, biases: bool) -> Graph {
+    random_llama_layers(seed, tied, biases, 2)
+}
+
+/// [`random_llama`] with `layers` layers.
+pub fn random_llama_layers(seed: u64, tied: bool, biases: bool, layers: usize) -> Graph {
     use llmc::frontend::llama::{build_llama, LlamaConfig, NameScheme};
     let cfg = LlamaConfig {
-        layers: 2,
+        layers,
         hidden: 128,
         heads: 4,
         kv_heads: 2,
