@@ -99,6 +99,7 @@ share_configs=(
   "sparsegpt 2:4 + w4a16 g128 rtn + distill|--prune sparsegpt:2:4 --quant w4a16 --group 128 --distill"
   "palettize 16 per tensor + distill|--palettize 16 --distill"
   "caldera q2 g192 + rank 32 w4 + distill|--passes caldera{bits=2,group=192,rank=32},distill"
+  "caldera q3 g192 + rank 8 w4 + distill|--passes caldera{bits=3,group=192,rank=8},distill"
   "ffn 25% channels + distill|--prune ffn:0.25 --distill"
   "1/3 of query heads + distill|--prune heads:0.25 --distill"
   "4 layers removed + distill|--prune layers:4 --distill"
