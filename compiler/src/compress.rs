@@ -142,6 +142,7 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
         return Ok(Box::new(llmc_passes::layers::DropLayersPass {
             count,
             compensate: distill,
+            rank: 0,
         }));
     }
     if let Some((kind, f)) = spec.split_once(':').filter(|(k, _)| k.starts_with("ffn")) {
@@ -626,60 +627,56 @@ fn print_rows(rows: &[serde_json::Value]) {
         .filter_map(|r| Some((r["pass"].as_str()?, r.get("compensation")?)))
     {
         let check = &c["check"];
-        let groups = c["groups"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let tried: usize = groups
-            .iter()
-            .filter_map(|t| t["biases"].as_u64())
-            .sum::<u64>() as usize;
-        let outcome = match groups {
-            [one] => format!(
-                "{} biases for the mean output of what was removed, {}",
-                one["biases"],
-                if one["kept"] == true {
-                    "kept"
-                } else {
-                    "rejected"
-                }
-            ),
-            _ => format!(
-                "{tried} biases in {} groups for the mean output of what was removed, {} kept",
-                groups.len(),
-                c["biases"]
-            ),
+        let edits = c["edits"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let verdict = |e: &serde_json::Value| {
+            if e["kept"] == true {
+                "kept"
+            } else {
+                "rejected"
+            }
         };
-        let with: Vec<String> = groups
-            .iter()
-            .filter_map(|t| {
-                let l = t["loss"].as_f64()?;
-                Some(match groups.len() {
-                    1 => format!("{l:.4} with"),
-                    _ => format!(
-                        "{l:.4} {}",
-                        if t["kept"] == true {
-                            "kept"
-                        } else {
-                            "rejected"
-                        }
+        let (before, after) = (check["loss_before"].as_f64(), check["loss_after"].as_f64());
+        let windows = &check["windows"];
+        let (outcome, losses) = match edits {
+            [one] => (
+                format!("{}, {}", one["what"].as_str().unwrap_or("?"), verdict(one)),
+                match (before, one["loss"].as_f64()) {
+                    (Some(b), Some(a)) => format!(
+                        " (next-token loss on {windows} calibration windows {b:.4} without, {a:.4} with)"
                     ),
-                })
-            })
-            .collect();
-        let losses = match check["loss_before"].as_f64() {
-            Some(b) if groups.len() == 1 && !with.is_empty() => format!(
-                " (next-token loss on {} calibration windows {b:.4} without, {})",
-                check["windows"], with[0]
+                    _ => String::new(),
+                },
             ),
-            Some(b) if !with.is_empty() => format!(
-                " (next-token loss on {} calibration windows {b:.4} without; each group added in turn: {}; {:.4} in the end)",
-                check["windows"],
-                with.join(", "),
-                check["loss_after"].as_f64().unwrap_or(b)
+            _ => (
+                format!(
+                    "{} of {} kept, each tried after those kept before it",
+                    edits.iter().filter(|e| e["kept"] == true).count(),
+                    edits.len()
+                ),
+                match (before, after) {
+                    (Some(b), Some(a)) => format!(
+                        " (next-token loss on {windows} calibration windows {b:.4} without, {a:.4} with those kept)"
+                    ),
+                    _ => String::new(),
+                },
             ),
-            _ => String::new(),
         };
+        let each: Vec<String> = if edits.len() > 1 {
+            edits
+                .iter()
+                .map(|e| match e["loss"].as_f64() {
+                    Some(l) => format!(
+                        "\n  {}: {l:.4}, {}",
+                        e["what"].as_str().unwrap_or("?"),
+                        verdict(e)
+                    ),
+                    None => format!("\n  {}: {}", e["what"].as_str().unwrap_or("?"), verdict(e)),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let losses = format!("{losses}{}", each.concat());
         println!("{pass} compensation: {outcome}{losses}");
     }
     for c in rows

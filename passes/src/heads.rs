@@ -664,7 +664,13 @@ impl crate::manager::Pass for PruneHeadsPass {
         }
         reinfer(g)?;
         if !compensation.is_empty() {
-            crate::structured::compensate(g, cx, vec![compensation], "prune-heads", &note)?;
+            use crate::structured::{compensate, Edit};
+            let what = format!(
+                "{} biases for the mean output of what was removed",
+                compensation.len()
+            );
+            let edit = Edit::biases(what, compensation, note.clone());
+            compensate(g, cx, vec![edit], "prune-heads")?;
         }
         // the model's facts say how many heads it has
         if let (1, Some(&(h, kv))) = (counts.len(), counts.iter().next()) {

@@ -394,7 +394,12 @@ impl crate::manager::Pass for PruneFfnPass {
         }
         reinfer(g)?;
         if !compensation.is_empty() {
-            compensate(g, cx, vec![compensation], "prune-ffn", &note)?;
+            let what = format!(
+                "{} biases for the mean output of what was removed",
+                compensation.len()
+            );
+            let edit = Edit::biases(what, compensation, note);
+            compensate(g, cx, vec![edit], "prune-ffn")?;
         }
         // channel statistics no longer line up with the graph
         cx.stats = None;
@@ -427,19 +432,41 @@ pub(crate) fn removed_mean_output(
 /// node has none), and its values.
 pub(crate) type Bias = (usize, String, Vec<f32>);
 
-/// Adds compensating biases if they lower the next-token loss on
+/// One compensation that the check keeps or rejects as a whole: what it is, for the report,
+/// and how it changes a graph (false: it found nothing to change).
+pub(crate) struct Edit {
+    pub what: String,
+    pub apply: Box<dyn Fn(&mut Graph) -> Result<bool, PassError>>,
+}
+
+impl Edit {
+    /// Adds `biases` to their linear layers.
+    pub(crate) fn biases(what: String, biases: Vec<Bias>, note: String) -> Edit {
+        Edit {
+            what,
+            apply: Box::new(move |g| {
+                let mut any = false;
+                for (node, name, b) in &biases {
+                    any |= crate::distill::add_to_bias(g, *node, name, b, &note)?;
+                }
+                Ok(any)
+            }),
+        }
+    }
+}
+
+/// Applies compensating `edits` if they lower the next-token loss on
 /// [`crate::distill::CHECK_WINDOWS`] calibration windows (always, for a graph that is not a
 /// language model), and reports the check as `{"pass": pass, "compensation": ...}`.
 ///
-/// The biases come in `groups`, tried in order: each group stays if, added to the groups kept
-/// before it, it lowers the loss further. One group is all or nothing; a group per removed
-/// layer lets one layer's compensation stay when another's would hurt.
+/// The edits are tried in order: each stays if, applied after those kept before it, it lowers
+/// the loss further. One edit is all or nothing; an edit per removed layer lets one layer's
+/// compensation stay when another's would hurt.
 pub(crate) fn compensate(
     g: &mut Graph,
     cx: &mut crate::manager::PassContext,
-    groups: Vec<Vec<Bias>>,
+    edits: Vec<Edit>,
     pass: &str,
-    note: &str,
 ) -> Result<(), PassError> {
     let windows = match &cx.calib {
         Some(c) if crate::distill::is_language_model(g) => {
@@ -447,7 +474,7 @@ pub(crate) fn compensate(
         }
         _ => Vec::new(),
     };
-    let steps = groups.len() as u64 + 1;
+    let steps = edits.len() as u64 + 1;
     let mut best = if windows.is_empty() {
         None
     } else {
@@ -455,14 +482,13 @@ pub(crate) fn compensate(
         Some(crate::distill::lm_loss(g, &windows)?)
     };
     let before = best;
-    let (mut added, mut tried) = (0, Vec::new());
-    for (i, group) in groups.iter().enumerate() {
+    let mut tried = Vec::new();
+    let mut kept = 0;
+    for (i, edit) in edits.iter().enumerate() {
         let mut h = g.clone();
-        let mut n = 0;
-        for (node, name, b) in group {
-            if crate::distill::add_to_bias(&mut h, *node, name, b, note)? {
-                n += 1;
-            }
+        if !(edit.apply)(&mut h)? {
+            tried.push(serde_json::json!({"what": edit.what, "loss": null, "kept": false}));
+            continue;
         }
         let (loss, keep) = match best {
             None => (None, true),
@@ -474,10 +500,10 @@ pub(crate) fn compensate(
         };
         if keep {
             *g = h;
-            added += n;
+            kept += 1;
             best = loss.or(best);
         }
-        tried.push(serde_json::json!({"biases": n, "loss": loss, "kept": keep}));
+        tried.push(serde_json::json!({"what": edit.what, "loss": loss, "kept": keep}));
     }
     let check = match (before, best) {
         (Some(b), Some(a)) => {
@@ -487,7 +513,7 @@ pub(crate) fn compensate(
     };
     cx.report.push(serde_json::json!({
         "pass": pass,
-        "compensation": {"biases": added, "check": check, "kept": added > 0, "groups": tried},
+        "compensation": {"check": check, "kept": kept > 0, "edits": tried},
     }));
     Ok(())
 }

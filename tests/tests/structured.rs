@@ -283,60 +283,61 @@ fn layer_compensation_adds_the_removed_layers_mean_change() {
     assert!(outcomes.contains(&true), "{outcomes:?}");
 }
 
-/// Four layers, the two quietest removed: each removed layer's compensation (on the down projection of the
-/// kept layer below it) is tried alone, in layer order, and stays only if it lowers the loss
-/// below that of what stayed before it. The report's groups say so, the graph holds exactly
-/// the kept biases, and its loss is the check's last.
-#[test]
-fn each_removed_layers_compensation_stays_or_goes_alone() {
-    let mut outcomes = Vec::new();
-    for seed in 110..118 {
-        // layers 1 and 3 write a tenth of what they would: they change the stream least
-        let mut dense = cases::random_llama_layers(seed, false, false, 4);
-        for l in [1, 3] {
-            for role in ["attn_output", "ffn_down"] {
-                let name = format!("blk.{l}.{role}.weight");
-                let i = dense.weights.iter().position(|w| w.name == name).unwrap();
-                let v = llmc_passes::smooth::weight_f32(&dense, i).unwrap().0;
-                let quiet = v.iter().map(|x| x * 0.1).collect();
-                llmc_passes::smooth::set_weight_f32(&mut dense, i, quiet, "quieter");
-            }
+/// A random 4-layer Llama whose layers 1 and 3 write a tenth of what they would: they change
+/// the stream least, and `drop-layers{count=2}` removes them apart.
+fn quiet_odd_layers(seed: u64) -> Graph {
+    let mut dense = cases::random_llama_layers(seed, false, false, 4);
+    for l in [1, 3] {
+        for role in ["attn_output", "ffn_down"] {
+            let name = format!("blk.{l}.{role}.weight");
+            let i = dense.weights.iter().position(|w| w.name == name).unwrap();
+            let v = llmc_passes::smooth::weight_f32(&dense, i).unwrap().0;
+            let quiet = v.iter().map(|x| x * 0.1).collect();
+            llmc_passes::smooth::set_weight_f32(&mut dense, i, quiet, "quieter");
         }
+    }
+    dense
+}
+
+/// Removes layers 1 and 3 of [`quiet_odd_layers`] with `compensate=true` and `extra` options;
+/// checks that each removed layer's compensation was tried alone, in layer order, and stayed
+/// only if it lowered the loss below that of what stayed before it, that `present(layer,
+/// graph)` says which stayed, and that the graph's loss is the check's last. Returns, by seed,
+/// which stayed and one graph where one did.
+fn each_alone(extra: &str, present: impl Fn(usize, &Graph) -> bool) -> (Vec<Vec<bool>>, Graph) {
+    let mut outcomes = Vec::new();
+    let mut example = None;
+    for seed in 110..118 {
+        let dense = quiet_odd_layers(seed);
         let (_, plain, _) = prune_graph(dense.clone(), seed, "drop-layers{count=2}");
-        let (_, g, report) = prune_graph(dense, seed, "drop-layers{count=2,compensate=true}");
-        let removed: Vec<usize> = report[0]["removed"]
-            .as_array()
-            .unwrap()
+        let pipeline = format!("drop-layers{{count=2,compensate=true{extra}}}");
+        let (_, g, report) = prune_graph(dense, seed, &pipeline);
+        assert_eq!(
+            report[0]["removed"],
+            serde_json::json!([1, 3]),
+            "seed {seed}"
+        );
+        let c = report
             .iter()
-            .map(|l| l.as_u64().unwrap() as usize)
-            .collect();
-        // the kept layer below each removed one, once each
-        let mut writers: Vec<usize> = removed
-            .iter()
-            .filter_map(|&l| (0..l).rev().find(|k| !removed.contains(k)))
-            .collect();
-        writers.dedup();
-        let Some(c) = report.iter().find_map(|r| r.get("compensation")) else {
-            assert!(writers.is_empty(), "seed {seed}: {report:?}");
-            continue;
-        };
-        let groups = c["groups"].as_array().unwrap();
-        assert_eq!(groups.len(), writers.len(), "seed {seed}: {c}");
+            .find_map(|r| r.get("compensation"))
+            .unwrap_or_else(|| panic!("seed {seed}: no compensation row: {report:?}"));
+        let edits = c["edits"].as_array().unwrap();
+        assert_eq!(edits.len(), 2, "seed {seed}: {c}");
         let calib = calibration(seed);
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs();
         let mut best = c["check"]["loss_before"].as_f64().unwrap();
         assert!(close(best, loss(&plain, &calib)), "seed {seed}: {c}");
         let mut kept = Vec::new();
-        for (group, k) in groups.iter().zip(&writers) {
-            let l = group["loss"].as_f64().unwrap();
-            assert_eq!(group["kept"], l < best, "seed {seed}: {c}");
-            if l < best {
-                best = l;
-            }
-            // weights keep their names when layers leave
-            let name = format!("blk.{k}.ffn_down.weight.prune_bias");
-            let here = g.weights.iter().any(|w| w.name == name);
-            assert_eq!(here, group["kept"] == true, "seed {seed}: {name} {c}");
+        for (edit, layer) in edits.iter().zip([1, 3]) {
+            let l = edit["loss"].as_f64().unwrap();
+            assert_eq!(edit["kept"], l < best, "seed {seed}: {c}");
+            best = best.min(l);
+            let here = present(layer, &g);
+            assert_eq!(
+                here,
+                edit["kept"] == true,
+                "seed {seed}, layer {layer}: {c}"
+            );
             kept.push(here);
         }
         assert!(
@@ -344,16 +345,59 @@ fn each_removed_layers_compensation_stays_or_goes_alone() {
             "seed {seed}: {c}"
         );
         assert!(close(loss(&g, &calib), best), "seed {seed}: {c}");
-        outcomes.push((removed, kept));
+        if kept.contains(&true) && example.is_none() {
+            example = Some(g);
+        }
+        outcomes.push(kept);
     }
-    eprintln!("removed layers and whether their compensation stayed: {outcomes:?}");
+    eprintln!("{extra}: whether the compensation of layers 1 and 3 stayed, by seed: {outcomes:?}");
     // one layer's compensation stayed where the other's went
     assert!(
         outcomes
             .iter()
-            .any(|(r, k)| r == &[1, 3] && k.contains(&true) && k.contains(&false)),
+            .any(|k| k.contains(&true) && k.contains(&false)),
         "{outcomes:?}"
     );
+    (outcomes, example.expect("a compensation stayed"))
+}
+
+/// The mean change of each removed layer joins the bias of the kept layer below it (its down
+/// projection; weights keep their names when layers leave), each tried alone.
+#[test]
+fn each_removed_layers_compensation_stays_or_goes_alone() {
+    each_alone("", |layer, g| {
+        let name = format!("blk.{}.ffn_down.weight.prune_bias", layer - 1);
+        g.weights.iter().any(|w| w.name == name)
+    });
+}
+
+/// With `rank`, a rank-4 affine map fitted on calibration bridges each removed layer: two
+/// 4-wide linears and an addition on the stream, tried alone; native code agrees.
+#[test]
+fn bridges_stand_in_for_removed_layers() {
+    let (_, g) = each_alone(",rank=4", |layer, g| {
+        let shape = |name: String| {
+            g.weights.iter().find(|w| w.name == name).map(|w| {
+                w.ty.shape
+                    .0
+                    .iter()
+                    .map(|d| d.fixed().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let down = shape(format!("blk.{layer}.bridge_down.weight"));
+        let up = shape(format!("blk.{layer}.bridge_up.weight"));
+        let bias = shape(format!("blk.{layer}.bridge_up.bias"));
+        match (down, up, bias) {
+            (Some(d), Some(u), Some(b)) => {
+                assert_eq!((d, u, b), (vec![4, 128], vec![128, 4], vec![128]));
+                true
+            }
+            (None, None, None) => false,
+            other => panic!("layer {layer}: a bridge in part: {other:?}"),
+        }
+    });
+    agrees_natively(&g, "layers_bridged");
 }
 
 /// `compensate`: each down projection gains a bias, the mean over calibration of what its
