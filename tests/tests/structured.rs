@@ -398,6 +398,21 @@ fn bridges_stand_in_for_removed_layers() {
         }
     });
     agrees_natively(&g, "layers_bridged");
+    // and quantization after it compresses the bridges' linears too
+    let (_, q, _) = prune_graph(
+        quiet_odd_layers(111),
+        111,
+        "drop-layers{count=2,compensate=true,rank=4},quantize{bits=4,group=32}",
+    );
+    for name in ["blk.1.bridge_down.weight", "blk.1.bridge_up.weight"] {
+        let w = q.weights.iter().find(|w| w.name == name).unwrap();
+        assert!(
+            matches!(&w.ty.enc, llmc_ir::Encoding::Quant(s) if s.bits == 4),
+            "{name}: {:?}",
+            w.ty
+        );
+    }
+    agrees_natively(&q, "layers_bridged_w4");
 }
 
 /// `compensate`: each down projection gains a bias, the mean over calibration of what its
