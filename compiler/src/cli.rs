@@ -179,7 +179,9 @@ pub struct BuildArgs {
     #[arg(long, value_name = "SPEC")]
     pub palettize: Option<String>,
     /// Local distillation, last: fit a bias correction per changed linear layer on calibration
-    /// (--distill), plus a low-rank correction branch (--distill rank:8).
+    /// (--distill), plus a low-rank correction branch (--distill rank:8). With structured
+    /// --prune it also compensates what left: removed channels and heads by their mean output,
+    /// removed layers by a rank-64 map of the stream fitted on calibration.
     #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "bias")]
     pub distill: Option<String>,
     /// Mixed precision: average bits per quantized weight; the layers most sensitive on

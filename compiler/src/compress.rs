@@ -96,11 +96,15 @@ pub fn preset_pipeline(
     Ok(out)
 }
 
+/// Rank of the map that stands in for each run of layers `--prune layers:N --distill` removes.
+pub const LAYER_BRIDGE_RANK: usize = 64;
+
 /// The pass behind `--prune SPEC`: `METHOD:FRACTION` (`wanda:0.5`), `N:M` (Wanda, `2:4`) or
 /// `METHOD:N:M` (`sparsegpt:2:4`); methods magnitude, wanda, sparsegpt. Structured:
 /// `ffn:F`/`ffn-prunenet:F` (FFN channels), `heads:F` (query heads, the same number from every
 /// KV group), `heads-kv:F` (whole KV groups) and `layers:N` (N whole decoder layers, ShortGPT).
-/// With `distill`, structured pruning compensates the mean output of what it removes.
+/// With `distill`, structured pruning compensates what it removes: FFN channels and heads by
+/// their mean output, layers by a rank-[`LAYER_BRIDGE_RANK`] map fitted on calibration.
 pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
     use llmc_passes::prune::{PruneMethod, PrunePass, Sparsity};
     let bad = || {
@@ -142,7 +146,7 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
         return Ok(Box::new(llmc_passes::layers::DropLayersPass {
             count,
             compensate: distill,
-            rank: 0,
+            rank: if distill { LAYER_BRIDGE_RANK } else { 0 },
         }));
     }
     if let Some((kind, f)) = spec.split_once(':').filter(|(k, _)| k.starts_with("ffn")) {
