@@ -421,6 +421,7 @@ fn the_quiet_layer_goes_and_the_rest_computes_as_before() {
         Box::new(DropLayersPass {
             count: 1,
             compensate: false,
+            rank: 0,
         }),
     );
     let r = &report[0];
@@ -455,6 +456,7 @@ fn dropping_adjacent_layers_rewires_past_the_whole_run() {
         Box::new(DropLayersPass {
             count: 2,
             compensate: false,
+            rank: 0,
         }),
     );
     assert_eq!(report[0]["removed"], serde_json::json!([1, 2]));
