@@ -382,13 +382,8 @@ impl RunStats {
     /// The rank-`rank` affine map `Δ ≈ (x Rᵀ) Lᵀ + c` of least squared error: ridge regression
     /// (`damp` of each channel's variance) on the centred statistics, truncated to `rank` in
     /// the norm of the inputs' covariance (reduced-rank regression: the whitened SVD of the
-    /// full solution). Returns `(rank, L, R, c, error before, error after)`.
-    #[allow(clippy::type_complexity)]
-    fn fit(
-        &self,
-        rank: usize,
-        damp: f64,
-    ) -> Result<(usize, Vec<f32>, Vec<f32>, Vec<f32>, f64, f64), String> {
+    /// full solution): the bridge of layers `first..=last`.
+    fn fit(&self, first: usize, last: usize, rank: usize, damp: f64) -> Result<Bridge, String> {
         let dim = self.dim;
         let t = self.tokens.max(1) as f64;
         let mx: Vec<f64> = self.xs.iter().map(|v| v / t).collect();
@@ -445,14 +440,16 @@ impl RunStats {
                 msm += sj * row[j] as f64;
             }
         }
-        Ok((
-            f.rank,
-            f.l,
-            f.r,
+        Ok(Bridge {
+            first,
+            last,
+            rank: f.rank,
+            l: f.l,
+            r: f.r,
             c,
-            self.dd,
-            (centred - 2.0 * mc + msm).max(0.0),
-        ))
+            before: self.dd,
+            after: (centred - 2.0 * mc + msm).max(0.0),
+        })
     }
 }
 
@@ -494,19 +491,8 @@ pub fn fit_bridges(
     runs.iter()
         .zip(&stats)
         .map(|(&(first, last), st)| {
-            let (rank, l, r, c, before, after) = st
-                .fit(rank, damp)
-                .map_err(|e| err(format!("layers {first}..={last}: {e}")))?;
-            Ok(Bridge {
-                first,
-                last,
-                rank,
-                l,
-                r,
-                c,
-                before,
-                after,
-            })
+            st.fit(first, last, rank, damp)
+                .map_err(|e| err(format!("layers {first}..={last}: {e}")))
         })
         .collect()
 }
@@ -943,8 +929,9 @@ mod tests {
         let mut st = RunStats::new(dim);
         st.add(&x[..300 * dim], &d[..300 * dim]);
         st.add(&x[300 * dim..], &d[300 * dim..]);
-        let (rank, l, r, c, before, after) = st.fit(2, 1e-9).unwrap();
-        assert_eq!(rank, 2);
+        let b = st.fit(0, 0, 2, 1e-9).unwrap();
+        let (l, r, c, before, after) = (b.l, b.r, b.c, b.before, b.after);
+        assert_eq!(b.rank, 2);
         let mut left = 0f64;
         for (row, drow) in x.chunks(dim).zip(d.chunks(dim)) {
             let t: Vec<f32> = (0..2)
