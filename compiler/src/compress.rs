@@ -680,7 +680,11 @@ fn print_rows(rows: &[serde_json::Value]) {
         } else {
             Vec::new()
         };
-        let losses = format!("{losses}{}", each.concat());
+        let added = match c["bytes_added"].as_i64() {
+            Some(b) if b != 0 => format!(", {:+.3} MB of weights", b as f64 / 1e6),
+            _ => String::new(),
+        };
+        let losses = format!("{added}{losses}{}", each.concat());
         println!("{pass} compensation: {outcome}{losses}");
     }
     for c in rows

@@ -3,6 +3,11 @@
 //! stream entering layer `i`, and the `count` layers that change the stream least are cut out:
 //! the stream is rewired past them and their nodes, weights and KV-cache states go.
 //!
+//! With `compensate`, each run of removed layers is stood in for, and kept only if the
+//! next-token loss on calibration falls: by its mean change of the stream (on the bias of the
+//! projection that writes the stream before it), or with `rank` by a [`Bridge`], an affine map
+//! of the stream fitted in closed form to what the run added.
+//!
 //! Layers are found from the residual stream of a pre-norm decoder: a chain of additions
 //! `r_{k+1} = r_k + branch(norm(r_k))`; a layer begins at the addition whose branch holds an
 //! attention.

@@ -474,6 +474,12 @@ pub(crate) fn compensate(
         }
         _ => Vec::new(),
     };
+    let bytes = |g: &Graph| -> u64 {
+        (0..g.weights.len())
+            .map(|i| crate::heads::weight_bytes(g, i))
+            .sum()
+    };
+    let bytes_before = bytes(g);
     let steps = edits.len() as u64 + 1;
     let mut best = if windows.is_empty() {
         None
@@ -513,7 +519,12 @@ pub(crate) fn compensate(
     };
     cx.report.push(serde_json::json!({
         "pass": pass,
-        "compensation": {"check": check, "kept": kept > 0, "edits": tried},
+        "compensation": {
+            "check": check,
+            "kept": kept > 0,
+            "edits": tried,
+            "bytes_added": bytes(g) as i64 - bytes_before as i64,
+        },
     }));
     Ok(())
 }

@@ -345,6 +345,9 @@ fn each_alone(extra: &str, present: impl Fn(usize, &Graph) -> bool) -> (Vec<Vec<
             "seed {seed}: {c}"
         );
         assert!(close(loss(&g, &calib), best), "seed {seed}: {c}");
+        let added = bytes(&g, |_| true) as i64 - bytes(&plain, |_| true) as i64;
+        assert_eq!(c["bytes_added"].as_i64(), Some(added), "seed {seed}: {c}");
+        assert_eq!(added > 0, kept.contains(&true), "seed {seed}: {c}");
         if kept.contains(&true) && example.is_none() {
             example = Some(g);
         }
