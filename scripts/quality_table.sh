@@ -79,7 +79,8 @@ lowrank_configs=(
 )
 # weight sharing and local distillation: palettes count their codebooks (f16 entries); a
 # distilled row adds its bias (not a linear weight) and any correction branch (f16, counted);
-# after structured pruning --distill compensates the mean output of what was removed
+# after structured pruning --distill compensates what was removed: the mean output of removed
+# channels and heads, a rank-64 bridge for each run of removed layers
 share_configs=(
   "palettize 16 per tensor, unweighted|--passes palettize{bits=4,head=false,weighted=false}"
   "palettize 16 per tensor|--palettize 16"
