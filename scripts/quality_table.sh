@@ -91,6 +91,7 @@ share_configs=(
   "w3a16 g128 gptq + distill|--quant w3a16 --group 128 --quant-method gptq --distill"
   "w3a16 g128 gptq + distill rank 8|--quant w3a16 --group 128 --quant-method gptq --distill rank:8"
   "w4a16 g128 rtn + entropy coding|--quant w4a16 --group 128 --entropy"
+  "w4a16 g128 rtn + distill + entropy coding|--quant w4a16 --group 128 --distill --entropy"
   "wanda 50% + distill|--prune wanda:0.5 --distill"
   "wanda 50% + distill rank 8|--prune wanda:0.5 --distill rank:8"
   "wanda 2:4 + w4a16 g128 rtn + distill|--prune wanda:2:4 --quant w4a16 --group 128 --distill"
