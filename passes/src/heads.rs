@@ -486,6 +486,11 @@ pub fn weight_bytes(g: &Graph, i: usize) -> u64 {
     dims.and_then(|d| t.enc.byte_size(&d)).unwrap_or(0)
 }
 
+/// Bytes all of `g`'s weights take in their encodings.
+pub fn all_weight_bytes(g: &Graph) -> u64 {
+    (0..g.weights.len()).map(|i| weight_bytes(g, i)).sum()
+}
+
 /// The `prune-heads` pass.
 pub struct PruneHeadsPass {
     pub fraction: f64,

@@ -808,13 +808,9 @@ impl crate::manager::Pass for DropLayersPass {
                     .for_each(|(a, &m)| *a += m);
             }
         }
-        let weights_before: u64 = (0..g.weights.len())
-            .map(|i| crate::heads::weight_bytes(g, i))
-            .sum();
+        let weights_before: u64 = crate::heads::all_weight_bytes(g);
         remove_layers(g, &s, &drop)?;
-        let weights_after: u64 = (0..g.weights.len())
-            .map(|i| crate::heads::weight_bytes(g, i))
-            .sum();
+        let weights_after: u64 = crate::heads::all_weight_bytes(g);
         // one edit per run or writer, so each removed layer's compensation stays or goes alone
         let mut edits = Vec::new();
         if !bridges.is_empty() {

@@ -432,11 +432,14 @@ pub(crate) fn removed_mean_output(
 /// node has none), and its values.
 pub(crate) type Bias = (usize, String, Vec<f32>);
 
+/// How an [`Edit`] changes a graph (false: it found nothing to change).
+pub(crate) type Apply = Box<dyn Fn(&mut Graph) -> Result<bool, PassError>>;
+
 /// One compensation that the check keeps or rejects as a whole: what it is, for the report,
-/// and how it changes a graph (false: it found nothing to change).
+/// and how it changes a graph.
 pub(crate) struct Edit {
     pub what: String,
-    pub apply: Box<dyn Fn(&mut Graph) -> Result<bool, PassError>>,
+    pub apply: Apply,
 }
 
 impl Edit {
@@ -474,12 +477,7 @@ pub(crate) fn compensate(
         }
         _ => Vec::new(),
     };
-    let bytes = |g: &Graph| -> u64 {
-        (0..g.weights.len())
-            .map(|i| crate::heads::weight_bytes(g, i))
-            .sum()
-    };
-    let bytes_before = bytes(g);
+    let bytes_before = crate::heads::all_weight_bytes(g);
     let steps = edits.len() as u64 + 1;
     let mut best = if windows.is_empty() {
         None
@@ -523,7 +521,7 @@ pub(crate) fn compensate(
             "check": check,
             "kept": kept > 0,
             "edits": tried,
-            "bytes_added": bytes(g) as i64 - bytes_before as i64,
+            "bytes_added": crate::heads::all_weight_bytes(g) as i64 - bytes_before as i64,
         },
     }));
     Ok(())
