@@ -15,7 +15,7 @@ cargo build -q -p llmc
 llmc=target/debug/llmc
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for q in none w8a8 w4a8; do
-  "$llmc" build "$model" -o "$out/$q" --name smol --quant "$q" --max-context 512 --max-tokens 128 --emit so --force >/dev/null
+  "$llmc" build "$model" -o "$out/$q" --name smol --quant "$q" --max-context 512 --max-tokens 128 --force >/dev/null
 done
 # the machine's limits once, with the f32 bundle
 "$llmc" bench "$out/none" --threads 1,2 --runs 5 --decode 32 --machine --json >"$out/llmc-none.json"

@@ -10,7 +10,7 @@ cargo build -q -p llmc
 llmc=target/debug/llmc
 $llmc inspect "$model"
 echo
-$llmc build "$model" --quant w4a8 -o out/smol --name smol --max-context 512 --emit so --force
+$llmc build "$model" --quant w4a8 -o out/smol --name smol --max-context 512 --force
 echo
 echo "--- greedy continuation, compiled code (out/smol/libsmol.so) ---"
 $llmc run out/smol --prompt "The capital of France is" -n 24

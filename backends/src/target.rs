@@ -290,6 +290,15 @@ impl TargetSpec {
         self.triple.to_string()
     }
 
+    /// Whether code for this target can be loaded into this process: the same architecture
+    /// and operating system as the machine llmc runs on (its CPU features are checked when
+    /// the code is loaded).
+    pub fn runs_here(&self) -> bool {
+        let host = Triple::host();
+        self.triple.architecture == host.architecture
+            && self.triple.operating_system == host.operating_system
+    }
+
     /// The architecture of the triple.
     pub fn arch(&self) -> Arch {
         self.arch

@@ -1,4 +1,4 @@
-//! Bundles on disk: writing one (object, static library, shared library on request, header,
+//! Bundles on disk: writing one (object, static library, shared library for host targets, header,
 //! weights, tokenizer, manifest, and the intermediate forms `--emit` asks for), and opening a
 //! bundle directory again to run its compiled code on the host.
 
@@ -24,7 +24,7 @@ pub enum WriteError {
 /// What to write besides the object, static library, header, weights and manifest.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Outputs {
-    /// Link `lib<name>.so` (host targets) for `llmc run`, `eval` and `bench`.
+    /// Link `lib<name>.so` (targets this machine runs) for `llmc run`, `eval` and `bench`.
     pub so: bool,
     pub llvm_ir: bool,
     pub asm: bool,
@@ -677,7 +677,7 @@ impl BundleDir {
         if !so.is_file() {
             return Err(BundleDirError::Missing {
                 path: so,
-                fix: "llmc runs bundles through their shared library: rebuild with --emit so"
+                fix: "llmc runs bundles through their shared library, which llmc build links for a target this machine runs: rebuild the bundle with llmc build MODEL -o DIR (--target host)"
                     .into(),
             });
         }

@@ -55,7 +55,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Bundle directory (a decoder built for the host with --emit so).
+    /// Bundle directory (a decoder built for this machine).
     pub bundle: PathBuf,
     /// Tokens of the timed prefill, from an empty cache.
     #[arg(long, default_value_t = 128)]
@@ -137,7 +137,8 @@ pub struct BuildArgs {
     /// Largest value of a named input dimension of a non-decoder graph: NAME=MAX (repeatable).
     #[arg(long = "dim", value_name = "NAME=MAX")]
     pub dims: Vec<String>,
-    /// Extra outputs: so, llvm-ir, asm (comma-separated or repeated).
+    /// Extra outputs: llvm-ir, asm (comma-separated or repeated); so is always linked for a
+    /// target this machine runs.
     #[arg(long, value_delimiter = ',')]
     pub emit: Vec<String>,
     /// Put the weights into the object (`<name>_weights`) instead of a `<name>.weights` file.
@@ -977,13 +978,16 @@ fn build(a: BuildArgs) -> Result<()> {
     }
     let spec = llmc_backends::TargetSpec::parse(&a.target, a.cpu.as_deref(), a.features.as_deref())
         .map_err(|e| miette!("{e}"))?;
-    if out.so && spec.arch().name() != std::env::consts::ARCH {
+    if out.so && !spec.runs_here() {
         return Err(miette!(
             help = "link lib<name>.a into your program with the target's toolchain instead",
             "--emit so links with this machine's C compiler, which cannot link code for {}",
-            spec.arch()
+            spec.triple()
         ));
     }
+    // a bundle for this machine always carries its shared library, so `llmc run`, `eval`
+    // and `bench` take it as it is
+    out.so |= spec.runs_here();
     let start = std::time::Instant::now();
     let mut m = load(&a.model)?;
     let name = a.name.clone().unwrap_or_else(|| default_name(&a.model));
@@ -1009,7 +1013,7 @@ fn build(a: BuildArgs) -> Result<()> {
         .map(crate::compress::parse_percent)
         .transpose()
         .map_err(|e| miette!(help = "write --max-ppl-increase 5%", "{e}"))?;
-    let pipeline: Vec<Box<dyn llmc_passes::manager::Pass>> = match &a.passes {
+    let pipeline: Vec<Box<dyn llmc_passes::core::pass::Pass>> = match &a.passes {
         Some(p) => {
             if a.quant != "none"
                 || a.group.is_some()
@@ -1075,7 +1079,7 @@ fn build(a: BuildArgs) -> Result<()> {
             p
         }
     };
-    let mut pm = llmc_passes::manager::PassManager::new(pipeline);
+    let mut pm = llmc_passes::core::manager::PassManager::new(pipeline);
     pm.dump_after = a.dump_ir_after.clone();
     if let Some(bad) = pm
         .dump_after
@@ -1087,7 +1091,7 @@ fn build(a: BuildArgs) -> Result<()> {
             "--dump-ir-after '{bad}' names no pass of the pipeline"
         ));
     }
-    let mut cx = llmc_passes::manager::PassContext::default();
+    let mut cx = llmc_passes::core::pass::PassContext::default();
     let (progress, _bar) = crate::compress::progress_bar();
     cx.progress = Some(progress.clone());
     if a.calib_self && !pm.needs_calibration() {
@@ -1259,7 +1263,7 @@ fn build(a: BuildArgs) -> Result<()> {
 fn bench(a: BenchArgs, threads: Vec<usize>) -> Result<()> {
     if !BundleDir::is_bundle(&a.bundle) {
         return Err(miette!(
-            help = "llmc build MODEL -o DIR --emit so, then llmc bench DIR",
+            help = "llmc build MODEL -o DIR (for this machine), then llmc bench DIR",
             "{}: not a bundle directory (no manifest.json)",
             a.bundle.display()
         ));
@@ -1454,7 +1458,7 @@ fn passes(a: PassesArgs) -> Result<()> {
                 serde_json::json!({
                     "name": i.name,
                     "summary": i.summary,
-                    "options": i.options.iter().map(|o| serde_json::json!({"name": o.name, "kind": o.kind, "default": o.default, "help": o.help})).collect::<Vec<_>>(),
+                    "options": i.options.iter().map(|o| serde_json::json!({"name": o.name, "kind": o.kind.to_string(), "default": o.default, "help": o.help})).collect::<Vec<_>>(),
                 })
             })
             .collect();

@@ -6,7 +6,7 @@ use crate::eval::{evaluate, join_texts, year_files, EvalResult, Protocol};
 use crate::frontend::{Model, ModelKind};
 use llmc_ir::Session;
 use llmc_passes::calib::{decoder_feeds, spaced_windows, Calibration};
-use llmc_passes::manager::{Pass, Progress};
+use llmc_passes::core::pass::{Pass, Progress};
 use llmc_passes::quant::{Method, QuantOptions, QuantizePass, Scheme};
 use llmc_runtime::{Sampler, SamplerConfig};
 use std::path::{Path, PathBuf};
@@ -87,7 +87,7 @@ pub fn preset_pipeline(
     }
     let mut out: Vec<Box<dyn Pass>> = Vec::new();
     if smooth {
-        out.push(Box::new(llmc_passes::smooth::SmoothPass { alpha: 0.5 }));
+        out.push(Box::new(llmc_passes::quant::smoothquant::SmoothPass { alpha: 0.5 }));
     }
     out.push(Box::new(QuantizePass {
         opts,
@@ -106,7 +106,7 @@ pub const LAYER_BRIDGE_RANK: usize = 64;
 /// With `distill`, structured pruning compensates what it removes: FFN channels and heads by
 /// their mean output, layers by a rank-[`LAYER_BRIDGE_RANK`] map fitted on calibration.
 pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
-    use llmc_passes::prune::{PruneMethod, PrunePass, Sparsity};
+    use llmc_passes::prune::unstructured::{PruneMethod, PrunePass, Sparsity};
     let bad = || {
         format!(
             "--prune '{spec}' is not a pruning spec (write wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4, sparsegpt:2:4, ffn:0.25, ffn-prunenet:0.25, heads:0.25, heads-kv:0.34 or layers:4)"
@@ -116,7 +116,7 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
         .split_once(':')
         .filter(|(k, _)| *k == "heads" || *k == "heads-kv")
     {
-        use llmc_passes::heads::{HeadUnit, PruneHeadsPass};
+        use llmc_passes::prune::heads::{HeadUnit, PruneHeadsPass};
         let fraction: f64 = f.parse().map_err(|_| bad())?;
         if !(0.0..1.0).contains(&fraction) {
             return Err(format!("--prune '{spec}': the fraction must lie in [0, 1)"));
@@ -143,14 +143,14 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
                 "--prune '{spec}': layers:N removes N whole layers; N must be a positive integer"
             ));
         }
-        return Ok(Box::new(llmc_passes::layers::DropLayersPass {
+        return Ok(Box::new(llmc_passes::prune::layers::DropLayersPass {
             count,
             compensate: distill,
             rank: if distill { LAYER_BRIDGE_RANK } else { 0 },
         }));
     }
     if let Some((kind, f)) = spec.split_once(':').filter(|(k, _)| k.starts_with("ffn")) {
-        use llmc_passes::structured::{ChannelScore, PruneFfnPass};
+        use llmc_passes::prune::ffn::{ChannelScore, PruneFfnPass};
         let score = match kind {
             "ffn" => ChannelScore::Activation,
             "ffn-prunenet" => ChannelScore::Spectral,
@@ -200,7 +200,8 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
 /// The low-rank pass behind `--lowrank METHOD:FRACTION`: `svd:0.7` or `svd-llm:0.7` keep
 /// 70% of each linear layer's values.
 pub fn lowrank_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
-    use llmc_passes::lowrank::{LowRankMethod, LowRankPass, RankRule};
+    use llmc_passes::core::linalg::RankRule;
+    use llmc_passes::lowrank::svd::{LowRankMethod, LowRankPass};
     let bad = || {
         format!("--lowrank '{spec}' is not a low-rank spec (write svd:0.7 or svd-llm:0.7: the method and the fraction of each layer's values kept)")
     };
@@ -224,7 +225,7 @@ pub fn lowrank_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
 /// one codebook of 16 entries (4-bit indices), `16:128` one per run of 128 output rows.
 /// `keep_head` leaves the output head (and an embedding tied to it) alone.
 pub fn palettize_pass(spec: &str, keep_head: bool) -> Result<Box<dyn Pass>, String> {
-    use llmc_passes::palettize::{PaletteOptions, PalettizePass};
+    use llmc_passes::share::palettize::{PaletteOptions, PalettizePass};
     let bad = || {
         format!("--palettize '{spec}' is not a palette spec (write 16 for one codebook of 16 entries per tensor, or 16:128 for one per 128 output rows)")
     };
@@ -463,7 +464,7 @@ pub struct Footprint {
 
 impl Footprint {
     pub fn of(g: &llmc_ir::Graph, head: bool) -> Footprint {
-        llmc_passes::quant::targets(g, head)
+        llmc_passes::core::edit::linear_weights(g, head)
             .iter()
             .map(|&(w, _)| {
                 let t = &g.weights[w].ty;

@@ -285,9 +285,31 @@ impl Graph {
         }
     }
 
-    /// Makes every use of `old` (operands and graph outputs) a use of `new`.
-    pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
-        for n in &mut self.nodes {
+    /// Gives weight `i` new data under a new type (another encoding or shape), checked against
+    /// it; the weight's value takes the type, so readers of a new shape must be re-inferred.
+    pub fn replace_weight(
+        &mut self,
+        i: usize,
+        ty: TensorType,
+        data: WeightData,
+    ) -> Result<(), IrError> {
+        data.check(&ty)?;
+        let w = &mut self.weights[i];
+        w.hash = data.hash();
+        w.ty = ty.clone();
+        w.data = Some(data);
+        let v = w.value;
+        self.values[v.0 as usize].ty = ty;
+        Ok(())
+    }
+
+    /// Makes every use of `old` (operands and graph outputs) a use of `new`, except the
+    /// operands of node `keep` (the node that computes `new` from `old`).
+    pub fn replace_uses_except(&mut self, old: ValueId, new: ValueId, keep: usize) {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if i == keep {
+                continue;
+            }
             for v in &mut n.inputs {
                 if *v == old {
                     *v = new;
@@ -299,6 +321,11 @@ impl Graph {
                 *v = new;
             }
         }
+    }
+
+    /// Makes every use of `old` (operands and graph outputs) a use of `new`.
+    pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
+        self.replace_uses_except(old, new, usize::MAX)
     }
 
     /// Removes nodes whose results nobody uses (cache appends are kept: they have effects).

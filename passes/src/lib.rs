@@ -1,30 +1,34 @@
-//! llmc passes: the rewrite driver, canonicalization and fusion patterns over the graph IR.
+//! llmc passes: graph rewrites over the IR, by family.
+//!
+//! | module | what | may import |
+//! |---|---|---|
+//! | [`core`] | `Pass`, typed options, pass manager, rewrite driver, weight-edit API, linear algebra, quantization grids, the next-token loss check | calib |
+//! | [`calib`] | calibration data and the statistics the interpreter collects from it | — |
+//! | [`canon`] | canonicalize (folds, identities, dead code) and fusions | core |
+//! | [`quant`] | `quantize` (RTN, GPTQ, AWQ, mixed precision) and `smooth` (SmoothQuant) | core, calib |
+//! | [`prune`] | `prune` (magnitude, Wanda, SparseGPT, n:m), `prune-ffn`, `prune-heads`, `drop-layers` | core, calib |
+//! | [`lowrank`] | `lowrank` (SVD, SVD-LLM) and `caldera` (Q + L·R) | core, calib |
+//! | [`share`] | `palettize` (k-means codebooks) | core, calib |
+//! | [`distill`] | `distill` (bias and low-rank corrections) | core, calib |
+//! | [`registry`] | every pass by name, for pipelines and `llmc passes` | every family |
+//!
+//! A family never imports another family's module: what two families need lives in `core`.
 
-pub mod caldera;
 pub mod calib;
-pub mod canonicalize;
+pub mod canon;
+pub mod core;
 pub mod distill;
-pub mod fold;
-pub mod fuse;
-pub mod gptq;
-pub mod heads;
-pub mod layers;
 pub mod lowrank;
-pub mod manager;
-pub mod palettize;
 pub mod prune;
 pub mod quant;
 pub mod registry;
-pub mod rewrite;
-pub mod smooth;
-pub mod structured;
-mod symbolic;
+pub mod share;
 
-pub use canonicalize::{canonical_patterns, canonicalize};
-pub use fuse::{fuse, fusion_patterns};
-pub use rewrite::{
+pub use registry::{infos, pipeline};
+pub use crate::core::rewrite::{
     apply_patterns, PValue, Patch, RewriteConfig, RewritePattern, RewriteStats, View,
 };
+pub use canon::{canonicalize, fuse, patterns_by_name};
 
 use llmc_ir::IrError;
 
@@ -46,49 +50,35 @@ pub enum PassError {
         #[source]
         source: IrError,
     },
+    /// A weight could not be read or replaced (`what`: read, replace, add bias).
+    #[error("{what} @{weight}: {msg}")]
+    Edit {
+        what: &'static str,
+        weight: String,
+        msg: String,
+    },
+    /// A node's result types could not be inferred after weights changed shape.
+    #[error("re-inferring node {node} after a weight changed shape: {msg}")]
+    Reinfer { node: usize, msg: String },
     /// A pass was given an option it does not take, or a value of the wrong kind.
     #[error("pass {pass}: {msg}")]
     Options { pass: String, msg: String },
     /// A pipeline string that does not parse, or names an unknown pass.
     #[error("pipeline '{pipeline}': {msg}")]
     Pipeline { pipeline: String, msg: String },
+    /// A pattern list names a pattern that does not exist.
+    #[error("unknown pattern '{name}' (known: canonicalize, fuse, {})", known.join(", "))]
+    UnknownPattern {
+        name: String,
+        known: Vec<&'static str>,
+    },
     /// Calibration could not run, or a pass that needs it has none.
     #[error("calibration: {0}")]
     Calibration(String),
+    /// The next-token loss check could not run the model.
+    #[error("next-token loss check: {0}")]
+    Check(String),
     /// The patterns kept firing past the sweep bound (two rules undo each other).
     #[error("rewriting did not reach a fixpoint after {sweeps} sweeps; still firing: {patterns}")]
     NoFixpoint { sweeps: usize, patterns: String },
-}
-
-/// Every pattern by name: the canonicalization rules and the fusions.
-pub fn all_patterns() -> Vec<Box<dyn RewritePattern>> {
-    let mut v = canonical_patterns();
-    v.extend(fusion_patterns());
-    v
-}
-
-/// The patterns named in a comma-separated list (`fuse-attention, merge-transposes`); the
-/// names `canonicalize` and `fuse` stand for those whole sets. `None` names the unknown entry.
-pub fn patterns_by_name(list: &str) -> Result<Vec<Box<dyn RewritePattern>>, String> {
-    let mut out: Vec<Box<dyn RewritePattern>> = Vec::new();
-    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match name {
-            "canonicalize" => out.extend(canonical_patterns()),
-            "fuse" => out.extend(all_patterns()),
-            _ => {
-                let p = all_patterns()
-                    .into_iter()
-                    .find(|p| p.name() == name)
-                    .ok_or_else(|| {
-                        let known: Vec<&str> = all_patterns().iter().map(|p| p.name()).collect();
-                        format!(
-                            "unknown pattern '{name}' (known: canonicalize, fuse, {})",
-                            known.join(", ")
-                        )
-                    })?;
-                out.push(p);
-            }
-        }
-    }
-    Ok(out)
 }

@@ -1,10 +1,13 @@
 //! Filetests: IR text in `tests/filetests/*.llmc`, the patterns its `// RUN:` line names run to
-//! a fixpoint, the result verified, snapshotted, checked against `// CHECK:` lines, and run in
-//! the interpreter before and after on the same inputs (outputs within 1e-5).
+//! a fixpoint (or the pipeline its `// PASSES:` line names, calibrated on random inputs), the
+//! result verified, snapshotted, checked against `// CHECK:` / `// CHECK-NEXT:` lines of text
+//! (in order, as FileCheck does) and `// CHECK-NOT:` / `// CHECK-COUNT:` ops, and run in the
+//! interpreter before and after on the same inputs (outputs within 1e-5, or `// TOL:` of the
+//! largest output for lossy passes).
 
 use llmc_ir::{parse, print, verify, DType, Data, Dim, Graph, Tensor, WeightData};
 use llmc_passes::calib::Calibration;
-use llmc_passes::manager::{PassContext, PassManager};
+use llmc_passes::core::{manager::PassManager, pass::PassContext};
 use llmc_passes::{apply_patterns, patterns_by_name, RewriteConfig};
 use std::collections::HashMap;
 use std::path::Path;
@@ -78,6 +81,31 @@ fn run(g: &Graph, inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
     llmc_ir::interp::run_once(g, &ins).unwrap_or_else(|e| panic!("interpreter: {e}\n{}", print(g)))
 }
 
+/// FileCheck's rule over the rewritten graph's text: each `// CHECK: text` line must occur in
+/// a line after the one the previous CHECK matched, and `// CHECK-NEXT: text` in the very next
+/// line. (`CHECK-NOT` and `CHECK-COUNT` name ops, `CHECK-CHANGED` and `CHECK-UNCHANGED`
+/// weights whose content the rewrite must or must not change: see [`run_file`].)
+fn check_lines(file: &str, src: &str, text: &str) {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut at = 0usize;
+    for l in src.lines().map(str::trim) {
+        if let Some(want) = l.strip_prefix("// CHECK:").map(str::trim) {
+            let found = lines[at..].iter().position(|x| x.contains(want));
+            let Some(k) = found else {
+                panic!("{file}: CHECK: '{want}' not found after line {at} of\n{text}");
+            };
+            at += k + 1;
+        } else if let Some(want) = l.strip_prefix("// CHECK-NEXT:").map(str::trim) {
+            assert!(
+                at > 0 && lines.get(at).is_some_and(|x| x.contains(want)),
+                "{file}: CHECK-NEXT: '{want}' is not on line {} of\n{text}",
+                at + 1
+            );
+            at += 1;
+        }
+    }
+}
+
 /// Runs one filetest; returns the rewritten graph's text for the snapshot.
 fn run_file(file: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -114,6 +142,8 @@ fn run_file(file: &str) -> String {
     verify(&g).unwrap_or_else(|e| panic!("{file} does not verify before the pass: {e}"));
     let inputs = make_inputs(&g, &dims, &mut rng);
     let before = run(&g, &inputs);
+    let hashes_before: HashMap<String, u64> =
+        g.weights.iter().map(|w| (w.name.clone(), w.hash)).collect();
     let fired_line = if let Some(p) = pass_line.first() {
         // calibration: eight more draws of the inputs
         let windows = (0..8).map(|_| make_inputs(&g, &dims, &mut rng)).collect();
@@ -168,10 +198,20 @@ fn run_file(file: &str) -> String {
             "{file}: output {name} differs by {worst} (scale {scale}) after {what}"
         );
     }
-    let hist = g.op_histogram();
-    for op in directives(&src, "CHECK") {
-        assert!(hist.contains_key(op), "{file}: CHECK: no '{op}' in\n{text}");
+    check_lines(file, &src, &text);
+    // which weights the rewrite changed, by content hash
+    for (tag, changed) in [("CHECK-CHANGED", true), ("CHECK-UNCHANGED", false)] {
+        for name in directives(&src, tag).iter().flat_map(|l| l.split_whitespace()) {
+            let name = name.trim_start_matches('@');
+            let now = g.weight_by_name(name).map(|w| w.hash);
+            let was = hashes_before.get(name).copied();
+            assert!(
+                was.is_some() && now.is_some() && (was != now) == changed,
+                "{file}: {tag}: @{name} (hash {was:?} before, {now:?} after)"
+            );
+        }
     }
+    let hist = g.op_histogram();
     for op in directives(&src, "CHECK-NOT") {
         assert!(
             !hist.contains_key(op),
@@ -235,6 +275,14 @@ filetest!(smooth_then_w8a8, "smooth_then_w8a8.llmc");
 filetest!(prune_sparsegpt_24, "prune_sparsegpt_24.llmc");
 filetest!(prune_wanda_then_w4, "prune_wanda_then_w4.llmc");
 filetest!(prune_ffn, "prune_ffn.llmc");
+filetest!(prune_heads, "prune_heads.llmc");
+filetest!(prune_heads_kv, "prune_heads_kv.llmc");
+filetest!(drop_layers, "drop_layers.llmc");
+filetest!(lowrank_svd_llm, "lowrank_svd_llm.llmc");
+filetest!(caldera, "caldera.llmc");
+filetest!(palettize, "palettize.llmc");
+filetest!(distill_after_w3, "distill_after_w3.llmc");
+filetest!(fuse_pipeline, "fuse_pipeline.llmc");
 
 #[test]
 fn every_fixture_has_a_test() {
@@ -249,6 +297,39 @@ fn every_fixture_has_a_test() {
                 me.contains(&format!("\"{name}\"")),
                 "filetests/{name} has no filetest! line"
             );
+            let src = std::fs::read_to_string(e_path(&name)).unwrap();
+            assert!(
+                !directives(&src, "CHECK").is_empty(),
+                "filetests/{name} has no // CHECK: line on the rewritten text"
+            );
         }
+    }
+}
+
+fn e_path(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/filetests")
+        .join(name)
+}
+
+/// Every registered pass runs in at least one filetest's `// PASSES:` pipeline.
+#[test]
+fn every_pass_has_a_filetest() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests");
+    let mut named = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let src = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        for p in directives(&src, "PASSES") {
+            for entry in llmc_passes::core::manager::parse_pipeline(p).unwrap() {
+                named.insert(entry.name);
+            }
+        }
+    }
+    for info in llmc_passes::infos() {
+        assert!(
+            named.contains(info.name),
+            "pass {} runs in no filetest (add tests/filetests/NAME.llmc with a // PASSES: line)",
+            info.name
+        );
     }
 }

@@ -7,9 +7,9 @@ use llmc_ir::{
     ValueId, WeightData,
 };
 use llmc_passes::calib::{decoder_feeds, Calibration};
-use llmc_passes::heads::{attention_blocks, HeadUnit, PruneHeadsPass};
-use llmc_passes::layers::{residual_stream, DropLayersPass};
-use llmc_passes::manager::{Pass, PassContext, PassManager};
+use llmc_passes::prune::heads::{attention_blocks, HeadUnit, PruneHeadsPass};
+use llmc_passes::prune::layers::{residual_stream, DropLayersPass};
+use llmc_passes::core::{manager::PassManager, pass::{Pass, PassContext}};
 
 const D: usize = 32;
 const HEADS: usize = 6;
@@ -244,7 +244,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 fn weight_bytes(g: &Graph) -> u64 {
     (0..g.weights.len())
-        .map(|i| llmc_passes::heads::weight_bytes(g, i))
+        .map(|i| llmc_passes::core::edit::weight_bytes(g, i))
         .sum()
 }
 
@@ -259,13 +259,13 @@ fn zeroed_heads(mut g: Graph, report: &[serde_json::Value]) -> Graph {
             .map(|h| h.as_u64().unwrap() as usize)
             .collect();
         let i = g.weights.iter().position(|w| w.name == name).unwrap();
-        let (mut v, rows, cols) = llmc_passes::smooth::weight_f32(&g, i).unwrap();
+        let (mut v, rows, cols) = llmc_passes::core::edit::weight_f32(&g, i).unwrap();
         for r in 0..rows {
             for &h in &removed {
                 v[r * cols + h * HD..r * cols + (h + 1) * HD].fill(0.0);
             }
         }
-        llmc_passes::smooth::set_weight_f32(&mut g, i, v, "zeroed");
+        llmc_passes::core::edit::set_weight_f32(&mut g, i, v, "zeroed").unwrap();
     }
     g
 }

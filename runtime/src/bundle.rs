@@ -222,12 +222,12 @@ impl Bundle {
         if !so.is_file() {
             return Err(load_err(
                 &so,
-                "no such file (build the bundle for the host with --emit so)".into(),
+                "no such file (llmc build links it for a target this machine runs: rebuild the bundle for the host)".into(),
             ));
         }
         // SAFETY: loading a library runs its initializers; llmc bundles have none.
         let lib = unsafe { libloading::Library::new(&so) }
-            .map_err(|e| load_err(&so, format!("{e} (build with --emit so for the host)")))?;
+            .map_err(|e| load_err(&so, format!("{e} (rebuild the bundle for this machine: llmc build MODEL -o DIR)")))?;
         macro_rules! sym {
             ($t:ty, $n:expr) => {{
                 let n = format!("{}_{}", name, $n);

@@ -337,7 +337,7 @@ fn llama_act_i8_quantization() {
 /// the host and AArch64 and checked against the interpreter on the compressed graph.
 #[test]
 fn llama_calibrated_methods() {
-    use llmc_passes::manager::{PassContext, PassManager};
+    use llmc_passes::core::{manager::PassManager, pass::PassContext};
     let pipelines = [
         "smooth,quantize{bits=8,act=i8}",
         "quantize{bits=4,group=32,act=i8,method=gptq}",
@@ -458,7 +458,7 @@ fn smollm2_compressed_forms() {
     smollm2_agrees(configs);
 }
 
-type PipelineFn = Box<dyn Fn() -> Vec<Box<dyn llmc_passes::manager::Pass>> + Sync>;
+type PipelineFn = Box<dyn Fn() -> Vec<Box<dyn llmc_passes::core::pass::Pass>> + Sync>;
 
 /// Compresses SmolLM2-135M by each pipeline (calibration: 8 windows of 256 tokens of one
 /// address), compiles it for the host and AArch64 and checks a 20-token prefill against the
@@ -466,7 +466,7 @@ type PipelineFn = Box<dyn Fn() -> Vec<Box<dyn llmc_passes::manager::Pass>> + Syn
 /// "The capital of France is" with " Paris".
 fn smollm2_agrees(configs: Vec<(&str, PipelineFn, bool)>) {
     use llmc::compress::calibration;
-    use llmc_passes::manager::{PassContext, PassManager};
+    use llmc_passes::core::{manager::PassManager, pass::PassContext};
     use llmc_tests::agreement::{argmax, interpreter_logits, Spread};
     use llmc_tests::cpu::{Call, Reply};
 

@@ -7,7 +7,7 @@
 use llmc_backends::cpu::BuildOptions;
 use llmc_ir::Graph;
 use llmc_passes::calib::{decoder_feeds, Calibration};
-use llmc_passes::manager::{PassContext, PassManager};
+use llmc_passes::core::{manager::PassManager, pass::PassContext};
 use llmc_tests::cpu::cases;
 use llmc_tests::cpu::{build, Exec, Target, Tol};
 
@@ -36,7 +36,7 @@ fn calibration(seed: u64) -> Calibration {
 fn bytes(g: &Graph, pick: impl Fn(&str) -> bool) -> u64 {
     (0..g.weights.len())
         .filter(|&i| pick(&g.weights[i].name))
-        .map(|i| llmc_passes::heads::weight_bytes(g, i))
+        .map(|i| llmc_passes::core::edit::weight_bytes(g, i))
         .sum()
 }
 
@@ -189,7 +189,7 @@ fn ffn_channels_leave_by_either_score() {
                 .iter()
                 .position(|w| w.name == "blk.0.ffn_gate.weight")
                 .unwrap();
-            llmc_passes::smooth::weight_f32(g, w).unwrap().0
+            llmc_passes::core::edit::weight_f32(g, w).unwrap().0
         };
         let (before, after) = (gate(&dense), gate(&g));
         let rows: Vec<usize> = after
@@ -254,9 +254,9 @@ fn layer_compensation_adds_the_removed_layers_mean_change() {
         match (removed, kept) {
             (0, None) => continue,
             (1, Some(true)) => {
-                let s = llmc_passes::layers::residual_stream(&dense).unwrap();
+                let s = llmc_passes::prune::layers::residual_stream(&dense).unwrap();
                 let change =
-                    llmc_passes::layers::block_influence(&dense, &s, &calibration(seed), |_| {})
+                    llmc_passes::prune::layers::block_influence(&dense, &s, &calibration(seed), |_| {})
                         .unwrap()
                         .mean_change;
                 let i = g
@@ -264,7 +264,7 @@ fn layer_compensation_adds_the_removed_layers_mean_change() {
                     .iter()
                     .position(|x| x.name == "blk.0.ffn_down.weight.prune_bias")
                     .unwrap();
-                let bias = llmc_passes::smooth::weight_f32(&g, i).unwrap().0;
+                let bias = llmc_passes::core::edit::weight_f32(&g, i).unwrap().0;
                 assert_eq!(bias.len(), change[1].len());
                 for (b, m) in bias.iter().zip(&change[1]) {
                     assert!(
@@ -291,9 +291,9 @@ fn quiet_odd_layers(seed: u64) -> Graph {
         for role in ["attn_output", "ffn_down"] {
             let name = format!("blk.{l}.{role}.weight");
             let i = dense.weights.iter().position(|w| w.name == name).unwrap();
-            let v = llmc_passes::smooth::weight_f32(&dense, i).unwrap().0;
+            let v = llmc_passes::core::edit::weight_f32(&dense, i).unwrap().0;
             let quiet = v.iter().map(|x| x * 0.1).collect();
-            llmc_passes::smooth::set_weight_f32(&mut dense, i, quiet, "quieter");
+            llmc_passes::core::edit::set_weight_f32(&mut dense, i, quiet, "quieter").unwrap();
         }
     }
     dense
@@ -429,13 +429,13 @@ fn ffn_compensation_adds_the_removed_channels_mean_output() {
         let kept = kept.expect("a compensation row");
         if kept {
             let stats = llmc_passes::calib::collect(&dense, &calibration(seed), |_| {}).unwrap();
-            for f in llmc_passes::structured::ffns(&dense) {
+            for f in llmc_passes::prune::ffn::ffns(&dense) {
                 let st = &stats.inputs[&f.hidden];
                 let name = &dense.weights[f.down].name;
-                let (down, rows, w) = llmc_passes::smooth::weight_f32(&dense, f.down).unwrap();
+                let (down, rows, w) = llmc_passes::core::edit::weight_f32(&dense, f.down).unwrap();
                 let kept_down = {
                     let i = g.weights.iter().position(|x| &x.name == name).unwrap();
-                    llmc_passes::smooth::weight_f32(&g, i).unwrap().0
+                    llmc_passes::core::edit::weight_f32(&g, i).unwrap().0
                 };
                 // the kept channels: the dense down columns found among the pruned ones
                 let kept: Vec<usize> = (0..w)
@@ -450,7 +450,7 @@ fn ffn_compensation_adds_the_removed_channels_mean_output() {
                 assert_eq!(kept.len(), w * 3 / 4, "{name}");
                 let bias_name = format!("{name}.prune_bias");
                 let i = g.weights.iter().position(|x| x.name == bias_name).unwrap();
-                let bias = llmc_passes::smooth::weight_f32(&g, i).unwrap().0;
+                let bias = llmc_passes::core::edit::weight_f32(&g, i).unwrap().0;
                 for r in 0..rows {
                     let want: f64 = (0..w)
                         .filter(|c| !kept.contains(c))
@@ -485,7 +485,7 @@ fn head_compensation_adds_the_removed_heads_mean_output() {
         let kept = kept.expect("a compensation row");
         if kept {
             let stats = llmc_passes::calib::collect(&dense, &calibration(seed), |_| {}).unwrap();
-            for b in llmc_passes::heads::attention_blocks(&dense) {
+            for b in llmc_passes::prune::heads::attention_blocks(&dense) {
                 let name = &dense.weights[b.o.weight].name;
                 let removed: Vec<usize> = report
                     .iter()
@@ -500,15 +500,15 @@ fn head_compensation_adds_the_removed_heads_mean_output() {
                     })
                     .collect();
                 let st = &stats.inputs[&b.o_input];
-                let (o, rows, cols) = llmc_passes::smooth::weight_f32(&dense, b.o.weight).unwrap();
+                let (o, rows, cols) = llmc_passes::core::edit::weight_f32(&dense, b.o.weight).unwrap();
                 // the o bias the model had (if any), plus the compensation
                 let (old_bias, new_bias) = match b.o.bias {
                     Some(bi) => {
                         let bname = &dense.weights[bi].name;
                         let i = g.weights.iter().position(|x| &x.name == bname).unwrap();
                         (
-                            llmc_passes::smooth::weight_f32(&dense, bi).unwrap().0,
-                            llmc_passes::smooth::weight_f32(&g, i).unwrap().0,
+                            llmc_passes::core::edit::weight_f32(&dense, bi).unwrap().0,
+                            llmc_passes::core::edit::weight_f32(&g, i).unwrap().0,
                         )
                     }
                     None => {
@@ -516,7 +516,7 @@ fn head_compensation_adds_the_removed_heads_mean_output() {
                         let i = g.weights.iter().position(|x| x.name == bname).unwrap();
                         (
                             vec![0.0; rows],
-                            llmc_passes::smooth::weight_f32(&g, i).unwrap().0,
+                            llmc_passes::core::edit::weight_f32(&g, i).unwrap().0,
                         )
                     }
                 };

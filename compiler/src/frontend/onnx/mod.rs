@@ -510,7 +510,7 @@ impl<'a> Importer<'a> {
         if let Some(args) =
             all_const.filter(|_| !inputs.is_empty() && !matches!(op, Op::CacheConcat { .. }))
         {
-            if let Some(vals) = llmc_passes::fold::eval_op(&op, &args) {
+            if let Some(vals) = llmc_passes::canon::eval_op(&op, &args) {
                 if vals.iter().all(|t| t.numel() <= MAX_CONST_ELEMS) {
                     return Ok(vals.into_iter().map(|t| self.constant(t)).collect());
                 }
