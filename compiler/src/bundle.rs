@@ -208,15 +208,17 @@ pub fn write_bundle(
     o: &Outputs,
     force: bool,
 ) -> Result<Vec<PathBuf>, WriteError> {
-    write_files(b, &b.manifest, None, dir, o, force)
+    write_files(b, &b.manifest, None, None, dir, o, force)
 }
 
 /// Writes the bundle of a model read by a frontend: as [`write_bundle`], plus the model's
-/// tokenizer (`tokenizer.json`) and what a host needs to drive it in `manifest.json`: its
-/// kind, BOS/EOS tokens, and the graph's inputs and outputs with named dimensions.
+/// tokenizer (`tokenizer.json`), the build report (`report.json`, when given) and what a host needs to
+/// drive it in `manifest.json`: its kind, BOS/EOS tokens, and the graph's inputs and outputs
+/// with named dimensions.
 pub fn write_model_bundle(
     b: &Bundle,
     model: &Model,
+    report: Option<&crate::report::BuildReport>,
     dir: &Path,
     o: &Outputs,
     force: bool,
@@ -233,7 +235,7 @@ pub fn write_model_bundle(
             msg: e.to_string(),
         })?;
     let manifest = model_manifest(&b.manifest, model);
-    write_files(b, &manifest, tok_json.as_deref(), dir, &o, force)
+    write_files(b, &manifest, tok_json.as_deref(), report, dir, &o, force)
 }
 
 /// The name of the tokenizer file in a bundle.
@@ -414,6 +416,7 @@ fn write_files(
     b: &Bundle,
     manifest: &Value,
     tokenizer: Option<&str>,
+    report: Option<&crate::report::BuildReport>,
     dir: &Path,
     o: &Outputs,
     force: bool,
@@ -460,6 +463,11 @@ fn write_files(
     let mut manifest = serde_json::to_string_pretty(&manifest).expect("json");
     manifest.push('\n');
     write(&dir.join("manifest.json"), manifest.as_bytes())?;
+    if let Some(r) = report {
+        let mut json = serde_json::to_string_pretty(r).expect("the report serializes");
+        json.push('\n');
+        write(&dir.join("report.json"), json.as_bytes())?;
+    }
     if let Some(ir) = &b.llvm_ir {
         write(&dir.join(format!("{}.ll", b.name)), ir.as_bytes())?;
     }

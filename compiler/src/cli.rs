@@ -935,10 +935,13 @@ fn default_name(model: &Path) -> String {
 }
 
 fn build(a: BuildArgs) -> Result<()> {
-    use llmc_backends::cpu::{BuildOptions, EmitRequest};
+    use crate::driver::{
+        BuildRequest, CalibSource, Compression, CompressFlags, EvalRequest,
+    };
     use llmc_passes::quant::Scheme;
-    let scheme = Scheme::parse(&a.quant).ok_or_else(|| {
+    let quant = Scheme::parse(&a.quant).ok_or_else(|| {
         miette!(
+            code = "llmc::build::flag",
             help = format!("choose one of {}", Scheme::NAMES.join(", ")),
             "--quant '{}' is not a scheme llmc knows",
             a.quant
@@ -957,202 +960,121 @@ fn build(a: BuildArgs) -> Result<()> {
             "obj" => {}
             other => {
                 return Err(miette!(
+                    code = "llmc::build::flag",
                     help = "--emit takes so, llvm-ir, asm, obj",
                     "--emit '{other}' is not an output llmc writes"
                 ))
             }
         }
     }
-    let mut dims = std::collections::BTreeMap::new();
+    let mut dims = BTreeMap::new();
     for d in &a.dims {
-        let (n, v) = d
-            .split_once('=')
-            .ok_or_else(|| miette!(help = "write --dim seq=128", "--dim '{d}' must be NAME=MAX"))?;
+        let (n, v) = d.split_once('=').ok_or_else(|| {
+            miette!(
+                code = "llmc::build::flag",
+                help = "write --dim seq=128",
+                "--dim '{d}' must be NAME=MAX"
+            )
+        })?;
         let v: i64 = v
             .parse()
-            .map_err(|_| miette!("--dim '{d}': '{v}' is not a number"))?;
+            .map_err(|_| miette!(code = "llmc::build::flag", "--dim '{d}': '{v}' is not a number"))?;
         if v < 1 {
-            return Err(miette!("--dim '{d}': the maximum must be at least 1"));
+            return Err(miette!(
+                code = "llmc::build::flag",
+                "--dim '{d}': the maximum must be at least 1"
+            ));
         }
         dims.insert(n.to_string(), v);
     }
-    let spec = llmc_backends::TargetSpec::parse(&a.target, a.cpu.as_deref(), a.features.as_deref())
-        .map_err(|e| miette!("{e}"))?;
-    if out.so && !spec.runs_here() {
+    let target =
+        llmc_backends::TargetSpec::parse(&a.target, a.cpu.as_deref(), a.features.as_deref())
+            .map_err(|e| {
+                miette!(
+                    code = "llmc::build::target",
+                    help = "llmc targets lists the targets, CPUs and features",
+                    "{e}"
+                )
+            })?;
+    if out.so && !target.runs_here() {
         return Err(miette!(
+            code = "llmc::build::flag",
             help = "link lib<name>.a into your program with the target's toolchain instead",
             "--emit so links with this machine's C compiler, which cannot link code for {}",
-            spec.triple()
+            target.triple()
         ));
     }
     // a bundle for this machine always carries its shared library, so `llmc run`, `eval`
     // and `bench` take it as it is
-    out.so |= spec.runs_here();
-    let start = std::time::Instant::now();
-    let mut m = load(&a.model)?;
-    let name = a.name.clone().unwrap_or_else(|| default_name(&a.model));
-    if !a.force {
-        let names = crate::bundle::file_names(
-            &name,
-            &crate::bundle::Outputs {
-                tokenizer: m.tokenizer.is_some(),
-                ..out
-            },
-        );
-        if let Some(p) = names.iter().map(|n| a.output.join(n)).find(|p| p.exists()) {
-            return Err(miette!(
-                help = "pass --force to replace the bundle, or choose another -o",
-                "{} exists",
-                p.display()
-            ));
+    out.so |= target.runs_here();
+    let flags = CompressFlags {
+        quant,
+        quant_name: a.quant.clone(),
+        group: a.group,
+        method: a.quant_method.clone(),
+        bpw: a.bpw,
+        prune: a.prune.clone(),
+        lowrank: a.lowrank.clone(),
+        palettize: a.palettize.clone(),
+        distill: a.distill.clone(),
+    };
+    crate::driver::check_one_pipeline(a.passes.as_deref(), &flags)?;
+    let calib = if a.calib_self {
+        CalibSource::SelfWritten {
+            count: a.calib_windows.unwrap_or(16),
+            len: a.calib_window.unwrap_or(128),
+            seed: a.calib_seed,
         }
-    }
+    } else {
+        CalibSource::Files {
+            files: a.calib.clone(),
+            count: a.calib_windows.unwrap_or(64),
+            len: a.calib_window.unwrap_or(512),
+        }
+    };
     let budget = a
         .max_ppl_increase
         .as_deref()
         .map(crate::compress::parse_percent)
-        .transpose()
-        .map_err(|e| miette!(help = "write --max-ppl-increase 5%", "{e}"))?;
-    let pipeline: Vec<Box<dyn llmc_passes::core::pass::Pass>> = match &a.passes {
-        Some(p) => {
-            if a.quant != "none"
-                || a.group.is_some()
-                || a.quant_method != "rtn"
-                || a.bpw.is_some()
-                || a.prune.is_some()
-                || a.lowrank.is_some()
-                || a.palettize.is_some()
-                || a.distill.is_some()
-            {
-                return Err(miette!(
-                    help = "put the quantization in the pipeline: quantize{bits=4,group=64,act=i8,method=gptq}",
-                    "--passes replaces --quant, --group, --quant-method, --bpw, --prune, --lowrank, --palettize and --distill; give one or the other"
-                ));
-            }
-            llmc_passes::registry::pipeline(p).map_err(|e| {
-                miette!(
-                    help = "llmc passes lists the passes and their options",
-                    "{e}"
-                )
-            })?
-        }
-        None => {
-            let mut p = Vec::new();
-            if let Some(spec) = &a.prune {
-                p.push(
-                    crate::compress::prune_pass(spec, a.distill.is_some())
-                        .map_err(|e| miette!("{e}"))?,
-                );
-            }
-            if let Some(spec) = &a.lowrank {
-                p.push(crate::compress::lowrank_pass(spec).map_err(|e| miette!("{e}"))?);
-            }
-            if let Some(spec) = &a.palettize {
-                if a.quant != "none"
-                    || a.group.is_some()
-                    || a.quant_method != "rtn"
-                    || a.bpw.is_some()
-                {
-                    return Err(miette!(
-                        help = "palettize alone (--palettize 16:128), or quantize alone (--quant w4a16)",
-                        "--palettize and --quant/--group/--quant-method/--bpw both choose how linear weights are stored; give one or the other"
-                    ));
-                }
-                p.push(
-                    crate::compress::palettize_pass(spec, a.keep_head)
-                        .map_err(|e| miette!("{e}"))?,
-                );
-            }
-            p.extend(
-                crate::compress::preset_pipeline(
-                    scheme,
-                    a.group,
-                    &a.quant_method,
-                    a.keep_head,
-                    a.bpw,
-                )
-                .map_err(|e| miette!("{e}"))?,
-            );
-            if let Some(spec) = &a.distill {
-                p.push(crate::compress::distill_pass(spec).map_err(|e| miette!("{e}"))?);
-            }
-            p
-        }
-    };
-    let mut pm = llmc_passes::core::manager::PassManager::new(pipeline);
-    pm.dump_after = a.dump_ir_after.clone();
-    if let Some(bad) = pm
-        .dump_after
-        .iter()
-        .find(|d| *d != "all" && !pm.names().contains(&d.as_str()))
-    {
-        return Err(miette!(
-            help = format!("the pipeline runs: {}", pm.names().join(", ")),
-            "--dump-ir-after '{bad}' names no pass of the pipeline"
-        ));
-    }
-    let mut cx = llmc_passes::core::pass::PassContext::default();
-    let (progress, _bar) = crate::compress::progress_bar();
-    cx.progress = Some(progress.clone());
-    if a.calib_self && !pm.needs_calibration() {
-        eprintln!("--calib-self: no pass of this pipeline calibrates, so the model writes no calibration text");
-    } else if a.calib_self {
-        let count = a.calib_windows.unwrap_or(16);
-        let len = a.calib_window.unwrap_or(128);
-        let t0 = std::time::Instant::now();
-        cx.calib = Some(
-            crate::compress::self_calibration(&m, count, len, a.calib_seed, Some(&progress))
-                .map_err(|e| miette!("{e}"))?,
-        );
-        cx.calib_seconds += t0.elapsed().as_secs_f64();
-    } else if pm.needs_calibration() || !a.calib.is_empty() {
-        let files = if a.calib.is_empty() {
-            crate::compress::sotu_files(1950, 1999, "--calib").map_err(|e| miette!("{e}"))?
-        } else {
-            a.calib.clone()
-        };
-        let count = a.calib_windows.unwrap_or(64);
-        let len = a.calib_window.unwrap_or(512);
-        cx.calib =
-            Some(crate::compress::calibration(&m, &files, count, len).map_err(|e| miette!("{e}"))?);
-    }
-    let footprint_before = crate::compress::Footprint::of(&m.graph, !a.keep_head);
-    let timings = pm
-        .run(&mut m.graph, &mut cx, |pass, ir| {
-            eprintln!("// IR after {pass}\n{ir}")
-        })
-        .map_err(|e| miette!("{}: {e}", a.model.display()))?;
-    let evaluation = if a.eval.is_some() || budget.is_some() {
-        let files = match a.eval.as_deref() {
-            Some(f) if !f.is_empty() => f.to_vec(),
-            _ => crate::compress::sotu_files(2016, 2021, "--eval").map_err(|e| miette!("{e}"))?,
-        };
-        let p = crate::eval::Protocol {
+        .transpose()?;
+    let eval = (a.eval.is_some() || budget.is_some()).then(|| EvalRequest {
+        files: a.eval.clone().unwrap_or_default(),
+        protocol: Protocol {
             window: a.eval_window,
             windows: a.eval_windows,
-        };
-        let res = crate::compress::eval_against(&m, &a.model, &files, p, Some(&progress))
-            .map_err(|e| miette!("{}: evaluation: {e}", a.model.display()))?;
-        Some(res)
-    } else {
-        None
+        },
+        budget,
+    });
+    let req = BuildRequest {
+        name: a.name.clone().unwrap_or_else(|| default_name(&a.model)),
+        model: a.model.clone(),
+        output: a.output.clone(),
+        target,
+        outputs: out,
+        compression: match &a.passes {
+            Some(p) => Compression::Pipeline(p.clone()),
+            None => Compression::Flags(flags),
+        },
+        keep_head: a.keep_head,
+        calib,
+        eval,
+        dump_after: a.dump_ir_after.clone(),
+        max_context: a.max_context,
+        max_tokens: a.max_tokens,
+        dims,
+        force: a.force,
     };
-    let report: Vec<&serde_json::Value> = cx
-        .report
-        .iter()
-        .filter(|r| r["pass"] == "quantize")
-        .collect();
-    let totals_json = crate::compress::totals_json(
-        footprint_before,
-        crate::compress::Footprint::of(&m.graph, !a.keep_head),
-    );
-    crate::compress::print_table(&cx.report, &totals_json);
-    if let Some(c) = &cx.calib {
-        println!("calibration: {} in {:.1} s", c.label, cx.calib_seconds);
+    let (progress, _bar) = crate::compress::progress_bar();
+    let built = crate::driver::build(&req, progress, |pass, ir| {
+        eprintln!("// IR after {pass}\n{ir}")
+    })?;
+    let report = &built.report;
+    report.print_table();
+    if let Some(c) = &report.calibration {
+        println!("calibration: {c} in {:.1} s", built.calib_seconds);
     }
-    if let Some(e) = &evaluation {
+    if let Some(e) = &built.evaluation {
         let r = e.reference_perplexity.unwrap_or(f64::NAN);
-        let rise = (e.perplexity / r - 1.0) * 100.0;
         println!(
             "eval: {} windows x {} tokens ({} predicted): perplexity {:.3} (uncompressed {:.3}, {:+.2}%), KL {:.5}, top-1 {:.2}%",
             e.windows,
@@ -1160,105 +1082,54 @@ fn build(a: BuildArgs) -> Result<()> {
             e.predicted,
             e.perplexity,
             r,
-            rise,
+            (e.perplexity / r - 1.0) * 100.0,
             e.kl.unwrap_or(0.0),
             e.top1.unwrap_or(0.0) * 100.0
         );
-        if let Some(max) = budget {
-            if !(rise <= max) {
-                return Err(miette!(
-                    help = "choose a gentler scheme (--quant w8a16), a calibrated method (--quant-method gptq or awq), a smaller --group, or a larger budget",
-                    "{}: the compressed model's perplexity rose {rise:.2}% ({r:.3} -> {:.3}), over the budget of --max-ppl-increase {max}%; no bundle was written",
-                    a.model.display(),
-                    e.perplexity
-                ));
-            }
-        }
     }
-    let opts = BuildOptions {
-        name,
-        max_context: a.max_context,
-        max_tokens: a.max_tokens,
-        dims,
-    };
-    let bundle = llmc_backends::cpu::compile(
-        &m.graph,
-        &spec,
-        &opts,
-        EmitRequest {
-            llvm_ir: out.llvm_ir,
-            asm: out.asm,
-            embed_weights: out.embed_weights,
-        },
-    )
-    .map_err(|e| miette!("{}: {e}", a.model.display()))?;
-    let files = crate::bundle::write_model_bundle(&bundle, &m, &a.output, &out, a.force)
-        .map_err(|e| miette!("{e}"))?;
-    let (before, after): (u64, u64) = report.iter().fold((0, 0), |(x, y), r| {
-        (
-            x + r["bytes_before"].as_u64().unwrap_or(0),
-            y + r["bytes_after"].as_u64().unwrap_or(0),
-        )
-    });
-    let report_json = serde_json::json!({
-        // no timings here: the same build must give the same bundle, byte for byte
-        "passes": timings.iter().map(|t| serde_json::json!({"pass": t.name, "nodes_after": t.nodes_after})).collect::<Vec<_>>(),
-        "rows": cx.report,
-        "calibration": cx.calib.as_ref().map(|c| c.label.clone()),
-        "eval": evaluation.as_ref().map(|e| serde_json::json!({
-            "windows": e.windows,
-            "window": e.window,
-            "predicted": e.predicted,
-            "perplexity": e.perplexity,
-            "reference_perplexity": e.reference_perplexity,
-            "kl": e.kl,
-            "top1": e.top1,
-        })),
-        "totals": totals_json,
-    });
-    std::fs::write(
-        a.output.join("report.json"),
-        serde_json::to_string_pretty(&report_json).expect("json"),
-    )
-    .map_err(|e| miette!("{}: {e}", a.output.join("report.json").display()))?;
-    let eval_s = evaluation.as_ref().map_or(0.0, |e| e.seconds);
+    let eval_s = built.evaluation.as_ref().map_or(0.0, |e| e.seconds);
     println!(
         "built {} for {} cpu={} in {:.1} s{}",
-        bundle.name,
-        spec.llvm_triple(),
-        spec.cpu(),
-        start.elapsed().as_secs_f64() - eval_s,
+        built.name,
+        req.target.llvm_triple(),
+        req.target.cpu(),
+        built.seconds,
         if eval_s > 0.0 {
             format!(" (plus {eval_s:.1} s of evaluation)")
         } else {
             String::new()
         }
     );
-    if !report.is_empty() {
-        let worst = report
-            .iter()
-            .filter_map(|r| r["rel_error"].as_f64())
-            .fold(0.0, f64::max);
-        println!("quantized {} linear weights to {}: {before} -> {after} bytes, worst relative error {worst:.4}", report.len(), report[0]["to"].as_str().unwrap_or("?"));
+    let quantized = report.weight_rows("quantize");
+    if let Some(first) = quantized.first() {
+        let worst = quantized.iter().map(|r| r.rel_error).fold(0.0, f64::max);
+        println!(
+            "quantized {} linear weights to {}: {} -> {} bytes, worst relative error {worst:.4}",
+            quantized.len(),
+            first.to,
+            quantized.iter().map(|r| r.bytes_before).sum::<u64>(),
+            quantized.iter().map(|r| r.bytes_after).sum::<u64>(),
+        );
     }
     println!(
         "state {} bytes, weights {} bytes{}",
-        bundle.state_bytes,
-        bundle.weights.len(),
-        if out.embed_weights {
+        built.state_bytes,
+        built.weights_bytes,
+        if req.outputs.embed_weights {
             " (embedded in the object)"
         } else {
             ""
         }
     );
-    for t in &timings {
+    for t in &built.timings {
         println!("pass {:<14} {:>8.2} s", t.name, t.time.as_secs_f64());
     }
-    for f in files {
+    for f in &built.files {
         println!("  {}", f.display());
     }
     Ok(())
 }
+
 
 fn bench(a: BenchArgs, threads: Vec<usize>) -> Result<()> {
     if !BundleDir::is_bundle(&a.bundle) {

@@ -12,6 +12,58 @@ use llmc_runtime::{Sampler, SamplerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// A compression flag llmc cannot use, or data a compression step needs and cannot have.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum CompressError {
+    /// A flag's value is not one llmc takes: which flag, what it was given, and what is wrong.
+    #[error("{flag} '{value}': {msg}")]
+    #[diagnostic(code(llmc::build::flag))]
+    Flag {
+        flag: &'static str,
+        value: String,
+        msg: String,
+        #[help]
+        help: Option<String>,
+    },
+    /// Two flags that cannot go together.
+    #[error("{msg}")]
+    #[diagnostic(code(llmc::build::flags))]
+    Conflict {
+        msg: String,
+        #[help]
+        help: Option<String>,
+    },
+    /// The default text of `--calib` or `--eval` is not there.
+    #[error("{flag}: no files given and the default text is missing: {msg}")]
+    #[diagnostic(
+        code(llmc::build::default_text),
+        help("run scripts/setup.sh, or pass {flag} FILES")
+    )]
+    MissingText { flag: &'static str, msg: String },
+    /// Calibration or evaluation could not read or run the model.
+    #[error("{model}: {msg}")]
+    #[diagnostic(code(llmc::build::data))]
+    Data { model: PathBuf, msg: String },
+}
+
+impl CompressError {
+    fn flag(flag: &'static str, value: impl ToString, msg: impl ToString) -> CompressError {
+        CompressError::Flag {
+            flag,
+            value: value.to_string(),
+            msg: msg.to_string(),
+            help: None,
+        }
+    }
+
+    fn data(model: &Path, msg: impl ToString) -> CompressError {
+        CompressError::Data {
+            model: model.to_path_buf(),
+            msg: msg.to_string(),
+        }
+    }
+}
+
 /// The asset cache: `$LLMC_CACHE`, by default `~/.cache/llmc`.
 pub fn cache_dir() -> PathBuf {
     if let Some(c) = std::env::var_os("LLMC_CACHE") {
@@ -23,16 +75,17 @@ pub fn cache_dir() -> PathBuf {
 
 /// The default text of a year range of the State of the Union corpus that `scripts/setup.sh`
 /// fetches (calibration: 1950–1999; evaluation: 2016–2021).
-pub fn sotu_files(from: u32, to: u32, flag: &str) -> Result<Vec<PathBuf>, String> {
+pub fn sotu_files(from: u32, to: u32, flag: &'static str) -> Result<Vec<PathBuf>, CompressError> {
     let dir = cache_dir().join("sotu");
-    let files = year_files(&dir, from, to).map_err(|e| {
-        format!("{flag}: no files given and the default text is missing ({e}); run scripts/setup.sh, or pass {flag} FILES")
+    let files = year_files(&dir, from, to).map_err(|e| CompressError::MissingText {
+        flag,
+        msg: e.to_string(),
     })?;
     if files.is_empty() {
-        return Err(format!(
-            "{flag}: no files given and {} has none from {from}–{to}; run scripts/setup.sh, or pass {flag} FILES",
-            dir.display()
-        ));
+        return Err(CompressError::MissingText {
+            flag,
+            msg: format!("{} has none from {from}–{to}", dir.display()),
+        });
     }
     Ok(files)
 }
@@ -48,39 +101,45 @@ pub fn preset_pipeline(
     method: &str,
     keep_head: bool,
     bpw: Option<f64>,
-) -> Result<Vec<Box<dyn Pass>>, String> {
+) -> Result<Vec<Box<dyn Pass>>, CompressError> {
     let (m, smooth) = match method {
         "smoothquant" => (Method::Rtn, true),
         other => (
-            Method::parse(other).ok_or_else(|| {
-                format!(
-                    "--quant-method '{other}' is not a method llmc knows (choose one of {})",
-                    METHODS.join(", ")
-                )
+            Method::parse(other).ok_or_else(|| CompressError::Flag {
+                flag: "--quant-method",
+                value: other.to_string(),
+                msg: "not a method llmc knows".into(),
+                help: Some(format!("choose one of {}", METHODS.join(", "))),
             })?,
             false,
         ),
     };
     if method != "rtn" && scheme.bits().is_none() {
-        return Err(format!(
-            "--quant-method {method} chooses integer weights; --quant {} has none (use w8a8, w4a16, ...)",
-            Scheme::NAMES
-                .iter()
-                .find(|n| Scheme::parse(n) == Some(scheme))
-                .unwrap_or(&"none")
-        ));
+        return Err(CompressError::Conflict {
+            msg: format!(
+                "--quant-method {method} chooses integer weights; --quant {} has none",
+                Scheme::NAMES
+                    .iter()
+                    .find(|n| Scheme::parse(n) == Some(scheme))
+                    .unwrap_or(&"none")
+            ),
+            help: Some("use --quant w8a8, w4a16, ...".into()),
+        });
     }
     let mut opts = QuantOptions::preset(scheme, group).with_method(m);
     opts.head = !keep_head;
     if let Some(b) = bpw {
         if scheme.bits().is_none() {
-            return Err(
-                "--bpw mixes integer encodings; give --quant w4a16, w4a8, w3a16, ...".into(),
-            );
+            return Err(CompressError::Conflict {
+                msg: "--bpw mixes integer encodings".into(),
+                help: Some("give --quant w4a16, w4a8, w3a16, ...".into()),
+            });
         }
         if !(b > 0.0 && b <= 32.0) {
-            return Err(format!(
-                "--bpw {b} is not a bits-per-weight target (e.g. 5.5)"
+            return Err(CompressError::flag(
+                "--bpw",
+                b,
+                "not a bits-per-weight target (e.g. 5.5)",
             ));
         }
         opts.bpw = Some(b);
@@ -105,13 +164,15 @@ pub const LAYER_BRIDGE_RANK: usize = 64;
 /// KV group), `heads-kv:F` (whole KV groups) and `layers:N` (N whole decoder layers, ShortGPT).
 /// With `distill`, structured pruning compensates what it removes: FFN channels and heads by
 /// their mean output, layers by a rank-[`LAYER_BRIDGE_RANK`] map fitted on calibration.
-pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
+pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, CompressError> {
     use llmc_passes::prune::unstructured::{PruneMethod, PrunePass, Sparsity};
-    let bad = || {
-        format!(
-            "--prune '{spec}' is not a pruning spec (write wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4, sparsegpt:2:4, ffn:0.25, ffn-prunenet:0.25, heads:0.25, heads-kv:0.34 or layers:4)"
-        )
+    let bad = || CompressError::Flag {
+        flag: "--prune",
+        value: spec.to_string(),
+        msg: "not a pruning spec".into(),
+        help: Some("write wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4, sparsegpt:2:4, ffn:0.25, ffn-prunenet:0.25, heads:0.25, heads-kv:0.34 or layers:4".into()),
     };
+    let fraction_range = || CompressError::flag("--prune", spec, "the fraction must lie in [0, 1)");
     if let Some((kind, f)) = spec
         .split_once(':')
         .filter(|(k, _)| *k == "heads" || *k == "heads-kv")
@@ -119,7 +180,7 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
         use llmc_passes::prune::heads::{HeadUnit, PruneHeadsPass};
         let fraction: f64 = f.parse().map_err(|_| bad())?;
         if !(0.0..1.0).contains(&fraction) {
-            return Err(format!("--prune '{spec}': the fraction must lie in [0, 1)"));
+            return Err(fraction_range());
         }
         let unit = if kind == "heads" {
             HeadUnit::Query
@@ -133,15 +194,16 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
         }));
     }
     if let Some(("layers", n)) = spec.split_once(':') {
-        let count: usize = n.parse().map_err(|_| {
-            format!(
-                "--prune '{spec}': layers:N removes N whole layers; N must be a positive integer"
+        let layers = || {
+            CompressError::flag(
+                "--prune",
+                spec,
+                "layers:N removes N whole layers; N must be a positive integer",
             )
-        })?;
+        };
+        let count: usize = n.parse().map_err(|_| layers())?;
         if count == 0 {
-            return Err(format!(
-                "--prune '{spec}': layers:N removes N whole layers; N must be a positive integer"
-            ));
+            return Err(layers());
         }
         return Ok(Box::new(llmc_passes::prune::layers::DropLayersPass {
             count,
@@ -158,7 +220,7 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
         };
         let fraction: f64 = f.parse().map_err(|_| bad())?;
         if !(0.0..1.0).contains(&fraction) {
-            return Err(format!("--prune '{spec}': the fraction must lie in [0, 1)"));
+            return Err(fraction_range());
         }
         return Ok(Box::new(PruneFfnPass {
             fraction,
@@ -175,7 +237,7 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
         [f] => {
             let f: f32 = f.parse().map_err(|_| bad())?;
             if !(0.0..1.0).contains(&f) {
-                return Err(format!("--prune '{spec}': the fraction must lie in [0, 1)"));
+                return Err(fraction_range());
             }
             Sparsity::Fraction(f)
         }
@@ -183,7 +245,11 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
             let (n, m): (usize, usize) =
                 (n.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
             if m < 2 || n == 0 || n >= m {
-                return Err(format!("--prune '{spec}': N:M keeps 0 < N < M of every M"));
+                return Err(CompressError::flag(
+                    "--prune",
+                    spec,
+                    "N:M keeps 0 < N < M of every M",
+                ));
             }
             Sparsity::NM { n, m }
         }
@@ -199,18 +265,23 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, String> {
 
 /// The low-rank pass behind `--lowrank METHOD:FRACTION`: `svd:0.7` or `svd-llm:0.7` keep
 /// 70% of each linear layer's values.
-pub fn lowrank_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
+pub fn lowrank_pass(spec: &str) -> Result<Box<dyn Pass>, CompressError> {
     use llmc_passes::core::linalg::RankRule;
     use llmc_passes::lowrank::svd::{LowRankMethod, LowRankPass};
-    let bad = || {
-        format!("--lowrank '{spec}' is not a low-rank spec (write svd:0.7 or svd-llm:0.7: the method and the fraction of each layer's values kept)")
+    let bad = || CompressError::Flag {
+        flag: "--lowrank",
+        value: spec.to_string(),
+        msg: "not a low-rank spec".into(),
+        help: Some("write svd:0.7 or svd-llm:0.7: the method and the fraction of each layer's values kept".into()),
     };
     let (m, f) = spec.split_once(':').ok_or_else(bad)?;
     let method = LowRankMethod::parse(m).ok_or_else(bad)?;
     let fraction: f64 = f.parse().map_err(|_| bad())?;
     if !(fraction > 0.0 && fraction < 1.0) {
-        return Err(format!(
-            "--lowrank '{spec}': the fraction of values kept must lie in (0, 1)"
+        return Err(CompressError::flag(
+            "--lowrank",
+            spec,
+            "the fraction of values kept must lie in (0, 1)",
         ));
     }
     Ok(Box::new(LowRankPass {
@@ -224,10 +295,13 @@ pub fn lowrank_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
 /// The palettization pass behind `--palettize ENTRIES[:ROWS]`: `16` gives every linear weight
 /// one codebook of 16 entries (4-bit indices), `16:128` one per run of 128 output rows.
 /// `keep_head` leaves the output head (and an embedding tied to it) alone.
-pub fn palettize_pass(spec: &str, keep_head: bool) -> Result<Box<dyn Pass>, String> {
+pub fn palettize_pass(spec: &str, keep_head: bool) -> Result<Box<dyn Pass>, CompressError> {
     use llmc_passes::share::palettize::{PaletteOptions, PalettizePass};
-    let bad = || {
-        format!("--palettize '{spec}' is not a palette spec (write 16 for one codebook of 16 entries per tensor, or 16:128 for one per 128 output rows)")
+    let bad = || CompressError::Flag {
+        flag: "--palettize",
+        value: spec.to_string(),
+        msg: "not a palette spec".into(),
+        help: Some("write 16 for one codebook of 16 entries per tensor, or 16:128 for one per 128 output rows".into()),
     };
     let (entries, rows) = match spec.split_once(':') {
         Some((e, r)) => (e, Some(r)),
@@ -235,8 +309,10 @@ pub fn palettize_pass(spec: &str, keep_head: bool) -> Result<Box<dyn Pass>, Stri
     };
     let entries: u32 = entries.trim().parse().map_err(|_| bad())?;
     if !(2..=256).contains(&entries) || !entries.is_power_of_two() {
-        return Err(format!(
-            "--palettize '{spec}': a codebook holds a power of two from 2 to 256 entries (indices of 1 to 8 bits), not {entries}"
+        return Err(CompressError::flag(
+            "--palettize",
+            spec,
+            format!("a codebook holds a power of two from 2 to 256 entries (indices of 1 to 8 bits), not {entries}"),
         ));
     }
     let group = match rows {
@@ -244,8 +320,10 @@ pub fn palettize_pass(spec: &str, keep_head: bool) -> Result<Box<dyn Pass>, Stri
         Some(r) => match r.trim().parse::<u32>() {
             Ok(n) if n > 0 => llmc_ir::Group::Rows(n),
             _ => {
-                return Err(format!(
-                    "--palettize '{spec}': rows per codebook must be a positive number (16:128)"
+                return Err(CompressError::flag(
+                    "--palettize",
+                    spec,
+                    "rows per codebook must be a positive number (16:128)",
                 ))
             }
         },
@@ -262,19 +340,24 @@ pub fn palettize_pass(spec: &str, keep_head: bool) -> Result<Box<dyn Pass>, Stri
 
 /// The local distillation pass behind `--distill [SPEC]`: `bias` (the default) fits a bias
 /// correction per changed linear layer; `rank:8` adds a rank-8 correction branch too.
-pub fn distill_pass(spec: &str) -> Result<Box<dyn Pass>, String> {
+pub fn distill_pass(spec: &str) -> Result<Box<dyn Pass>, CompressError> {
     use llmc_passes::distill::{DistillOptions, DistillPass};
     let rank = match spec.trim() {
         "" | "bias" => 0,
         s => {
-            let r = s.strip_prefix("rank:").ok_or_else(|| {
-                format!("--distill '{spec}' is not a distillation spec (write --distill for a bias correction, or --distill rank:8 to add a rank-8 branch)")
+            let r = s.strip_prefix("rank:").ok_or_else(|| CompressError::Flag {
+                flag: "--distill",
+                value: spec.to_string(),
+                msg: "not a distillation spec".into(),
+                help: Some("write --distill for a bias correction, or --distill rank:8 to add a rank-8 branch".into()),
             })?;
             match r.parse::<usize>() {
                 Ok(n) if n > 0 => n,
                 _ => {
-                    return Err(format!(
-                        "--distill '{spec}': the rank must be a positive number (rank:8)"
+                    return Err(CompressError::flag(
+                        "--distill",
+                        spec,
+                        "the rank must be a positive number (rank:8)",
                     ))
                 }
             }
@@ -295,24 +378,29 @@ pub fn calibration(
     files: &[PathBuf],
     count: usize,
     len: usize,
-) -> Result<Calibration, String> {
+) -> Result<Calibration, CompressError> {
     let ModelKind::CausalLm { max_context, .. } = m.kind else {
-        return Err(format!(
-            "{}: calibration runs language models for now; this model is {:?}",
-            m.path.display(),
-            m.kind
+        return Err(CompressError::data(
+            &m.path,
+            format!(
+                "calibration runs language models for now; this model is {}",
+                m.kind.describe()
+            ),
         ));
     };
     let len = len.min(max_context);
     let tok = m.tokenizer.as_ref().ok_or_else(|| {
-        format!(
-            "{}: the model carries no tokenizer to read calibration text with",
-            m.path.display()
+        CompressError::data(
+            &m.path,
+            "the model carries no tokenizer to read calibration text with",
         )
     })?;
-    let text = join_texts(files).map_err(|e| e.to_string())?;
-    let ids = tok.encode(&text, false).map_err(|e| e.to_string())?;
-    let windows = spaced_windows(&ids, len, count).map_err(|e| format!("--calib: {e}"))?;
+    let text = join_texts(files).map_err(|e| CompressError::data(&m.path, e))?;
+    let ids = tok
+        .encode(&text, false)
+        .map_err(|e| CompressError::data(&m.path, e))?;
+    let windows = spaced_windows(&ids, len, count)
+        .map_err(|e| CompressError::data(&m.path, format!("--calib: {e}")))?;
     Ok(Calibration {
         windows: decoder_feeds(&windows),
         label: format!(
@@ -338,21 +426,26 @@ pub fn self_calibration(
     len: usize,
     seed: u64,
     progress: Option<&Progress>,
-) -> Result<Calibration, String> {
+) -> Result<Calibration, CompressError> {
     let ModelKind::CausalLm {
         vocab, max_context, ..
     } = m.kind
     else {
-        return Err(format!(
-            "{}: --calib-self needs a language model that writes text; this model is {:?}",
-            m.path.display(),
-            m.kind
+        return Err(CompressError::data(
+            &m.path,
+            format!(
+                "--calib-self needs a language model that writes text; this model is {}",
+                m.kind.describe()
+            ),
         ));
     };
     if count == 0 || len < 2 {
-        return Err(format!(
-            "--calib-self writes {count} windows of {len} tokens; give at least one window of two tokens (--calib-windows, --calib-window)"
-        ));
+        return Err(CompressError::Conflict {
+            msg: format!("--calib-self writes {count} windows of {len} tokens"),
+            help: Some(
+                "give at least one window of two tokens (--calib-windows, --calib-window)".into(),
+            ),
+        });
     }
     let len = len.min(max_context);
     let mut windows = Vec::with_capacity(count);
@@ -363,12 +456,12 @@ pub fn self_calibration(
             top_p: 1.0,
             seed: seed.wrapping_add(w as u64),
         });
-        let mut session = Session::new(&m.graph).map_err(|e| e.to_string())?;
+        let mut session = Session::new(&m.graph).map_err(|e| CompressError::data(&m.path, e))?;
         let mut ids = vec![sampler.below(vocab) as u32];
         while ids.len() < len {
             let pos = ids.len() - 1;
             let logits = crate::eval::interpreter_logits(&mut session, &ids[pos..], pos, vocab)
-                .map_err(|e| format!("--calib-self: {e}"))?;
+                .map_err(|e| CompressError::data(&m.path, format!("--calib-self: {e}")))?;
             ids.push(sampler.sample(&logits[logits.len() - vocab..]));
             if let Some(p) = progress {
                 p(
@@ -420,13 +513,16 @@ pub fn progress_bar() -> (Progress, Arc<Mutex<Option<indicatif::ProgressBar>>>) 
 }
 
 /// `5%` or `5`: a percentage.
-pub fn parse_percent(s: &str) -> Result<f64, String> {
+pub fn parse_percent(s: &str) -> Result<f64, CompressError> {
     let t = s.trim().trim_end_matches('%');
     match t.parse::<f64>() {
         Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!(
-            "--max-ppl-increase '{s}' is not a percentage (write 5%)"
-        )),
+        _ => Err(CompressError::Flag {
+            flag: "--max-ppl-increase",
+            value: s.to_string(),
+            msg: "not a percentage".into(),
+            help: Some("write --max-ppl-increase 5%".into()),
+        }),
     }
 }
 
@@ -437,310 +533,21 @@ pub fn eval_against(
     files: &[PathBuf],
     p: Protocol,
     progress: Option<&Progress>,
-) -> Result<EvalResult, String> {
-    let reference = crate::frontend::load(model_path).map_err(|e| e.to_string())?;
+) -> Result<EvalResult, CompressError> {
+    let data = |e: &dyn std::fmt::Display| CompressError::data(model_path, format!("evaluation: {e}"));
+    let reference = crate::frontend::load(model_path).map_err(|e| data(&e))?;
     let tok = compressed
         .tokenizer
         .as_ref()
-        .ok_or_else(|| format!("{}: the model carries no tokenizer", model_path.display()))?;
-    let text = join_texts(files).map_err(|e| e.to_string())?;
-    let ids = tok.encode(&text, false).map_err(|e| e.to_string())?;
+        .ok_or_else(|| data(&"the model carries no tokenizer"))?;
+    let text = join_texts(files).map_err(|e| data(&e))?;
+    let ids = tok.encode(&text, false).map_err(|e| data(&e))?;
     let total = p.windows as u64;
     evaluate(compressed, Some(&reference), &ids, p, |w| {
         if let Some(pr) = progress {
             pr("evaluation windows", w as u64, total)
         }
     })
-    .map_err(|e| e.to_string())
+    .map_err(|e| data(&e))
 }
 
-/// The linear layers' weights of a graph (the output head's only when `head`): values and
-/// bytes as stored, scales, zeros and codebooks included.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Footprint {
-    pub params: u64,
-    pub bytes: u64,
-}
-
-impl Footprint {
-    pub fn of(g: &llmc_ir::Graph, head: bool) -> Footprint {
-        llmc_passes::core::edit::linear_weights(g, head)
-            .iter()
-            .map(|&(w, _)| {
-                let t = &g.weights[w].ty;
-                let dims: Vec<u64> = t.shape.0.iter().filter_map(|d| d.fixed()).collect();
-                (
-                    dims.iter().product::<u64>(),
-                    t.enc.byte_size(&dims).unwrap_or(0),
-                )
-            })
-            .fold(Footprint::default(), |f, (p, b)| Footprint {
-                params: f.params + p,
-                bytes: f.bytes + b,
-            })
-    }
-}
-
-/// Totals of a build: the linear layers before and after compression, with bits per weight
-/// over the original parameter count (a factored or pruned layer stores fewer values).
-pub fn totals_json(before: Footprint, after: Footprint) -> serde_json::Value {
-    serde_json::json!({
-        "params": before.params,
-        "params_after": after.params,
-        "bytes_before": before.bytes,
-        "bytes_after": after.bytes,
-        "bits_per_weight": if before.params > 0 { after.bytes as f64 * 8.0 / before.params as f64 } else { 0.0 },
-    })
-}
-
-/// The report as a table: one line per quantized weight, then the linear layers' totals.
-pub fn print_table(rows: &[serde_json::Value], totals: &serde_json::Value) {
-    print_rows(rows);
-    let (params, after) = (
-        totals["params"].as_u64().unwrap_or(0),
-        totals["params_after"].as_u64().unwrap_or(0),
-    );
-    if totals["bytes_before"] != totals["bytes_after"] || params != after {
-        println!(
-            "linear layers: {params} weights{} in {} -> {} bytes, {:.3} bits per weight",
-            if after != params {
-                format!(" ({after} after factoring/pruning)")
-            } else {
-                String::new()
-            },
-            totals["bytes_before"],
-            totals["bytes_after"],
-            totals["bits_per_weight"].as_f64().unwrap_or(0.0)
-        );
-    }
-}
-
-fn print_rows(rows: &[serde_json::Value]) {
-    let pruned: Vec<&serde_json::Value> = rows.iter().filter(|r| r["pass"] == "prune").collect();
-    if !pruned.is_empty() {
-        let mean = pruned
-            .iter()
-            .filter_map(|r| r["sparsity"].as_f64())
-            .sum::<f64>()
-            / pruned.len() as f64;
-        let worst = pruned
-            .iter()
-            .filter_map(|r| r["out_error"].as_f64())
-            .fold(0.0, f64::max);
-        println!(
-            "pruned {} weights ({}): mean sparsity {:.1}%, worst output error on calibration {worst:.4}",
-            pruned.len(),
-            pruned[0]["method"].as_str().unwrap_or("?"),
-            mean * 100.0
-        );
-    }
-    let heads: Vec<&serde_json::Value> =
-        rows.iter().filter(|r| r["pass"] == "prune-heads").collect();
-    if !heads.is_empty() {
-        let sum = |k: &str| heads.iter().filter_map(|r| r[k].as_u64()).sum::<u64>();
-        let energy = heads
-            .iter()
-            .filter_map(|r| r["energy_removed"].as_f64())
-            .sum::<f64>()
-            / heads.len() as f64;
-        println!(
-            "removed attention heads in {} blocks: {} -> {} query heads, {} -> {} KV heads, {} -> {} bytes; mean share of output energy removed on calibration {:.1}%",
-            heads.len(),
-            sum("heads_before"),
-            sum("heads_after"),
-            sum("kv_heads_before"),
-            sum("kv_heads_after"),
-            sum("bytes_before"),
-            sum("bytes_after"),
-            energy * 100.0
-        );
-    }
-    if let Some(r) = rows.iter().find(|r| r["pass"] == "drop-layers") {
-        let bi: Vec<String> = r["block_influence"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_f64())
-                    .map(|x| format!("{x:.3}"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        println!(
-            "removed layers {} of {} (block influence per layer: {})",
-            r["removed"],
-            r["layers_before"],
-            bi.join(" ")
-        );
-    }
-    let factored: Vec<&serde_json::Value> =
-        rows.iter().filter(|r| r["pass"] == "lowrank").collect();
-    if !factored.is_empty() {
-        let sum = |k: &str| factored.iter().filter_map(|r| r[k].as_u64()).sum::<u64>();
-        let worst = factored
-            .iter()
-            .filter_map(|r| r["out_error"].as_f64().or(r["weight_error"].as_f64()))
-            .fold(0.0, f64::max);
-        println!(
-            "factored {} weights ({}): {} -> {} values, worst relative error {worst:.4}",
-            factored.len(),
-            factored[0]["method"].as_str().unwrap_or("?"),
-            sum("params_before"),
-            sum("params_after"),
-        );
-    }
-    let distilled: Vec<&serde_json::Value> = rows
-        .iter()
-        .filter(|r| r["pass"] == "distill" && r["correction"].is_string())
-        .collect();
-    if !distilled.is_empty() {
-        let mean = |k: &str| {
-            distilled.iter().filter_map(|r| r[k].as_f64()).sum::<f64>() / distilled.len() as f64
-        };
-        let applied = |r: &&&serde_json::Value| {
-            !r["correction"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("none"))
-        };
-        let corrected = distilled.iter().filter(applied).count();
-        let skipped = rows
-            .iter()
-            .filter(|r| r["pass"] == "distill" && r["skipped"].is_string())
-            .count();
-        println!(
-            "distilled {corrected} of {} changed layers ({}): mean output error on calibration {:.4} -> {:.4}, {} values added{}",
-            distilled.len(),
-            distilled
-                .iter()
-                .find(applied)
-                .and_then(|r| r["correction"].as_str())
-                .unwrap_or("none"),
-            mean("out_error_before"),
-            mean("out_error_after"),
-            distilled
-                .iter()
-                .filter_map(|r| r["params_added"].as_u64())
-                .sum::<u64>(),
-            if skipped > 0 {
-                format!(", {skipped} skipped")
-            } else {
-                String::new()
-            }
-        );
-    }
-    for (pass, c) in rows
-        .iter()
-        .filter_map(|r| Some((r["pass"].as_str()?, r.get("compensation")?)))
-    {
-        let check = &c["check"];
-        let edits = c["edits"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let verdict = |e: &serde_json::Value| {
-            if e["kept"] == true {
-                "kept"
-            } else {
-                "rejected"
-            }
-        };
-        let (before, after) = (check["loss_before"].as_f64(), check["loss_after"].as_f64());
-        let windows = &check["windows"];
-        let (outcome, losses) = match edits {
-            [one] => (
-                format!("{}, {}", one["what"].as_str().unwrap_or("?"), verdict(one)),
-                match (before, one["loss"].as_f64()) {
-                    (Some(b), Some(a)) => format!(
-                        " (next-token loss on {windows} calibration windows {b:.4} without, {a:.4} with)"
-                    ),
-                    _ => String::new(),
-                },
-            ),
-            _ => (
-                format!(
-                    "{} of {} kept, each tried after those kept before it",
-                    edits.iter().filter(|e| e["kept"] == true).count(),
-                    edits.len()
-                ),
-                match (before, after) {
-                    (Some(b), Some(a)) => format!(
-                        " (next-token loss on {windows} calibration windows {b:.4} without, {a:.4} with those kept)"
-                    ),
-                    _ => String::new(),
-                },
-            ),
-        };
-        let each: Vec<String> = if edits.len() > 1 {
-            edits
-                .iter()
-                .map(|e| match e["loss"].as_f64() {
-                    Some(l) => format!(
-                        "\n  {}: {l:.4}, {}",
-                        e["what"].as_str().unwrap_or("?"),
-                        verdict(e)
-                    ),
-                    None => format!("\n  {}: {}", e["what"].as_str().unwrap_or("?"), verdict(e)),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let added = match c["bytes_added"].as_i64() {
-            Some(b) if b != 0 => format!(", {:+.3} MB of weights", b as f64 / 1e6),
-            _ => String::new(),
-        };
-        let losses = format!("{added}{losses}{}", each.concat());
-        println!("{pass} compensation: {outcome}{losses}");
-    }
-    for c in rows
-        .iter()
-        .filter(|r| r["pass"] == "distill")
-        .filter_map(|r| r.get("check"))
-    {
-        let kept: Vec<&str> = c["groups_kept"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|g| g.as_str()).collect())
-            .unwrap_or_default();
-        let groups = c["groups"].as_u64().unwrap_or(0) as usize;
-        println!(
-            "distill check on {} calibration windows: next-token loss {:.4} uncorrected, {:.4} with every correction, {:.4} as kept: {}",
-            c["windows"],
-            c["loss_before"].as_f64().unwrap_or(f64::NAN),
-            c["loss_all"].as_f64().unwrap_or(f64::NAN),
-            c["loss_after"].as_f64().unwrap_or(f64::NAN),
-            if kept.is_empty() {
-                "corrections rejected, the graph is as it was before distill".to_string()
-            } else if kept.len() == groups {
-                "every correction kept".to_string()
-            } else {
-                format!("kept for {} of {groups} layer roles ({})", kept.len(), kept.join(", "))
-            }
-        );
-    }
-    let q: Vec<&serde_json::Value> = rows
-        .iter()
-        .filter(|r| {
-            (r["pass"] == "quantize" || r["pass"] == "palettize")
-                && r["params"].as_u64().unwrap_or(0) > 0
-        })
-        .collect();
-    if q.is_empty() {
-        return;
-    }
-    println!(
-        "{:<28} {:<34} {:<8} {:>6} {:>10} {:>10} {:>8} {:>8}",
-        "weight", "encoding", "method", "bpw", "bytes", "after", "w err", "out err"
-    );
-    for r in &q {
-        let out = r["out_error"]
-            .as_f64()
-            .map_or("-".to_string(), |e| format!("{e:.4}"));
-        println!(
-            "{:<28} {:<34} {:<8} {:>6.3} {:>10} {:>10} {:>8.4} {:>8}",
-            r["weight"].as_str().unwrap_or("?"),
-            r["to"].as_str().unwrap_or("?"),
-            r["method"].as_str().unwrap_or("?"),
-            r["bits_per_weight"].as_f64().unwrap_or(0.0),
-            r["bytes_before"].as_u64().unwrap_or(0),
-            r["bytes_after"].as_u64().unwrap_or(0),
-            r["rel_error"].as_f64().unwrap_or(0.0),
-            out
-        );
-    }
-}

@@ -43,6 +43,7 @@ fn build_with(name: &str, max_context: i64, embed_weights: bool) -> PathBuf {
     llmc::bundle::write_model_bundle(
         &b,
         &m,
+        None,
         &dir,
         &llmc::bundle::Outputs {
             so: true,

@@ -9,6 +9,7 @@ use llmc_ir::{
 use llmc_passes::calib::{decoder_feeds, Calibration};
 use llmc_passes::prune::heads::{attention_blocks, HeadUnit, PruneHeadsPass};
 use llmc_passes::prune::layers::{residual_stream, DropLayersPass};
+use llmc_passes::core::report::{HeadsRow, LayersRow, PassRow};
 use llmc_passes::core::{manager::PassManager, pass::{Pass, PassContext}};
 
 const D: usize = 32;
@@ -198,7 +199,7 @@ fn calibration() -> Calibration {
     }
 }
 
-fn run_pass(g: &mut Graph, pass: Box<dyn Pass>) -> Vec<serde_json::Value> {
+fn run_pass(g: &mut Graph, pass: Box<dyn Pass>) -> Vec<PassRow> {
     let mut cx = PassContext {
         calib: Some(calibration()),
         ..Default::default()
@@ -208,6 +209,28 @@ fn run_pass(g: &mut Graph, pass: Box<dyn Pass>) -> Vec<serde_json::Value> {
         .unwrap();
     verify(g).unwrap();
     cx.report
+}
+
+/// The `prune-heads` rows of a report.
+fn heads_rows(report: &[PassRow]) -> Vec<&HeadsRow> {
+    report
+        .iter()
+        .filter_map(|r| match r {
+            PassRow::PruneHeads(h) => Some(h),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `drop-layers` row of a report.
+fn layers_row(report: &[PassRow]) -> &LayersRow {
+    report
+        .iter()
+        .find_map(|r| match r {
+            PassRow::DropLayers(l) => Some(l),
+            _ => None,
+        })
+        .expect("a drop-layers row")
 }
 
 /// Logits of a prefill of 6 tokens and then of one decoded token (through the KV cache).
@@ -249,19 +272,14 @@ fn weight_bytes(g: &Graph) -> u64 {
 }
 
 /// The dense graph with the output-projection columns of the removed heads set to zero.
-fn zeroed_heads(mut g: Graph, report: &[serde_json::Value]) -> Graph {
-    for r in report {
-        let name = r["weight"].as_str().unwrap();
-        let removed: Vec<usize> = r["removed"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h.as_u64().unwrap() as usize)
-            .collect();
+fn zeroed_heads(mut g: Graph, report: &[PassRow]) -> Graph {
+    for r in heads_rows(report) {
+        let name = r.weight.as_str();
+        let removed = &r.removed;
         let i = g.weights.iter().position(|w| w.name == name).unwrap();
         let (mut v, rows, cols) = llmc_passes::core::edit::weight_f32(&g, i).unwrap();
         for r in 0..rows {
-            for &h in &removed {
+            for &h in removed {
                 v[r * cols + h * HD..r * cols + (h + 1) * HD].fill(0.0);
             }
         }
@@ -298,19 +316,14 @@ fn removing_query_heads_equals_zeroing_their_output_columns() {
         }),
     );
     assert_eq!(report.len(), 3);
-    for r in &report {
-        assert_eq!(r["heads_after"], 4);
-        assert_eq!(r["kv_heads_after"], KV);
+    for r in heads_rows(&report) {
+        assert_eq!(r.heads_after, 4);
+        assert_eq!(r.kv_heads_after, KV);
         // one of the three query heads of each KV group
-        let removed: Vec<u64> = r["removed"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h.as_u64().unwrap())
-            .collect();
+        let removed = &r.removed;
         assert_eq!(removed.len(), 2);
         assert!(removed[0] < 3 && removed[1] >= 3, "{removed:?}");
-        let e = r["energy_removed"].as_f64().unwrap();
+        let e = r.energy_removed;
         assert!(e > 0.0 && e < 1.0 / 3.0 + 1e-9, "the weakest heads go: {e}");
     }
     let q = g.weight_by_name("blk.0.q").unwrap();
@@ -351,11 +364,8 @@ fn removing_kv_groups_shrinks_the_cache_and_stays_exact() {
             compensate: false,
         }),
     );
-    for r in &report {
-        assert_eq!(
-            (r["heads_after"].as_u64(), r["kv_heads_after"].as_u64()),
-            (Some(3), Some(1))
-        );
+    for r in heads_rows(&report) {
+        assert_eq!((r.heads_after, r.kv_heads_after), (3, 1));
     }
     assert!(g.states.iter().all(|s| s.ty.shape.0[1] == Dim::Fixed(1)));
     assert_eq!(
@@ -424,14 +434,9 @@ fn the_quiet_layer_goes_and_the_rest_computes_as_before() {
             rank: 0,
         }),
     );
-    let r = &report[0];
-    assert_eq!(r["removed"], serde_json::json!([2]));
-    let bi: Vec<f64> = r["block_influence"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let r = layers_row(&report);
+    assert_eq!(r.removed, [2]);
+    let bi = &r.block_influence;
     assert!(bi[2].abs() < 1e-9, "{bi:?}");
     assert!(
         bi.iter().enumerate().all(|(i, &b)| i == 2 || b > 1e-4),
@@ -459,7 +464,7 @@ fn dropping_adjacent_layers_rewires_past_the_whole_run() {
             rank: 0,
         }),
     );
-    assert_eq!(report[0]["removed"], serde_json::json!([1, 2]));
+    assert_eq!(layers_row(&report).removed, [1, 2]);
     let reference = llama(4, &[0, 3], &[]);
     let d = max_diff(&logits(&g), &logits(&reference));
     assert!(d < 1e-5, "{d}");

@@ -46,7 +46,8 @@ fn attention(name: &str) -> bool {
         .any(|p| name.contains(p))
 }
 
-/// Runs `pipeline` on a random Llama; returns the graph before and after and the report.
+/// Runs `pipeline` on a random Llama; returns the graph before and after and the report's
+/// rows as `report.json` holds them.
 fn prune(seed: u64, biases: bool, pipeline: &str) -> (Graph, Graph, Vec<serde_json::Value>) {
     prune_graph(cases::random_llama(seed, false, biases), seed, pipeline)
 }
@@ -62,7 +63,9 @@ fn prune_graph(dense: Graph, seed: u64, pipeline: &str) -> (Graph, Graph, Vec<se
         .run(&mut g, &mut cx, |_, _| {})
         .unwrap_or_else(|e| panic!("{pipeline}: {e}"));
     llmc_ir::verify(&g).unwrap();
-    (dense, g, cx.report)
+    // the rows as report.json holds them
+    let rows = cx.report.iter().map(|r| serde_json::to_value(r).unwrap()).collect();
+    (dense, g, rows)
 }
 
 /// The compiled graph agrees with the interpreter over prefill, decode, prefill.

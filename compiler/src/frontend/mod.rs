@@ -81,6 +81,17 @@ pub enum ModelKind {
     Generic,
 }
 
+impl ModelKind {
+    /// What kind of model this is, for messages: `a language model`, `an encoder`, `a graph`.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            ModelKind::CausalLm { .. } => "a language model",
+            ModelKind::Encoder { .. } => "an encoder",
+            ModelKind::Generic => "a graph with named inputs and outputs",
+        }
+    }
+}
+
 /// A model read by a frontend.
 pub struct Model {
     pub graph: Graph,

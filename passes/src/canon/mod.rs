@@ -14,6 +14,7 @@ pub use fold::eval_op;
 pub use fuse::{fuse, fusion_patterns};
 
 use crate::core::pass::{Pass, PassContext, PassInfo};
+use crate::core::report::{PassRow, RewriteRow};
 use crate::core::rewrite::RewritePattern;
 use crate::PassError;
 use llmc_ir::Graph;
@@ -84,9 +85,12 @@ impl Pass for Rewrite {
         } else {
             canonicalize(g)?
         };
-        cx.report.push(serde_json::json!({
-            "pass": self.info().name,
-            "rewrites": format!("{stats:?}"),
+        cx.report.push(PassRow::Rewrite(RewriteRow {
+            pass: self.info().name,
+            fired: stats.fired,
+            sweeps: stats.sweeps,
+            nodes_before: stats.nodes_before,
+            nodes_after: stats.nodes_after,
         }));
         Ok(())
     }

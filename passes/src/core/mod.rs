@@ -11,5 +11,6 @@ pub mod linalg;
 pub mod manager;
 pub mod originals;
 pub mod pass;
+pub mod report;
 pub mod rewrite;
 pub(crate) mod symbolic;

@@ -170,7 +170,7 @@ pub type Progress = std::sync::Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
 #[derive(Default)]
 pub struct PassContext {
     /// Rows for the build report, in pass order.
-    pub report: Vec<serde_json::Value>,
+    pub report: Vec<crate::core::report::PassRow>,
     /// Inputs to run for calibration.
     pub calib: Option<crate::calib::Calibration>,
     /// Statistics of the graph as it stands; passes that rescale inputs keep them current,

@@ -21,6 +21,7 @@
 //! (`attn_q` of every layer, ...) whose corrections lower it alone, if together they still do,
 //! and else none.
 
+use crate::core::report::{DistillCheck, DistillCheckRow, DistillRow, DistillSkippedRow, PassRow};
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
 use crate::core::check::{is_language_model, lm_loss, spread, CHECK_WINDOWS};
 use crate::core::edit::{add_to_bias, weight_index, Matrix};
@@ -542,7 +543,7 @@ impl DistillPass {
         fits: &Fits,
         windows: &[Vec<(String, Tensor)>],
         progress: Option<&Progress>,
-    ) -> Result<(std::collections::BTreeSet<String>, serde_json::Value), PassError> {
+    ) -> Result<(std::collections::BTreeSet<String>, DistillCheck), PassError> {
         use std::collections::BTreeSet;
         let groups: BTreeSet<String> = fits.corrected().map(group_of).collect();
         let steps = 2 + groups.len() as u64 + 1;
@@ -561,23 +562,21 @@ impl DistillPass {
         };
         let before = loss_with(&BTreeSet::new())?;
         let all = loss_with(&groups)?;
-        let mut tried = serde_json::Map::new();
+        let mut tried = BTreeMap::new();
         let (keep, after) = if all < before {
             (groups.clone(), all)
         } else {
             let mut helpful = BTreeSet::new();
             for k in &groups {
                 let l = loss_with(&BTreeSet::from([k.clone()]))?;
-                tried.insert(k.clone(), l.into());
+                tried.insert(k.clone(), l);
                 if l < before {
                     helpful.insert(k.clone());
                 }
             }
             let together = match helpful.len() {
                 0 => before,
-                1 => tried[helpful.first().expect("one")]
-                    .as_f64()
-                    .unwrap_or(before),
+                1 => tried[helpful.first().expect("one")],
                 _ => loss_with(&helpful)?,
             };
             if together < before {
@@ -586,16 +585,16 @@ impl DistillPass {
                 (BTreeSet::new(), before)
             }
         };
-        let check = serde_json::json!({
-            "windows": windows.len(),
-            "loss_before": before,
-            "loss_all": all,
-            "loss_by_group": tried,
-            "loss_after": after,
-            "kept": !keep.is_empty(),
-            "groups_kept": keep.iter().collect::<Vec<_>>(),
-            "groups": groups.len(),
-        });
+        let check = DistillCheck {
+            windows: windows.len(),
+            loss_before: before,
+            loss_all: all,
+            loss_by_group: tried,
+            loss_after: after,
+            kept: !keep.is_empty(),
+            groups_kept: keep.iter().cloned().collect(),
+            groups: groups.len(),
+        };
         Ok((keep, check))
     }
 }
@@ -731,30 +730,32 @@ impl Pass for DistillPass {
             None
         } else {
             let (keep, check) = self.choose(g, &fits, &windows, progress.as_ref())?;
-            cx.report
-                .push(serde_json::json!({"pass": "distill", "check": check}));
+            cx.report.push(PassRow::DistillCheck(DistillCheckRow {
+                pass: "distill",
+                check,
+            }));
             Some(keep)
         };
         let Distilled { reports, skipped } = apply(g, &fits, &self.opts, |name| {
             keep.as_ref().is_none_or(|k| k.contains(&group_of(name)))
         })?;
-        for r in &reports {
-            cx.report.push(serde_json::json!({
-                "pass": "distill",
-                "weight": r.weight,
-                "form": r.form,
-                "shape": [r.rows, r.cols],
-                "correction": r.correction,
-                "out_error_before": r.out_error_before,
-                "out_error_after": r.out_error_after,
-                "params_added": r.params_added,
+        for r in reports {
+            cx.report.push(PassRow::Distill(DistillRow {
+                pass: "distill",
+                weight: r.weight,
+                form: r.form,
+                shape: [r.rows, r.cols],
+                correction: r.correction,
+                out_error_before: r.out_error_before,
+                out_error_after: r.out_error_after,
+                params_added: r.params_added,
             }));
         }
-        for (w, why) in &skipped {
-            cx.report.push(serde_json::json!({
-                "pass": "distill",
-                "weight": w,
-                "skipped": why,
+        for (weight, skipped) in skipped {
+            cx.report.push(PassRow::DistillSkipped(DistillSkippedRow {
+                pass: "distill",
+                weight,
+                skipped,
             }));
         }
         // corrected layers change what later layers read
@@ -933,7 +934,7 @@ mod tests {
                 .collect()
         };
         let reference = run(&graph());
-        let error = |p: &str| -> (f64, Vec<serde_json::Value>) {
+        let error = |p: &str| -> (f64, Vec<PassRow>) {
             let mut g = graph();
             let mut cx = PassContext {
                 calib: Some(crate::calib::Calibration {
@@ -969,15 +970,19 @@ mod tests {
         ] {
             let (e0, _) = error(plain);
             let (e1, rows) = error(&format!("{plain},{extra}"));
-            let corrected: Vec<&serde_json::Value> =
-                rows.iter().filter(|r| r["pass"] == "distill").collect();
+            let corrected: Vec<&DistillRow> = rows
+                .iter()
+                .filter_map(|r| match r {
+                    PassRow::Distill(d) => Some(d),
+                    _ => None,
+                })
+                .collect();
             assert_eq!(corrected.len(), 2, "{plain},{extra}: {corrected:?}");
             for r in &corrected {
-                let (b, a) = (
-                    r["out_error_before"].as_f64().unwrap(),
-                    r["out_error_after"].as_f64().unwrap(),
+                assert!(
+                    r.out_error_after <= r.out_error_before,
+                    "{plain},{extra}: {r:?}"
                 );
-                assert!(a <= b, "{plain},{extra}: {r}");
             }
             assert!(e1 < 0.9 * e0, "{plain} -> {extra}: {e0} -> {e1}");
         }

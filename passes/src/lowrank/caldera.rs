@@ -12,6 +12,7 @@
 //! `y = x Qᵀ + (x Rᵀ) Lᵀ`: three linear layers and an add, every weight in a block
 //! quantization the CPU backend unpacks inside its kernels.
 
+use crate::core::report::{CalderaRow, PassRow};
 use crate::core::edit::replace;
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
 use crate::calib::Stats;
@@ -394,20 +395,20 @@ impl Pass for CalderaPass {
         let stats = cx.take_stats(g, "caldera")?;
         let reports = caldera(g, &self.opts, &stats, cx.progress.as_ref())?;
         for r in &reports {
-            cx.report.push(serde_json::json!({
-                "pass": "caldera",
-                "weight": r.weight,
-                "shape": [r.rows, r.cols],
-                "rank": r.rank,
-                "bits": self.opts.bits,
-                "lr_bits": self.opts.lr_bits,
-                "params": r.rows * r.cols,
-                "bytes_before": r.bytes_before,
-                "bytes_after": r.bytes_after,
-                "bits_per_weight": r.bytes_after as f64 * 8.0 / (r.rows * r.cols) as f64,
-                "weight_error": r.weight_error,
-                "out_error": r.out_error,
-                "out_error_by_iteration": r.history,
+            cx.report.push(PassRow::Caldera(CalderaRow {
+                pass: "caldera",
+                weight: r.weight.clone(),
+                shape: [r.rows, r.cols],
+                rank: r.rank,
+                bits: self.opts.bits,
+                lr_bits: self.opts.lr_bits,
+                params: r.rows * r.cols,
+                bytes_before: r.bytes_before,
+                bytes_after: r.bytes_after,
+                bits_per_weight: r.bytes_after as f64 * 8.0 / (r.rows * r.cols) as f64,
+                weight_error: r.weight_error,
+                out_error: r.out_error,
+                out_error_by_iteration: r.history.clone(),
             }));
         }
         cx.stats = None;

@@ -15,6 +15,7 @@
 //! name); `R` is a new weight `<name>.lowrank_r`; both are dense f32, for later passes
 //! (quantization) to encode.
 
+use crate::core::report::{LowRankRow, PassRow};
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
 use crate::core::edit::sole_linear_sites;
 use crate::core::linalg::{factor, Factors, RankRule};
@@ -284,16 +285,16 @@ impl Pass for LowRankPass {
             p("factoring", 1, 1);
         }
         for r in &reports {
-            cx.report.push(serde_json::json!({
-                "pass": "lowrank",
-                "weight": r.weight,
-                "method": self.method.name(),
-                "shape": [r.rows, r.cols],
-                "rank": r.rank,
-                "params_before": r.rows * r.cols,
-                "params_after": r.rank * (r.rows + r.cols),
-                "weight_error": r.weight_error,
-                "out_error": r.out_error,
+            cx.report.push(PassRow::LowRank(LowRankRow {
+                pass: "lowrank",
+                weight: r.weight.clone(),
+                method: self.method.name(),
+                shape: [r.rows, r.cols],
+                rank: r.rank,
+                params_before: r.rows * r.cols,
+                params_after: r.rank * (r.rows + r.cols),
+                weight_error: r.weight_error,
+                out_error: r.out_error,
             }));
         }
         // the factored layers read new values: statistics must be gathered anew

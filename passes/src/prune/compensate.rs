@@ -6,6 +6,7 @@ use crate::calib::InputStats;
 use crate::core::check::{is_language_model, lm_loss, spread, CHECK_WINDOWS};
 use crate::core::edit::{add_to_bias, all_weight_bytes};
 use crate::core::pass::PassContext;
+use crate::core::report::{Compensation, CompensationRow, EditRow, LossCheck, PassRow};
 use crate::PassError;
 use llmc_ir::Graph;
 
@@ -71,7 +72,7 @@ pub(crate) fn compensate(
     g: &mut Graph,
     cx: &mut PassContext,
     edits: Vec<Edit>,
-    pass: &str,
+    pass: &'static str,
 ) -> Result<(), PassError> {
     let windows = match &cx.calib {
         Some(c) if is_language_model(g) => {
@@ -93,7 +94,11 @@ pub(crate) fn compensate(
     for (i, edit) in edits.iter().enumerate() {
         let mut h = g.clone();
         if !(edit.apply)(&mut h)? {
-            tried.push(serde_json::json!({"what": edit.what, "loss": null, "kept": false}));
+            tried.push(EditRow {
+                what: edit.what.clone(),
+                loss: None,
+                kept: false,
+            });
             continue;
         }
         let (loss, keep) = match best {
@@ -109,21 +114,27 @@ pub(crate) fn compensate(
             kept += 1;
             best = loss.or(best);
         }
-        tried.push(serde_json::json!({"what": edit.what, "loss": loss, "kept": keep}));
+        tried.push(EditRow {
+            what: edit.what.clone(),
+            loss,
+            kept: keep,
+        });
     }
     let check = match (before, best) {
-        (Some(b), Some(a)) => {
-            serde_json::json!({"windows": windows.len(), "loss_before": b, "loss_after": a})
-        }
-        _ => serde_json::Value::Null,
+        (Some(loss_before), Some(loss_after)) => Some(LossCheck {
+            windows: windows.len(),
+            loss_before,
+            loss_after,
+        }),
+        _ => None,
     };
-    cx.report.push(serde_json::json!({
-        "pass": pass,
-        "compensation": {
-            "check": check,
-            "kept": kept > 0,
-            "edits": tried,
-            "bytes_added": all_weight_bytes(g) as i64 - bytes_before as i64,
+    cx.report.push(PassRow::Compensation(CompensationRow {
+        pass,
+        compensation: Compensation {
+            check,
+            kept: kept > 0,
+            edits: tried,
+            bytes_added: all_weight_bytes(g) as i64 - bytes_before as i64,
         },
     }));
     Ok(())

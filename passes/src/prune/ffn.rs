@@ -9,6 +9,7 @@
 //! channel matrix `[gate | up | downᵀ]` that carry the most of its leading singular values,
 //! those holding 90% of the energy, are kept, so its spectrum changes least).
 
+use crate::core::report::{FfnRow, PassRow};
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
 use super::compensate::{compensate, removed_mean_output, Edit};
 use crate::core::edit::reinfer;
@@ -368,13 +369,13 @@ impl Pass for PruneFfnPass {
                 .chain([&f.down])
                 .map(|&i| bytes(g, i))
                 .sum();
-            cx.report.push(serde_json::json!({
-                "pass": "prune-ffn",
-                "weight": g.weights[f.down].name,
-                "channels_before": w,
-                "channels_after": keep.len(),
-                "f32_bytes_after": after,
-                "bytes_before": before,
+            cx.report.push(PassRow::PruneFfn(FfnRow {
+                pass: "prune-ffn",
+                weight: g.weights[f.down].name.clone(),
+                channels_before: w,
+                channels_after: keep.len(),
+                f32_bytes_after: after,
+                bytes_before: before,
             }));
         }
         reinfer(g)?;

@@ -12,6 +12,7 @@
 //! projections stay), or whole KV groups leave with their query heads (`unit=kv`: the KV cache
 //! shrinks too). With one query head per KV head (multi-head attention) both are whole heads.
 
+use crate::core::report::{HeadsRow, PassRow};
 use crate::core::edit::replace;
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
 use crate::core::edit::{rows_cols, weight_bytes};
@@ -621,18 +622,18 @@ impl Pass for PruneHeadsPass {
             let kept: f64 = sel.q_keep.iter().map(|&h| e[h]).sum();
             let removed: Vec<usize> = (0..b.heads).filter(|h| !sel.q_keep.contains(h)).collect();
             counts.insert((sel.q_keep.len(), sel.kv_keep.len()));
-            cx.report.push(serde_json::json!({
-                "pass": "prune-heads",
-                "weight": g.weights[b.o.weight].name,
-                "heads_before": b.heads,
-                "heads_after": sel.q_keep.len(),
-                "kv_heads_before": b.kv_heads,
-                "kv_heads_after": sel.kv_keep.len(),
-                "removed": removed,
-                "energy": e,
-                "energy_removed": if total > 0.0 { 1.0 - kept / total } else { 0.0 },
-                "bytes_before": before,
-                "bytes_after": after,
+            cx.report.push(PassRow::PruneHeads(HeadsRow {
+                pass: "prune-heads",
+                weight: g.weights[b.o.weight].name.clone(),
+                heads_before: b.heads,
+                heads_after: sel.q_keep.len(),
+                kv_heads_before: b.kv_heads,
+                kv_heads_after: sel.kv_keep.len(),
+                removed,
+                energy: e,
+                energy_removed: if total > 0.0 { 1.0 - kept / total } else { 0.0 },
+                bytes_before: before,
+                bytes_after: after,
             }));
         }
         reinfer(g)?;

@@ -12,6 +12,7 @@
 //! `r_{k+1} = r_k + branch(norm(r_k))`; a layer begins at the addition whose branch holds an
 //! attention.
 
+use crate::core::report::{LayersRow, PassRow};
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
 use crate::calib::Calibration;
 use crate::PassError;
@@ -859,15 +860,15 @@ impl Pass for DropLayersPass {
                 }),
             });
         }
-        cx.report.push(serde_json::json!({
-            "pass": "drop-layers",
-            "layers_before": s.layers(),
-            "layers_after": s.layers() - drop.len(),
-            "removed": drop,
-            "block_influence": bi,
-            "bytes_before": weights_before,
-            "bytes_after": weights_after,
-            "calibration": calib.label,
+        cx.report.push(PassRow::DropLayers(LayersRow {
+            pass: "drop-layers",
+            layers_before: s.layers(),
+            layers_after: s.layers() - drop.len(),
+            removed: drop.clone(),
+            block_influence: bi.clone(),
+            bytes_before: weights_before,
+            bytes_after: weights_after,
+            calibration: calib.label.clone(),
         }));
         if !edits.is_empty() {
             super::compensate::compensate(g, cx, edits, "drop-layers")?;

@@ -12,6 +12,7 @@
 //! 0). A 2:4 weight is stored compressed (`Encoding::Sparse24`: the kept half of the values
 //! and a 2-bit position each), which quantization keeps, quantizing only the kept values.
 
+use crate::core::report::{PassRow, PruneRow};
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
 use crate::core::edit::{set_weight_sparse24, split_2of4};
 use crate::calib::Stats;
@@ -333,9 +334,9 @@ pub fn prune(
     g: &mut Graph,
     p: &PrunePass,
     stats: Option<&Stats>,
-) -> Result<Vec<serde_json::Value>, PassError> {
+) -> Result<Vec<PassRow>, PassError> {
     let work = crate::core::edit::linear_weights(g, p.head);
-    let results: Vec<Result<(usize, Vec<f32>, serde_json::Value), PassError>> = work
+    let results: Vec<Result<(usize, Vec<f32>, PassRow), PassError>> = work
         .par_iter()
         .map(|&(i, input)| {
             let (w, rows, cols) = weight_f32(g, i)?;
@@ -372,13 +373,13 @@ pub fn prune(
                     0.0
                 }
             });
-            let row = serde_json::json!({
-                "pass": "prune",
-                "weight": name,
-                "method": p.method.name(),
-                "sparsity": zeros as f64 / w.len().max(1) as f64,
-                "rel_error": if den > 0.0 { (num / den).sqrt() } else { 0.0 },
-                "out_error": out_error,
+            let row = PassRow::Prune(PruneRow {
+                pass: "prune",
+                weight: name.clone(),
+                method: p.method.name(),
+                sparsity: zeros as f64 / w.len().max(1) as f64,
+                rel_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
+                out_error,
             });
             Ok((i, pruned, row))
         })

@@ -9,6 +9,7 @@ mod awq;
 mod mixed;
 pub mod smoothquant;
 
+use crate::core::report::{PassRow, WeightRow};
 use crate::core::edit::replace;
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
 use crate::core::edit::unpalettized_linear_weights;
@@ -734,18 +735,19 @@ impl Pass for QuantizePass {
             }
         }
         for r in &self.reports {
-            cx.report.push(serde_json::json!({
-                "pass": "quantize",
-                "weight": r.name,
-                "from": r.from,
-                "to": r.to,
-                "method": r.method,
-                "params": r.params,
-                "bytes_before": r.bytes_before,
-                "bytes_after": r.bytes_after,
-                "bits_per_weight": if r.params > 0 { r.bytes_after as f64 * 8.0 / r.params as f64 } else { 0.0 },
-                "rel_error": r.rel_error,
-                "out_error": r.out_error,
+            cx.report.push(PassRow::Weight(WeightRow {
+                pass: "quantize",
+                weight: r.name.clone(),
+                from: r.from.clone(),
+                to: r.to.clone(),
+                method: r.method.clone(),
+                params: r.params,
+                bytes_before: r.bytes_before,
+                bytes_after: r.bytes_after,
+                bits_per_weight: WeightRow::bits(r.bytes_after, r.params),
+                rel_error: r.rel_error,
+                out_error: r.out_error,
+                iterations: None,
             }));
         }
         Ok(())

@@ -9,6 +9,7 @@
 //! can absorb `1/s`. Inputs without such a producer (the attention output before `o_proj`)
 //! are left alone.
 
+use crate::core::report::{PassRow, SmoothRow};
 use crate::core::pass::{OptionKind, OptionSpec, Pass, PassContext, PassInfo};
 use crate::core::edit::{set_weight_f32, weight_f32, weight_index};
 use crate::calib::Stats;
@@ -273,12 +274,12 @@ impl Pass for SmoothPass {
                 .iter()
                 .cloned()
                 .fold(0f32, f32::max);
-            cx.report.push(serde_json::json!({
-                "pass": "smooth",
-                "weights": site.linears.iter().map(|&i| g.weights[i].name.clone()).collect::<Vec<_>>(),
-                "alpha": self.alpha,
-                "act_max_before": before,
-                "act_max_after": after,
+            cx.report.push(PassRow::Smooth(SmoothRow {
+                pass: "smooth",
+                weights: site.linears.iter().map(|&i| g.weights[i].name.clone()).collect(),
+                alpha: self.alpha,
+                act_max_before: before,
+                act_max_after: after,
             }));
         }
         cx.stats = Some(stats);

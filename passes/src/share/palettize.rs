@@ -13,6 +13,7 @@
 //! ranges, so after one sort every Lloyd step is a binary search per boundary and a prefix-sum
 //! difference per mean: `O(K log n)`.
 
+use crate::core::report::{PassRow, WeightRow};
 use crate::core::edit::replace;
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
 use crate::calib::Stats;
@@ -652,19 +653,19 @@ impl Pass for PalettizePass {
         let reports = palettize(g, &self.opts, stats.as_ref(), progress.as_ref())?;
         cx.stats = stats;
         for r in &reports {
-            cx.report.push(serde_json::json!({
-                "pass": "palettize",
-                "weight": r.name,
-                "from": r.from,
-                "to": r.to,
-                "method": r.method,
-                "params": r.params,
-                "bytes_before": r.bytes_before,
-                "bytes_after": r.bytes_after,
-                "bits_per_weight": if r.params > 0 { r.bytes_after as f64 * 8.0 / r.params as f64 } else { 0.0 },
-                "rel_error": r.rel_error,
-                "out_error": r.out_error,
-                "iterations": r.iterations,
+            cx.report.push(PassRow::Weight(WeightRow {
+                pass: "palettize",
+                weight: r.name.clone(),
+                from: r.from.clone(),
+                to: r.to.clone(),
+                method: r.method.to_string(),
+                params: r.params,
+                bytes_before: r.bytes_before,
+                bytes_after: r.bytes_after,
+                bits_per_weight: WeightRow::bits(r.bytes_after, r.params),
+                rel_error: r.rel_error,
+                out_error: r.out_error,
+                iterations: Some(r.iterations),
             }));
         }
         Ok(())
