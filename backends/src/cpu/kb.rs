@@ -540,6 +540,76 @@ impl<'a, 'ctx> Kb<'a, 'ctx> {
             .expect("value")
     }
 
+    // ---- vectors ----
+
+    /// Lanes `idx` of `a` (each below `a`'s length), in that order.
+    pub fn shuffle(&self, a: VectorValue<'ctx>, idx: &[u32]) -> VectorValue<'ctx> {
+        let mask =
+            VectorType::const_vector(&idx.iter().map(|&i| self.i32c(i as i32)).collect::<Vec<_>>());
+        self.b
+            .build_shuffle_vector(a, a.get_type().get_poison(), mask, "")
+            .expect("shuffle")
+    }
+
+    /// Lanes `lo..lo + n` of `a`.
+    pub fn lanes(&self, a: VectorValue<'ctx>, lo: u32, n: u32) -> VectorValue<'ctx> {
+        self.shuffle(a, &(lo..lo + n).collect::<Vec<_>>())
+    }
+
+    /// `a` then `b` (equally long) as one vector.
+    pub fn concat(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> VectorValue<'ctx> {
+        let n = a.get_type().get_size();
+        let mask =
+            VectorType::const_vector(&(0..2 * n).map(|i| self.i32c(i as i32)).collect::<Vec<_>>());
+        self.b
+            .build_shuffle_vector(a, b, mask, "")
+            .expect("shuffle")
+    }
+
+    /// Equally long vectors joined end to end, pairwise.
+    pub fn concat_all(&self, mut parts: Vec<VectorValue<'ctx>>) -> VectorValue<'ctx> {
+        while parts.len() > 1 {
+            parts = parts
+                .chunks(2)
+                .map(|p| {
+                    if p.len() == 2 {
+                        self.concat(p[0], p[1])
+                    } else {
+                        p[0]
+                    }
+                })
+                .collect();
+        }
+        parts[0]
+    }
+
+    /// `x` in every one of `lanes` lanes.
+    pub fn splat(&self, x: BasicValueEnum<'ctx>, lanes: u32) -> VectorValue<'ctx> {
+        let ty = vec_of(x.get_type(), lanes);
+        let undef = ty.get_poison();
+        let v = self
+            .b
+            .build_insert_element(undef, x, self.i32c(0), "")
+            .expect("insert");
+        let mask = self.i32t().vec_type(lanes).const_zero();
+        self.b
+            .build_shuffle_vector(v, undef, mask, "splat")
+            .expect("shuffle")
+    }
+
+    /// `v` reinterpreted as `ty` (same bit width).
+    pub fn vbitcast(&self, v: impl BasicValue<'ctx>, ty: VectorType<'ctx>) -> VectorValue<'ctx> {
+        self.b
+            .build_bit_cast(v, ty, "")
+            .expect("bitcast")
+            .into_vector_value()
+    }
+
+    /// A vector of `lanes` copies of the i32 constant `v`.
+    pub fn i32s(&self, v: i32, lanes: u32) -> VectorValue<'ctx> {
+        VectorType::const_vector(&vec![self.i32c(v); lanes as usize])
+    }
+
     /// Calls a function of the module.
     pub fn call(
         &self,

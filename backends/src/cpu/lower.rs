@@ -153,7 +153,7 @@ struct Lowerer<'g> {
     out_index: HashMap<ValueId, u32>,
     node: Option<usize>,
     max_context: i64,
-    isa: super::kernels::Isa,
+    isa: super::isa::Isa,
     /// int8 activations already computed: (input value, group) → codes, scales, group sums.
     quantized: HashMap<(ValueId, i64), (Place, Place, Place)>,
 }
@@ -162,7 +162,7 @@ pub struct LowerOptions {
     /// Capacity of the KV cache along its appended axis.
     pub max_context: i64,
     /// What the target offers: picks weight layouts.
-    pub isa: super::kernels::Isa,
+    pub isa: super::isa::Isa,
 }
 
 pub fn lower(
@@ -266,17 +266,16 @@ pub fn lower(
 /// 8-bit codes are stored minus (signed-by-signed dot products on AArch64); `None` where the
 /// generic row kernel reads the canonical layout. A tied table is gathered from the same panels.
 fn quant_panels(
-    isa: super::kernels::Isa,
+    isa: super::isa::Isa,
     q: &llmc_ir::QuantSpec,
     k: usize,
     int8: bool,
 ) -> Option<(QLayout, u8)> {
-    let layout = if int8 && isa.i8mm {
-        QLayout::Mmla
+    let (layout, signed) = if int8 {
+        isa.int8_weights()
     } else {
-        QLayout::Dot4
+        (QLayout::Dot4, false)
     };
-    let signed = int8 && isa.aarch64 && (isa.dotprod || isa.i8mm);
     let offset = if q.bits == 8 && signed { 128 } else { 0 };
     quant_packable(q, k, layout).then_some((layout, offset))
 }

@@ -113,7 +113,7 @@ pub fn read_bandwidth(bytes: usize, threads: usize, runs: usize) -> f64 {
 /// multiply-add), with `threads` threads; `None` when the host lacks AVX-512 VNNI.
 pub fn vnni_peak(threads: usize) -> Option<f64> {
     let spec = TargetSpec::host().ok()?;
-    if !super::isa::isa_of(&spec).avx512vnni {
+    if !super::isa::isa_of(&spec).has_vnni() {
         return None;
     }
     // independent accumulator chains hide the instruction's latency

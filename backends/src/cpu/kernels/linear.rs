@@ -3,7 +3,8 @@
 //! integer dot products of 4 bytes (int8 activations): AVX-512 VNNI `vpdpbusd`, AVX2
 //! `vpmaddubsw`, NEON `sdot`, i8mm `smmla`, or the generic widening twin every target has.
 
-use super::{load_f32, Isa};
+use super::load_f32;
+use crate::cpu::isa::{Codes, VectorIsa};
 use crate::cpu::kb::{vec_of, Kb, Var};
 use crate::cpu::pack::{QLayout, NR};
 use inkwell::types::{BasicTypeEnum, VectorType};
@@ -93,16 +94,16 @@ mod arg {
     pub const XQSUM: u32 = 8;
 }
 
-pub fn emit(kb: &mut Kb<'_, '_>, l: &LinearKernel, isa: &Isa) {
+pub fn emit(kb: &mut Kb<'_, '_>, l: &LinearKernel, vx: &dyn VectorIsa) {
     match (&l.w, l.act) {
         (WeightLayout::Rows(f), _) => generic_rows(kb, f, l.bias),
-        (WeightLayout::DensePanels(dt), _) => panels(kb, l, isa, Body::Dense(*dt)),
-        (WeightLayout::PalettePanels(_), _) => panels(kb, l, isa, Body::Palette),
+        (WeightLayout::DensePanels(dt), _) => panels(kb, l, vx, Body::Dense(*dt)),
+        (WeightLayout::PalettePanels(_), _) => panels(kb, l, vx, Body::Palette),
         (WeightLayout::Sparse24Panels { kept, k16 }, _) => {
-            panels(kb, l, isa, Body::Sparse24(*kept, *k16))
+            panels(kb, l, vx, Body::Sparse24(*kept, *k16))
         }
         (WeightLayout::QuantPanels { q, .. }, ActQuant::F32) => {
-            panels(kb, l, isa, Body::QuantF32(*q))
+            panels(kb, l, vx, Body::QuantF32(*q))
         }
         (
             WeightLayout::QuantPanels {
@@ -111,7 +112,7 @@ pub fn emit(kb: &mut Kb<'_, '_>, l: &LinearKernel, isa: &Isa) {
                 offset,
             },
             ActQuant::I8,
-        ) => panels(kb, l, isa, Body::Dot4(*q, *offset)),
+        ) => panels(kb, l, vx, Body::Dot4(*q, *offset)),
         (
             WeightLayout::QuantPanels {
                 q,
@@ -119,17 +120,7 @@ pub fn emit(kb: &mut Kb<'_, '_>, l: &LinearKernel, isa: &Isa) {
                 offset,
             },
             ActQuant::I8,
-        ) => mmla(kb, l, *q, *offset),
-    }
-}
-
-/// Token rows per micro-tile.
-fn tile_rows(isa: &Isa, body: &Body) -> usize {
-    match (isa.avx512, body) {
-        (true, Body::Dot4(..)) => 8,
-        (true, _) => 6,
-        (false, _) if isa.avx2 => 3,
-        _ => 2,
+        ) => mmla(kb, l, vx, *q, *offset),
     }
 }
 
@@ -155,18 +146,7 @@ impl<'a, 'b, 'ctx> V<'a, 'b, 'ctx> {
         self.kb.i32t().vec_type(lanes)
     }
     fn splat(&self, x: BasicValueEnum<'ctx>, lanes: u32) -> VectorValue<'ctx> {
-        let ty = vec_of(x.get_type(), lanes);
-        let undef = ty.get_poison();
-        let v = self
-            .kb
-            .b
-            .build_insert_element(undef, x, self.kb.i32c(0), "")
-            .expect("insert");
-        let mask = self.kb.i32t().vec_type(lanes).const_zero();
-        self.kb
-            .b
-            .build_shuffle_vector(v, undef, mask, "splat")
-            .expect("shuffle")
+        self.kb.splat(x, lanes)
     }
     fn zero_f(&self, lanes: u32) -> VectorValue<'ctx> {
         self.f32v(lanes).const_zero()
@@ -179,15 +159,7 @@ impl<'a, 'b, 'ctx> V<'a, 'b, 'ctx> {
         VectorType::const_vector(&vec![c; lanes as usize])
     }
     fn shuffle(&self, a: VectorValue<'ctx>, idx: &[u32]) -> VectorValue<'ctx> {
-        let mask = VectorType::const_vector(
-            &idx.iter()
-                .map(|&i| self.kb.i32c(i as i32))
-                .collect::<Vec<_>>(),
-        );
-        self.kb
-            .b
-            .build_shuffle_vector(a, a.get_type().get_poison(), mask, "")
-            .expect("shuffle")
+        self.kb.shuffle(a, idx)
     }
     fn fma(
         &self,
@@ -268,7 +240,7 @@ impl<'a, 'b, 'ctx> V<'a, 'b, 'ctx> {
         dt: DType,
         p: PointerValue<'ctx>,
         byte_off: IntValue<'ctx>,
-        isa: &Isa,
+        vx: &dyn VectorIsa,
     ) -> VectorValue<'ctx> {
         match dt {
             DType::F32 => self.load_vec(self.kb.f32t().into(), NR as u32, p, byte_off),
@@ -285,56 +257,17 @@ impl<'a, 'b, 'ctx> V<'a, 'b, 'ctx> {
             }
             _ => {
                 let h = self.load_vec(self.kb.cx.i16_type().into(), NR as u32, p, byte_off);
-                half_vec_to_f32(self, h, isa)
+                vx.half_to_f32(self.kb, h)
             }
         }
     }
 }
 
-/// f16 bits to f32, 16 lanes: the hardware conversion where the target has one (F16C,
-/// AVX-512, AArch64), else integer operations.
-fn half_vec_to_f32<'ctx>(
-    v: &V<'_, '_, 'ctx>,
-    h: VectorValue<'ctx>,
-    isa: &Isa,
-) -> VectorValue<'ctx> {
-    let kb = v.kb;
-    let n = NR as u32;
-    if isa.f16c || isa.avx512 || isa.aarch64 {
-        let hv = v.bitcast(h, kb.cx.f16_type().vec_type(n));
-        return kb.b.build_float_ext(hv, v.f32v(n), "").expect("fpext");
-    }
-    let c = |x: i32| VectorType::const_vector(&vec![kb.i32c(x); NR]);
-    let w = kb.b.build_int_z_extend(h, v.i32v(n), "").expect("zext");
-    let sign =
-        kb.b.build_left_shift(kb.b.build_and(w, c(0x8000), "").expect("and"), c(16), "")
-            .expect("shl");
-    let em = kb.b.build_and(w, c(0x7fff), "").expect("and");
-    // normal and subnormal: shift into place and rescale by 2^112 (exact); inf/NaN: force the exponent
-    let shifted = kb.b.build_left_shift(em, c(13), "").expect("shl");
-    let f =
-        kb.b.build_float_mul(
-            v.bitcast(shifted, v.f32v(n)),
-            VectorType::const_vector(&vec![kb.f32c(5.192_297e33); NR]),
-            "",
-        )
-        .expect("mul");
-    let special =
-        kb.b.build_int_compare(IntPredicate::UGE, em, c(0x7c00), "")
-            .expect("cmp");
-    let inf = kb.b.build_or(shifted, c(0x7f80_0000), "").expect("or");
-    let bits =
-        kb.b.build_select(special, inf, v.bitcast(f, v.i32v(n)), "")
-            .expect("select")
-            .into_vector_value();
-    v.bitcast(kb.b.build_or(bits, sign, "").expect("or"), v.f32v(n))
-}
-
 /// The panel loop shared by every panel kernel: for each panel of 16 output rows, tiles of
 /// `mr` tokens (then the leftover tokens one at a time) run `body`, which returns the
 /// 16-lane results per token; they get the bias and are stored (the last panel partially).
-fn panels(kb: &mut Kb<'_, '_>, l: &LinearKernel, isa: &Isa, body: Body) {
-    let mr = tile_rows(isa, &body);
+fn panels(kb: &mut Kb<'_, '_>, l: &LinearKernel, vx: &dyn VectorIsa, body: Body) {
+    let mr = vx.tile_rows(matches!(body, Body::Dot4(..)));
     let (out, bias) = (kb.arg_ptr(arg::OUT), kb.arg_ptr(arg::BIAS));
     let (m, n) = (kb.arg(arg::M), kb.arg(arg::N));
     let (beg, end) = (kb.begin(), kb.end());
@@ -345,7 +278,7 @@ fn panels(kb: &mut Kb<'_, '_>, l: &LinearKernel, isa: &Isa, body: Body) {
         let zero = kb.i64c(0);
         for (lo, hi, rows) in [(zero, full_tiles, mr), (full_tiles, m, 1)] {
             kb.for_range(lo, hi, rows as i64, |kb, m0| {
-                let res = tile(kb, &body, isa, p, m0, rows);
+                let res = tile(kb, &body, vx, p, m0, rows);
                 let v = V { kb };
                 let bvec = if has_bias {
                     // the bias is padded to whole panels by the packer
@@ -375,7 +308,7 @@ fn panels(kb: &mut Kb<'_, '_>, l: &LinearKernel, isa: &Isa, body: Body) {
 fn tile<'ctx>(
     kb: &mut Kb<'_, 'ctx>,
     body: &Body,
-    isa: &Isa,
+    vx: &dyn VectorIsa,
     p: IntValue<'ctx>,
     m0: IntValue<'ctx>,
     rows: usize,
@@ -397,7 +330,7 @@ fn tile<'ctx>(
                 let off = kb.add(wbase, kb.mul(kk, kb.i64c(NR as i64 * esz)));
                 let wv = match dt {
                     DType::F32 => v.load_vec(kb.f32t().into(), nr, w, off),
-                    other => v.load_floats(other, w, off, isa),
+                    other => v.load_floats(other, w, off, vx),
                 };
                 for (r, a) in acc.iter().enumerate() {
                     let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), kk);
@@ -408,10 +341,10 @@ fn tile<'ctx>(
                 }
             });
         }
-        Body::QuantF32(q) => quant_f32_tile(kb, &q, isa, p, m0, &acc),
-        Body::Dot4(q, offset) => dot4_tile(kb, &q, offset, isa, p, m0, &acc),
-        Body::Palette => palette_tile(kb, isa, p, m0, &acc),
-        Body::Sparse24(kept, k16) => sparse24_tile(kb, kept, k16, isa, p, m0, &acc),
+        Body::QuantF32(q) => quant_f32_tile(kb, &q, vx, p, m0, &acc),
+        Body::Dot4(q, offset) => dot4_tile(kb, &q, offset, vx, p, m0, &acc),
+        Body::Palette => palette_tile(kb, vx, p, m0, &acc),
+        Body::Sparse24(kept, k16) => sparse24_tile(kb, kept, k16, vx, p, m0, &acc),
     }
     acc.iter().map(|a| kb.get(*a).into_vector_value()).collect()
 }
@@ -489,7 +422,7 @@ fn zeros_of<'ctx>(
     w: PointerValue<'ctx>,
     zoff: IntValue<'ctx>,
     gi: IntValue<'ctx>,
-    isa: &Isa,
+    vx: &dyn VectorIsa,
 ) -> (Option<VectorValue<'ctx>>, Option<VectorValue<'ctx>>) {
     let kb = v.kb;
     let nr = NR as u32;
@@ -514,7 +447,7 @@ fn zeros_of<'ctx>(
         }
         Zero::Float => {
             let off = kb.add(zoff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64)));
-            (None, Some(v.load_floats(q.scale, w, off, isa)))
+            (None, Some(v.load_floats(q.scale, w, off, vx)))
         }
     }
 }
@@ -529,7 +462,7 @@ fn group_epilogue<'ctx>(
     w: PointerValue<'ctx>,
     zoff: IntValue<'ctx>,
     gi: IntValue<'ctx>,
-    isa: &Isa,
+    vx: &dyn VectorIsa,
     s: VectorValue<'ctx>,
     dint: VectorValue<'ctx>,
     xs: IntValue<'ctx>,
@@ -585,7 +518,7 @@ fn group_epilogue<'ctx>(
         }
         Zero::Float => {
             let off = kb.add(zoff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64)));
-            let m = v.load_floats(q.scale, w, off, isa);
+            let m = v.load_floats(q.scale, w, off, vx);
             let xsf = v.splat(
                 kb.b.build_signed_int_to_float(xs, kb.f32t(), "")
                     .expect("sitofp")
@@ -634,7 +567,7 @@ fn correction<'ctx>(
 fn quant_f32_tile<'ctx>(
     kb: &mut Kb<'_, 'ctx>,
     q: &QuantSpec,
-    isa: &Isa,
+    vx: &dyn VectorIsa,
     p: IntValue<'ctx>,
     m0: IntValue<'ctx>,
     acc: &[Var<'ctx>],
@@ -644,7 +577,7 @@ fn quant_f32_tile<'ctx>(
     dequant_panel(
         kb,
         q,
-        isa,
+        vx,
         w,
         (start, soff, zoff, g),
         k,
@@ -661,7 +594,7 @@ fn quant_f32_tile<'ctx>(
 fn dequant_panel<'ctx>(
     kb: &mut Kb<'_, 'ctx>,
     q: &QuantSpec,
-    isa: &Isa,
+    vx: &dyn VectorIsa,
     w: PointerValue<'ctx>,
     (start, soff, zoff, g): (
         IntValue<'ctx>,
@@ -683,9 +616,9 @@ fn dequant_panel<'ctx>(
             q.scale,
             w,
             kb.add(soff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64))),
-            isa,
+            vx,
         );
-        let (zz, mn) = zeros_of(&v, &q, w, zoff, gi, isa);
+        let (zz, mn) = zeros_of(&v, &q, w, zoff, gi, vx);
         let kg0 = kb.mul(gi, g);
         let kg1 = kb.add(kg0, g);
         kb.for_range(kg0, kg1, step, |kb, k0| {
@@ -736,104 +669,11 @@ fn axpy_rows<'ctx>(
     }
 }
 
-/// Looks up 16 lanes of indices (i32, 0..16) in a 16-entry f32 table held in a register
-/// (and at `table_at` in memory): `vpermps` on AVX-512, two 8-entry `vpermps` on AVX2,
-/// `tbl` over the table's 64 bytes on AArch64, one load per lane elsewhere.
-fn lookup16<'ctx>(
-    v: &V<'_, '_, 'ctx>,
-    isa: &Isa,
-    table: VectorValue<'ctx>,
-    table_at: PointerValue<'ctx>,
-    idx: VectorValue<'ctx>,
-) -> VectorValue<'ctx> {
-    let kb = v.kb;
-    let nr = NR as u32;
-    if isa.avx512 {
-        return kb
-            .call_intrinsic(
-                "llvm.x86.avx512.permvar.sf.512",
-                &[],
-                &[table.into(), idx.into()],
-            )
-            .into_vector_value();
-    }
-    if isa.x86 && isa.avx2 {
-        let half =
-            |x: VectorValue<'ctx>, h: u32| v.shuffle(x, &(8 * h..8 * h + 8).collect::<Vec<_>>());
-        let (lo, hi) = (half(table, 0), half(table, 1));
-        let eight = VectorType::const_vector(&vec![kb.i32c(8); 8]);
-        let zero = v.zero_i(8);
-        let outs: Vec<VectorValue<'ctx>> = (0..2)
-            .map(|h| {
-                let i = half(idx, h);
-                let perm = |t: VectorValue<'ctx>| {
-                    kb.call_intrinsic("llvm.x86.avx2.permps", &[], &[t.into(), i.into()])
-                        .into_vector_value()
-                };
-                let upper =
-                    kb.b.build_int_compare(IntPredicate::NE, v.and(i, eight), zero, "")
-                        .expect("cmp");
-                kb.b.build_select(upper, perm(hi), perm(lo), "")
-                    .expect("select")
-                    .into_vector_value()
-            })
-            .collect();
-        return concat(kb, outs[0], outs[1]);
-    }
-    if isa.aarch64 {
-        // lane i takes the table's bytes 4·idx .. 4·idx + 3
-        let c = |x: i32| VectorType::const_vector(&vec![kb.i32c(x); NR]);
-        let bidx =
-            kb.b.build_int_add(
-                kb.b.build_int_mul(idx, c(0x0404_0404), "").expect("mul"),
-                c(0x0302_0100),
-                "",
-            )
-            .expect("add");
-        let bidx = v.bitcast(bidx, kb.i8t().vec_type(64));
-        let tb = v.bitcast(table, kb.i8t().vec_type(64));
-        let quarter =
-            |x: VectorValue<'ctx>, q: u32| v.shuffle(x, &(16 * q..16 * q + 16).collect::<Vec<_>>());
-        let t: Vec<BasicValueEnum<'ctx>> = (0..4).map(|q| quarter(tb, q).into()).collect();
-        let parts: Vec<VectorValue<'ctx>> = (0..4)
-            .map(|q| {
-                let mut args = t.clone();
-                args.push(quarter(bidx, q).into());
-                kb.call_intrinsic(
-                    "llvm.aarch64.neon.tbl4",
-                    &[kb.i8t().vec_type(16).into()],
-                    &args,
-                )
-                .into_vector_value()
-            })
-            .collect();
-        let all = concat(
-            kb,
-            concat(kb, parts[0], parts[1]),
-            concat(kb, parts[2], parts[3]),
-        );
-        return v.bitcast(all, v.f32v(nr));
-    }
-    let mut out = v.zero_f(nr);
-    for lane in 0..nr {
-        let i =
-            kb.b.build_extract_element(idx, kb.i32c(lane as i32), "")
-                .expect("extract")
-                .into_int_value();
-        let i = kb.zext(i, kb.i64t());
-        let e = kb.load_f32(table_at, i);
-        out =
-            kb.b.build_insert_element(out, e, kb.i32c(lane as i32), "")
-                .expect("insert");
-    }
-    out
-}
-
 /// f32 activations against palette panels: the panel's codebook stays in a register and
 /// every index is looked up in it.
 fn palette_tile<'ctx>(
     kb: &mut Kb<'_, 'ctx>,
-    isa: &Isa,
+    vx: &dyn VectorIsa,
     p: IntValue<'ctx>,
     m0: IntValue<'ctx>,
     acc: &[Var<'ctx>],
@@ -864,7 +704,7 @@ fn palette_tile<'ctx>(
                 let idx =
                     kb.b.build_int_z_extend(v.shuffle(codes, &sel), v.i32v(nr), "")
                         .expect("zext");
-                let wf = lookup16(&v, isa, table, table_at, idx);
+                let wf = vx.lookup16_mem(kb, table, table_at, idx);
                 let kk = kb.add(k0, kb.i64c(kofs + t as i64));
                 axpy_rows(kb, acc, x, m0, k, kk, wf);
             }
@@ -907,7 +747,7 @@ fn sparse24_tile<'ctx>(
     kb: &mut Kb<'_, 'ctx>,
     kept: Kept,
     k16: bool,
-    isa: &Isa,
+    vx: &dyn VectorIsa,
     p: IntValue<'ctx>,
     m0: IntValue<'ctx>,
     acc: &[Var<'ctx>],
@@ -933,13 +773,7 @@ fn sparse24_tile<'ctx>(
     let start = kb.mul(p, pb);
     let pos_at = kb.add(start, vb);
     // inputs picked from a window of `win` floats by an index per lane
-    let win: Option<u32> = if isa.avx512 && k16 {
-        Some(16)
-    } else if isa.x86 && isa.avx2 {
-        Some(8)
-    } else {
-        None
-    };
+    let win: Option<u32> = vx.sparse_window(k16);
     // odd kept values add into a second set of accumulators: two FMA chains per token
     let zv = V { kb }.zero_f(nr);
     let odd: Vec<Var<'ctx>> = acc.iter().map(|_| kb.var(zv)).collect();
@@ -1003,22 +837,7 @@ fn sparse24_tile<'ctx>(
                     let v = V { kb };
                     let xi = kb.add(kb.mul(kb.add(m0, kb.i64c(r as i64)), k), w0);
                     let xw = kb.vload(kb.f32t().into(), wn, x, xi);
-                    let xv = if wn == 16 {
-                        kb.call_intrinsic(
-                            "llvm.x86.avx512.permvar.sf.512",
-                            &[],
-                            &[xw.into(), idx.into()],
-                        )
-                        .into_vector_value()
-                    } else {
-                        let halfv =
-                            |h: u32| v.shuffle(idx, &(8 * h..8 * h + 8).collect::<Vec<_>>());
-                        let perm = |i: VectorValue<'ctx>| {
-                            kb.call_intrinsic("llvm.x86.avx2.permps", &[], &[xw.into(), i.into()])
-                                .into_vector_value()
-                        };
-                        concat(kb, perm(halfv(0)), perm(halfv(1)))
-                    };
+                    let xv = vx.lookup(kb, xw, idx);
                     let cur = kb.get(*a).into_vector_value();
                     let nv = v.fma(xv, wv, cur);
                     kb.set(*a, nv);
@@ -1076,7 +895,7 @@ fn sparse24_tile<'ctx>(
                     }
                     let wv = match dt {
                         DType::F32 => v.load_vec(kb.f32t().into(), nr, w, off),
-                        other => v.load_floats(other, w, off, isa),
+                        other => v.load_floats(other, w, off, vx),
                     };
                     step(kb, kk0, t, mult, wv);
                 }
@@ -1090,7 +909,7 @@ fn sparse24_tile<'ctx>(
             dequant_panel(
                 kb,
                 &q,
-                isa,
+                vx,
                 w,
                 (start, soff, zoff, g),
                 half,
@@ -1108,106 +927,13 @@ fn sparse24_tile<'ctx>(
     }
 }
 
-/// `acc + Σ_t a[4j+t]·b[4j+t]` per 32-bit lane j, `a` unsigned codes (or s8 when the panel
-/// stores them signed), `b` signed activations: the target's best instruction.
-#[allow(clippy::too_many_arguments)]
-fn dot4<'ctx>(
-    kb: &Kb<'_, 'ctx>,
-    isa: &Isa,
-    acc: VectorValue<'ctx>,
-    a: VectorValue<'ctx>,
-    b: VectorValue<'ctx>,
-    a_signed: bool,
-    small: bool,
-    alt: bool,
-) -> VectorValue<'ctx> {
-    let v = V { kb };
-    if isa.avx512vnni && !a_signed {
-        // a second accumulator chain uses the saturating form: LLVM would fold two chains of
-        // the same instruction back into one, and no sum here comes near saturation
-        // (|Σ| ≤ K·255·127 < 2^31 for K < 66,000)
-        let name = if alt {
-            "llvm.x86.avx512.vpdpbusds.512"
-        } else {
-            "llvm.x86.avx512.vpdpbusd.512"
-        };
-        return kb
-            .call_intrinsic(name, &[], &[acc.into(), a.into(), b.into()])
-            .into_vector_value();
-    }
-    if isa.aarch64 && isa.dotprod && (a_signed || small) {
-        // four 128-bit sdots
-        let mut outs = vec![];
-        for part in 0..4u32 {
-            let ai = v.shuffle(a, &(part * 16..part * 16 + 16).collect::<Vec<_>>());
-            let bi = v.shuffle(b, &(part * 16..part * 16 + 16).collect::<Vec<_>>());
-            let ci = v.shuffle(acc, &(part * 4..part * 4 + 4).collect::<Vec<_>>());
-            let r = kb.call_intrinsic(
-                "llvm.aarch64.neon.sdot",
-                &[kb.i32t().vec_type(4).into(), kb.i8t().vec_type(16).into()],
-                &[ci.into(), ai.into(), bi.into()],
-            );
-            outs.push(r.into_vector_value());
-        }
-        let ab = concat(kb, outs[0], outs[1]);
-        let cd = concat(kb, outs[2], outs[3]);
-        return concat(kb, ab, cd);
-    }
-    if isa.x86 && isa.avx2 && !a_signed && small {
-        // vpmaddubsw (u8·s8 pairs to i16; 4-bit codes cannot saturate) then vpmaddwd with ones
-        let mut outs = vec![];
-        for part in 0..2u32 {
-            let ai = v.shuffle(a, &(part * 32..part * 32 + 32).collect::<Vec<_>>());
-            let bi = v.shuffle(b, &(part * 32..part * 32 + 32).collect::<Vec<_>>());
-            let p16 = kb
-                .call_intrinsic("llvm.x86.avx2.pmadd.ub.sw", &[], &[ai.into(), bi.into()])
-                .into_vector_value();
-            let ones = VectorType::const_vector(&vec![kb.cx.i16_type().const_int(1, false); 16]);
-            let p32 = kb
-                .call_intrinsic("llvm.x86.avx2.pmadd.wd", &[], &[p16.into(), ones.into()])
-                .into_vector_value();
-            outs.push(p32);
-        }
-        let s = concat(kb, outs[0], outs[1]);
-        return kb.b.build_int_add(acc, s, "").expect("add");
-    }
-    // generic: widen to i32, multiply, add the four products of each lane
-    let ext = |x: VectorValue<'ctx>, signed: bool| {
-        let t = kb.i32t().vec_type(64);
-        if signed {
-            kb.b.build_int_s_extend(x, t, "").expect("sext")
-        } else {
-            kb.b.build_int_z_extend(x, t, "").expect("zext")
-        }
-    };
-    let prod =
-        kb.b.build_int_mul(ext(a, a_signed), ext(b, true), "")
-            .expect("mul");
-    let mut sum = acc;
-    for t in 0..4u32 {
-        let part = v.shuffle(prod, &(0..16u32).map(|j| 4 * j + t).collect::<Vec<_>>());
-        sum = kb.b.build_int_add(sum, part, "").expect("add");
-    }
-    sum
-}
-
-fn concat<'ctx>(
-    kb: &Kb<'_, 'ctx>,
-    a: VectorValue<'ctx>,
-    b: VectorValue<'ctx>,
-) -> VectorValue<'ctx> {
-    let n = a.get_type().get_size();
-    let mask = VectorType::const_vector(&(0..2 * n).map(|i| kb.i32c(i as i32)).collect::<Vec<_>>());
-    kb.b.build_shuffle_vector(a, b, mask, "").expect("shuffle")
-}
-
 /// int8 activations against Dot4 panels: integer dot products per group, then
 /// `acc += s·(D − zz·Σxq)` (or `s·D + m·Σxq`), scaled by the row's activation scale.
 fn dot4_tile<'ctx>(
     kb: &mut Kb<'_, 'ctx>,
     q: &QuantSpec,
     offset: u8,
-    isa: &Isa,
+    vx: &dyn VectorIsa,
     p: IntValue<'ctx>,
     m0: IntValue<'ctx>,
     acc: &[Var<'ctx>],
@@ -1220,6 +946,13 @@ fn dot4_tile<'ctx>(
     let step: i64 = if q.bits == 4 { 8 } else { 4 };
     let zero = kb.i64c(0);
     let q = *q;
+    let kind = if offset != 0 {
+        Codes::S8
+    } else if q.bits == 4 {
+        Codes::U4
+    } else {
+        Codes::U8
+    };
     let v0 = V { kb };
     // one token per tile (decode) would wait on a single accumulator's latency: give it two
     // chains, the nibble halves (4-bit) or alternate blocks (8-bit)
@@ -1282,16 +1015,7 @@ fn dot4_tile<'ctx>(
                         let _ = x4.as_instruction_value().map(|i| i.set_alignment(1));
                         let xb = v.bitcast(v.splat(x4, nr), kb.i8t().vec_type(64));
                         let cur = kb.get(a[chain]).into_vector_value();
-                        let nv = dot4(
-                            kb,
-                            isa,
-                            cur,
-                            codes,
-                            xb,
-                            offset != 0,
-                            q.bits == 4,
-                            chain == 1,
-                        );
+                        let nv = vx.dot4(kb, cur, codes, xb, kind, chain == 1);
                         kb.set(a[chain], nv);
                     }
                 }
@@ -1302,14 +1026,14 @@ fn dot4_tile<'ctx>(
             q.scale,
             w,
             kb.add(soff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64))),
-            isa,
+            vx,
         );
         let m = match q.zero {
             Zero::Float => Some(v.load_floats(
                 q.scale,
                 w,
                 kb.add(zoff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64))),
-                isa,
+                vx,
             )),
             _ => None,
         };
@@ -1350,7 +1074,7 @@ fn dot4_tile<'ctx>(
 
 /// int8 activations against Mmla panels with `smmla`: two tokens × two rows × 8 k per
 /// instruction; an odd last token pairs with itself.
-fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
+fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, vx: &dyn VectorIsa, q: QuantSpec, offset: u8) {
     let (out, bias) = (kb.arg_ptr(arg::OUT), kb.arg_ptr(arg::BIAS));
     let (x, w, m, n, k) = (
         kb.arg_ptr(arg::X),
@@ -1363,14 +1087,6 @@ fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
     let (beg, end) = (kb.begin(), kb.end());
     let has_bias = l.bias;
     let step: i64 = if q.bits == 4 { 16 } else { 8 };
-    let isa = Isa {
-        aarch64: true,
-        neon: true,
-        dotprod: true,
-        i8mm: true,
-        lanes: 4,
-        ..Isa::default()
-    };
     kb.for_range(beg, end, 1, |kb, p| {
         let (start, soff, zoff, g) = enter_quant_panel(kb, &q, w, p, k);
         let groups = kb.sdiv(k, g);
@@ -1411,11 +1127,8 @@ fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
                             blk
                         };
                         // A: 8 bytes of each token
-                        let a = concat(
-                            kb,
-                            load8(kb, x, m0, k, k0, kofs),
-                            load8(kb, x, m1, k, k0, kofs),
-                        );
+                        let a =
+                            kb.concat(load8(kb, x, m0, k, k0, kofs), load8(kb, x, m1, k, k0, kofs));
                         for (pi, acc) in acc4.iter().enumerate() {
                             let v = V { kb };
                             let b = v.shuffle(
@@ -1423,11 +1136,7 @@ fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
                                 &((pi * 16) as u32..(pi * 16 + 16) as u32).collect::<Vec<_>>(),
                             );
                             let cur = kb.get(*acc).into_vector_value();
-                            let r = kb.call_intrinsic(
-                                "llvm.aarch64.neon.smmla",
-                                &[kb.i32t().vec_type(4).into(), kb.i8t().vec_type(16).into()],
-                                &[cur.into(), a.into(), b.into()],
-                            );
+                            let r = vx.smmla(kb, cur, a, b);
                             kb.set(*acc, r);
                         }
                     }
@@ -1438,7 +1147,7 @@ fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
                     .iter()
                     .map(|a| kb.get(*a).into_vector_value())
                     .collect();
-                let all = concat_all(kb, parts);
+                let all = kb.concat_all(parts);
                 let t0: Vec<u32> = (0..NR as u32 / 2)
                     .flat_map(|pi| [4 * pi, 4 * pi + 1])
                     .collect();
@@ -1450,7 +1159,7 @@ fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
                     q.scale,
                     w,
                     kb.add(soff, kb.mul(gi, kb.i64c((NR * q.scale.size()) as i64))),
-                    &isa,
+                    vx,
                 );
                 for (ti, row) in [m0, m1].into_iter().enumerate() {
                     let v = V { kb };
@@ -1458,7 +1167,7 @@ fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
                         .load(kb.i32t().into(), xqsum, kb.add(kb.mul(row, groups), gi))
                         .into_int_value();
                     let cur = kb.get(accf[ti]).into_vector_value();
-                    let nv = group_epilogue(&v, &q, w, zoff, gi, &isa, s, d[ti], xs, offset, cur);
+                    let nv = group_epilogue(&v, &q, w, zoff, gi, vx, s, d[ti], xs, offset, cur);
                     kb.set(accf[ti], nv);
                 }
             });
@@ -1491,7 +1200,7 @@ fn mmla(kb: &mut Kb<'_, '_>, l: &LinearKernel, q: QuantSpec, offset: u8) {
 /// `[xq (i8 [M, K]), sx (f32 [M]), xqsum (i32 [M, K/g]), x (f32 [M, K]), m, k]`, or with
 /// `fake`, `[out (f32 [M, K]), _, _, x, m, k]`: int8 quantization of each row as
 /// `act = i8_per_token` defines it; work items: rows.
-pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool, isa: &Isa) {
+pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool, vx: &dyn VectorIsa) {
     let (xq, sx, xqsum, x) = (kb.arg_ptr(0), kb.arg_ptr(1), kb.arg_ptr(2), kb.arg_ptr(3));
     let k = kb.arg(5);
     let (b, e) = (kb.begin(), kb.end());
@@ -1517,9 +1226,8 @@ pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool, isa: &Isa) {
         let scale = kb.b.build_float_div(am, kb.f32c(127.0), "").expect("div");
         if fake {
             kb.for_range(zero, k, 1, |kb, j| {
-                let q = round_even(
+                let q = vx.round_even(
                     kb,
-                    isa,
                     kb.b.build_float_mul(kb.load_f32(x, kb.add(base, j)), inv, "")
                         .expect("mul"),
                 );
@@ -1535,9 +1243,8 @@ pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool, isa: &Isa) {
                 let g0 = kb.mul(gi, g);
                 let g1 = kb.add(g0, g);
                 kb.for_range(g0, g1, 1, |kb, j| {
-                    let q = round_even(
+                    let q = vx.round_even(
                         kb,
-                        isa,
                         kb.b.build_float_mul(kb.load_f32(x, kb.add(base, j)), inv, "")
                             .expect("mul"),
                     );
@@ -1551,16 +1258,6 @@ pub fn quantize_rows(kb: &mut Kb<'_, '_>, group: u32, fake: bool, isa: &Isa) {
             });
         }
     });
-}
-
-/// Round half to even: the hardware instruction where the target has one (SSE4.1 and up,
-/// AArch64), else our integer-free version (never a libm call).
-fn round_even<'ctx>(kb: &Kb<'_, 'ctx>, isa: &Isa, x: FloatValue<'ctx>) -> FloatValue<'ctx> {
-    if isa.avx2 || isa.aarch64 {
-        kb.call_f32_intrinsic("llvm.roundeven", &[x])
-    } else {
-        crate::cpu::math::call(kb, crate::cpu::math::MathFn::RoundEven, x)
-    }
 }
 
 /// The generic kernel: one output column at a time, every token against the same weight row
@@ -1904,21 +1601,4 @@ fn store_row<'ctx>(
             });
         },
     )
-}
-
-/// Joins equally long vectors end to end, pairwise.
-fn concat_all<'ctx>(kb: &Kb<'_, 'ctx>, mut parts: Vec<VectorValue<'ctx>>) -> VectorValue<'ctx> {
-    while parts.len() > 1 {
-        parts = parts
-            .chunks(2)
-            .map(|p| {
-                if p.len() == 2 {
-                    concat(kb, p[0], p[1])
-                } else {
-                    p[0]
-                }
-            })
-            .collect();
-    }
-    parts[0]
 }

@@ -8,6 +8,7 @@ pub mod linear;
 pub mod memory;
 pub mod rows;
 
+use super::isa::{Isa, VectorIsa};
 use super::kb::Kb;
 use super::math::{self, MathFn};
 use inkwell::context::Context;
@@ -86,24 +87,8 @@ pub enum Kernel {
 pub struct Kernels<'ctx> {
     cache: HashMap<Kernel, FunctionValue<'ctx>>,
     pub isa: Isa,
-}
-
-/// What the target offers the kernels.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Isa {
-    pub x86: bool,
-    pub aarch64: bool,
-    pub avx2: bool,
-    pub fma: bool,
-    pub f16c: bool,
-    pub avx512: bool,
-    pub avx512vnni: bool,
-    pub avx512bf16: bool,
-    pub neon: bool,
-    pub dotprod: bool,
-    pub i8mm: bool,
-    /// f32 lanes of the widest vector the kernels use.
-    pub lanes: u32,
+    /// The vector primitives of `isa`.
+    vx: Box<dyn VectorIsa>,
 }
 
 impl<'ctx> Kernels<'ctx> {
@@ -111,6 +96,7 @@ impl<'ctx> Kernels<'ctx> {
         Kernels {
             cache: HashMap::new(),
             isa,
+            vx: isa.primitives(),
         }
     }
 
@@ -134,9 +120,9 @@ impl<'ctx> Kernels<'ctx> {
             Kernel::Reduce { kind, dtype } => rows::reduce(&mut kb, *kind, *dtype),
             Kernel::ArgMax { dtype } => rows::argmax(&mut kb, *dtype),
             Kernel::Gather { table, idx, out } => memory::gather(&mut kb, table, *idx, *out),
-            Kernel::Linear(l) => linear::emit(&mut kb, l, &self.isa),
+            Kernel::Linear(l) => linear::emit(&mut kb, l, self.vx.as_ref()),
             Kernel::QuantizeRows { group, fake } => {
-                linear::quantize_rows(&mut kb, *group, *fake, &self.isa)
+                linear::quantize_rows(&mut kb, *group, *fake, self.vx.as_ref())
             }
             Kernel::MatMul => linear::matmul(&mut kb),
             Kernel::Rope {
