@@ -266,9 +266,10 @@ pub fn bench(
     let toks = tokens(need, vocab);
     let mut logits = vec![0f32; chunk.min(need) * vocab];
     let bytes = bd.weight_bytes_per_token();
-    let macs = bd.manifest["linear_macs_per_token"].as_u64().unwrap_or(0);
+    let model = bd.manifest.model.as_ref();
+    let macs = model.map_or(0, |m| m.linear_macs_per_token);
     // prefill runs the output head on the last token of each call only
-    let head = bd.manifest["head_macs"].as_u64().unwrap_or(0).min(macs);
+    let head = model.map_or(0, |m| m.head_macs).min(macs);
     let prefill_ops = 2.0
         * ((o.prefill as u64 * (macs - head)) as f64
             + (o.prefill.div_ceil(chunk) as u64 * head) as f64);
@@ -324,13 +325,13 @@ pub fn bench(
             machine,
         });
     }
-    let target = &bd.manifest["target"];
+    let target = &bd.manifest.backend.target;
     Ok(BenchReport {
         bundle: bd.dir.display().to_string(),
         name: bd.name.clone(),
         target: bd.triple.clone(),
-        cpu: target["cpu"].as_str().unwrap_or("").to_string(),
-        kernels: target["kernels"].as_str().unwrap_or("").to_string(),
+        cpu: target.cpu.clone(),
+        kernels: target.kernels.clone(),
         weight_bytes_per_token: bytes,
         linear_macs_per_token: macs,
         weights_file_tensor_bytes: bd.tensor_bytes(),

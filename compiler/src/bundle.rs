@@ -6,7 +6,9 @@ use crate::frontend::{Model, ModelKind};
 use crate::tokenizer::Tokenizer;
 use llmc_backends::cpu::Bundle;
 use llmc_ir::{DType, Data, Dim, Tensor};
-use serde_json::{json, Value};
+use llmc_backends::cpu::manifest::{Buffer, BufferDim, Manifest, MANIFEST_FORMAT};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -208,7 +210,12 @@ pub fn write_bundle(
     o: &Outputs,
     force: bool,
 ) -> Result<Vec<PathBuf>, WriteError> {
-    write_files(b, &b.manifest, None, None, dir, o, force)
+    let manifest = BundleManifest {
+        backend: b.manifest.clone(),
+        model: None,
+        weights_file: None,
+    };
+    write_files(b, manifest, None, None, dir, o, force)
 }
 
 /// Writes the bundle of a model read by a frontend: as [`write_bundle`], plus the model's
@@ -234,57 +241,16 @@ pub fn write_model_bundle(
             path: dir.join(TOKENIZER_FILE),
             msg: e.to_string(),
         })?;
-    let manifest = model_manifest(&b.manifest, model);
-    write_files(b, &manifest, tok_json.as_deref(), report, dir, &o, force)
+    let manifest = BundleManifest {
+        backend: b.manifest.clone(),
+        model: Some(model_manifest(&b.manifest, model)),
+        weights_file: None,
+    };
+    write_files(b, manifest, tok_json.as_deref(), report, dir, &o, force)
 }
 
 /// The name of the tokenizer file in a bundle.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
-
-/// A dimension as the backend's manifest prints it (`384`, `s1`: the bundle's run-time
-/// dimension 1), as a number or a dimension name; `None` for anything else.
-fn backend_dim(text: &str, names: &[String]) -> Option<Value> {
-    let t = text.trim();
-    if let Ok(n) = t.parse::<u64>() {
-        return Some(json!(n));
-    }
-    let k: usize = t.strip_prefix('s')?.parse().ok()?;
-    names.get(k).map(|n| json!(n))
-}
-
-/// The shape of a graph input or output: the model's dimensions, with those it leaves
-/// unknown (`?`) taken from the backend's, which shape inference resolved.
-fn shape_json(
-    g: &llmc_ir::Graph,
-    v: llmc_ir::ValueId,
-    backend: Option<&str>,
-    names: &[String],
-) -> Value {
-    let t = g.ty(v);
-    let resolved: Vec<&str> = backend
-        .map(|b| {
-            b.trim_start_matches('[')
-                .trim_end_matches(']')
-                .split(", ")
-                .collect()
-        })
-        .unwrap_or_default();
-    let dims: Vec<Value> = t
-        .shape
-        .0
-        .iter()
-        .enumerate()
-        .map(|(i, d)| match d {
-            Dim::Fixed(n) => json!(n),
-            Dim::Sym(s) => json!(s),
-            Dim::Any if resolved.len() == t.shape.0.len() => {
-                backend_dim(resolved[i], names).unwrap_or(Value::Null)
-            }
-            Dim::Any => Value::Null,
-        })
-        .collect();
-    json!(dims)
-}
 
 /// Bytes of weights one decoded token reads, by the weights' encodings: all of every weight
 /// but embedding tables, of which a token reads one row (an output head tied to the table
@@ -339,82 +305,156 @@ pub fn head_macs(g: &llmc_ir::Graph) -> u64 {
     0
 }
 
-/// The backend's manifest with what the compiler knows about the model added.
-fn model_manifest(base: &Value, m: &Model) -> Value {
-    let mut man = base.clone();
+/// `manifest.json`: the backend's manifest, with what the compiler knows of the model when
+/// the bundle was built from one, and how the weights file is coded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BundleManifest {
+    #[serde(flatten)]
+    pub backend: Manifest,
+    #[serde(flatten)]
+    pub model: Option<ModelManifest>,
+    /// Present when the weights file is entropy-coded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_file: Option<CodedWeights>,
+}
+
+/// What a host needs to drive a model's bundle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    pub model: ModelInfo,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// Bytes of weights one decoded token reads (see [`weight_bytes_per_token`]).
+    pub weight_bytes_per_token: u64,
+    /// Multiply-adds of the linear layers per token.
+    pub linear_macs_per_token: u64,
+    /// Multiply-adds of the output head, which prefill runs for the last token only.
+    pub head_macs: u64,
+    /// The tokenizer file, when the model carries one.
+    pub tokenizer: Option<String>,
+    /// The graph's inputs and outputs with the model's dimension names.
+    pub signature: Signature,
+}
+
+/// The model a bundle was built from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// `causal-lm`, `encoder` or `graph`.
+    pub kind: String,
+    /// As the source calls it (`llama`, `BertModel`, `onnx`).
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<usize>,
+    /// The context the model was trained for (the bundle's is the backend's `max_context`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_context: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<usize>,
+}
+
+/// The inputs and outputs of the model's graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Signature {
+    pub inputs: Vec<IoEntry>,
+    pub outputs: Vec<IoEntry>,
+}
+
+/// How the weights file is entropy-coded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CodedWeights {
+    /// `rans`.
+    pub coding: String,
+    /// Bytes per independently coded chunk.
+    pub chunk: usize,
+    /// Bytes of the coded file.
+    pub bytes: usize,
+    /// Bytes once decoded (the buffer `init` takes).
+    pub decoded_bytes: usize,
+}
+
+/// What the compiler knows of a model, for the manifest: its kind, and the graph's inputs
+/// and outputs with the model's dimension names (those it leaves unknown taken from the
+/// buffers the backend planned).
+fn model_manifest(base: &Manifest, m: &Model) -> ModelManifest {
     let g = &m.graph;
-    let (kind, extra) = match &m.kind {
-        ModelKind::CausalLm {
-            vocab,
-            max_context,
-            bos,
-            eos,
-        } => (
-            "causal-lm",
-            json!({"vocab": vocab, "max_context": max_context, "bos": bos, "eos": eos}),
-        ),
-        ModelKind::Encoder { hidden } => ("encoder", json!({ "hidden": hidden })),
-        ModelKind::Generic => ("graph", json!({})),
+    let mut model = ModelInfo {
+        kind: String::new(),
+        architecture: m.architecture.clone(),
+        vocab: None,
+        max_context: None,
+        hidden: None,
     };
-    let mut model = json!({ "kind": kind, "architecture": m.architecture });
-    if let (Some(o), Some(e)) = (model.as_object_mut(), extra.as_object()) {
-        o.extend(e.clone());
+    model.kind = match &m.kind {
+        ModelKind::CausalLm {
+            vocab, max_context, ..
+        } => {
+            model.vocab = Some(*vocab);
+            model.max_context = Some(*max_context);
+            "causal-lm"
+        }
+        ModelKind::Encoder { hidden } => {
+            model.hidden = Some(*hidden);
+            "encoder"
+        }
+        ModelKind::Generic => "graph",
     }
-    let names: Vec<String> = base["dims"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|d| d["name"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    let io = |list: &[(String, llmc_ir::ValueId)], which: &str| -> Value {
+    .to_string();
+    let (bos, eos) = match &m.kind {
+        ModelKind::CausalLm { bos, eos, .. } => (*bos, *eos),
+        _ => (None, None),
+    };
+    let io = |list: &[(String, llmc_ir::ValueId)], planned: &[Buffer]| -> Vec<IoEntry> {
         list.iter()
             .map(|(n, v)| {
-                let dtype = match &g.ty(*v).enc {
-                    llmc_ir::Encoding::Dense(d) => d.name().to_string(),
-                    other => other.to_string(),
-                };
-                let backend = base[which].as_array().and_then(|a| {
-                    a.iter()
-                        .find(|e| e["name"].as_str() == Some(n))
-                        .and_then(|e| e["dims"].as_str())
-                });
-                json!({"name": n, "dtype": dtype, "shape": shape_json(g, *v, backend, &names)})
+                let t = g.ty(*v);
+                let buffer = planned
+                    .iter()
+                    .find(|b| &b.name == n)
+                    .filter(|b| b.dims.len() == t.shape.0.len());
+                let shape = t
+                    .shape
+                    .0
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| match (d, buffer) {
+                        (Dim::Fixed(n), _) => DimSpec::Fixed(*n as usize),
+                        (Dim::Sym(s), _) => DimSpec::Named(s.clone()),
+                        (Dim::Any, Some(b)) => match &b.dims[i] {
+                            BufferDim::Fixed(n) => DimSpec::Fixed(*n as usize),
+                            BufferDim::Named(s) => DimSpec::Named(s.clone()),
+                        },
+                        (Dim::Any, None) => DimSpec::Unknown,
+                    })
+                    .collect();
+                IoEntry {
+                    name: n.clone(),
+                    dtype: match &t.enc {
+                        llmc_ir::Encoding::Dense(d) => d.name().to_string(),
+                        other => other.to_string(),
+                    },
+                    shape,
+                }
             })
             .collect()
     };
-    if let Some(o) = man.as_object_mut() {
-        if let ModelKind::CausalLm { bos, eos, .. } = &m.kind {
-            o.insert("bos".into(), json!(bos));
-            o.insert("eos".into(), json!(eos));
-        }
-        o.insert("model".into(), model);
-        o.insert(
-            "weight_bytes_per_token".into(),
-            json!(weight_bytes_per_token(g)),
-        );
-        o.insert(
-            "linear_macs_per_token".into(),
-            json!(linear_macs_per_token(g)),
-        );
-        o.insert(
-            "tokenizer".into(),
-            m.tokenizer
-                .as_ref()
-                .map_or(Value::Null, |_| json!(TOKENIZER_FILE)),
-        );
-        o.insert(
-            "signature".into(),
-            json!({"inputs": io(&g.inputs, "inputs"), "outputs": io(&g.outputs, "outputs")}),
-        );
+    ModelManifest {
+        model,
+        bos,
+        eos,
+        weight_bytes_per_token: weight_bytes_per_token(g),
+        linear_macs_per_token: linear_macs_per_token(g),
+        head_macs: head_macs(g),
+        tokenizer: m.tokenizer.as_ref().map(|_| TOKENIZER_FILE.to_string()),
+        signature: Signature {
+            inputs: io(&g.inputs, &base.inputs),
+            outputs: io(&g.outputs, &base.outputs),
+        },
     }
-    man
 }
 
 fn write_files(
     b: &Bundle,
-    manifest: &Value,
+    mut manifest: BundleManifest,
     tokenizer: Option<&str>,
     report: Option<&crate::report::BuildReport>,
     dir: &Path,
@@ -441,17 +481,16 @@ fn write_files(
         &ar_archive(&format!("{}.o", b.name), &b.object),
     )?;
     write(&dir.join(format!("{}.h", b.name)), b.header.as_bytes())?;
-    let mut manifest = manifest.clone();
     if !o.embed_weights {
         let path = dir.join(format!("{}.weights", b.name));
         if o.entropy {
             let coded = llmc_runtime::weights::encode(&b.weights);
-            if let Some(m) = manifest.as_object_mut() {
-                m.insert(
-                    "weights_file".into(),
-                    serde_json::json!({"coding": "rans", "chunk": llmc_runtime::weights::CODED_CHUNK, "bytes": coded.len(), "decoded_bytes": b.weights.len()}),
-                );
-            }
+            manifest.weights_file = Some(CodedWeights {
+                coding: "rans".into(),
+                chunk: llmc_runtime::weights::CODED_CHUNK,
+                bytes: coded.len(),
+                decoded_bytes: b.weights.len(),
+            });
             write(&path, &coded)?;
         } else {
             write(&path, &b.weights)?;
@@ -460,7 +499,7 @@ fn write_files(
     if let (true, Some(t)) = (o.tokenizer, tokenizer) {
         write(&dir.join(TOKENIZER_FILE), t.as_bytes())?;
     }
-    let mut manifest = serde_json::to_string_pretty(&manifest).expect("json");
+    let mut manifest = serde_json::to_string_pretty(&manifest).expect("the manifest serializes");
     manifest.push('\n');
     write(&dir.join("manifest.json"), manifest.as_bytes())?;
     if let Some(r) = report {
@@ -519,26 +558,41 @@ pub enum BundleDirError {
 }
 
 /// Whether the bundle is a decoder (`prefill`/`decode`) or a graph (`run`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BundleKind {
-    Decoder,
-    Graph,
+pub use llmc_backends::cpu::manifest::EntryKind as BundleKind;
+
+/// One input or output of a model's graph as the manifest records it: its element type (an
+/// encoding for a weight-like output) and its dimensions, numbers or named run-time
+/// dimensions (`seq`), as in the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IoEntry {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<DimSpec>,
 }
 
-/// One input or output of a graph bundle: dimensions are numbers or named run-time
-/// dimensions (`seq`), as in the model.
+/// One input or output of a graph bundle, as `run` takes or writes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IoSpec {
     pub name: String,
     pub dtype: DType,
-    pub shape: Vec<DimSpec>,
+    pub shape: Vec<RunDim>,
+}
+
+/// A dimension of an [`IoSpec`]: fixed, or bound at run time by name.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunDim {
+    Fixed(usize),
+    Named(String),
 }
 
 /// A dimension of an [`IoSpec`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
 pub enum DimSpec {
     Fixed(usize),
     Named(String),
+    /// Neither the model nor the backend knows it (`null`).
+    Unknown,
 }
 
 /// A bundle directory (one with a `manifest.json`), read back to run its compiled code.
@@ -547,7 +601,7 @@ pub struct BundleDir {
     pub dir: PathBuf,
     pub name: String,
     pub kind: BundleKind,
-    pub manifest: Value,
+    pub manifest: BundleManifest,
     /// The model's kind as the compiler recorded it: `causal-lm`, `encoder`, `graph`.
     pub model_kind: String,
     pub vocab: Option<usize>,
@@ -573,51 +627,48 @@ impl BundleDir {
     /// Reads a bundle directory's manifest.
     pub fn open(dir: &Path) -> Result<BundleDir, BundleDirError> {
         let mpath = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&mpath).map_err(|e| BundleDirError::Bad {
-            path: mpath.clone(),
-            msg: format!("{e} (is {} a bundle written by llmc build?)", dir.display()),
-        })?;
-        let manifest: Value = serde_json::from_str(&text).map_err(|e| BundleDirError::Bad {
-            path: mpath.clone(),
-            msg: format!("not valid JSON: {e}"),
-        })?;
         let bad = |msg: String| BundleDirError::Bad {
             path: mpath.clone(),
             msg,
         };
-        let name = manifest["name"]
-            .as_str()
-            .ok_or_else(|| bad("no bundle name".into()))?
-            .to_string();
-        let kind = match manifest["kind"].as_str() {
-            Some("decoder") => BundleKind::Decoder,
-            Some("graph") => BundleKind::Graph,
-            other => return Err(bad(format!("unknown bundle kind {other:?}"))),
-        };
-        let u = |k: &str| manifest[k].as_u64();
-        let id = |v: &Value| v.as_u64().map(|x| x as u32);
+        let text = std::fs::read_to_string(&mpath).map_err(|e| {
+            bad(format!(
+                "{e} (is {} a bundle written by llmc build?)",
+                dir.display()
+            ))
+        })?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let format = value["format"].as_u64();
+        if format != Some(MANIFEST_FORMAT as u64) {
+            return Err(bad(format!(
+                "manifest format {} where this llmc reads {MANIFEST_FORMAT}: rebuild the bundle with this llmc",
+                format.map_or("none".to_string(), |f| f.to_string())
+            )));
+        }
+        let manifest: BundleManifest = serde_json::from_value(value)
+            .map_err(|e| bad(format!("not a bundle manifest: {e}")))?;
+        let b = &manifest.backend;
+        let model = manifest.model.as_ref();
         Ok(BundleDir {
             dir: dir.to_path_buf(),
-            kind,
-            model_kind: manifest["model"]["kind"]
-                .as_str()
-                .unwrap_or(match kind {
+            name: b.name.clone(),
+            kind: b.kind,
+            model_kind: model.map_or(
+                match b.kind {
                     BundleKind::Decoder => "causal-lm",
                     BundleKind::Graph => "graph",
-                })
-                .to_string(),
-            vocab: u("vocab").map(|v| v as usize),
-            max_context: u("max_context").unwrap_or(0) as usize,
-            max_tokens: u("max_tokens").unwrap_or(0) as usize,
-            bos: id(&manifest["bos"]),
-            eos: id(&manifest["eos"]),
-            triple: manifest["target"]["triple"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-            weights_bytes: u("weights_bytes").unwrap_or(0),
-            weights_embedded: manifest["weights_embedded"].as_bool().unwrap_or(false),
-            name,
+                },
+                |m| m.model.kind.as_str(),
+            ).to_string(),
+            vocab: b.vocab.map(|v| v as usize),
+            max_context: b.max_context.max(0) as usize,
+            max_tokens: b.max_tokens.max(0) as usize,
+            bos: model.and_then(|m| m.bos),
+            eos: model.and_then(|m| m.eos),
+            triple: b.target.triple.clone(),
+            weights_bytes: b.weights_bytes,
+            weights_embedded: b.weights_embedded,
             manifest,
         })
     }
@@ -632,9 +683,10 @@ impl BundleDir {
     /// output head included, and one row of an embedding table), else every tensor of the
     /// weights file.
     pub fn weight_bytes_per_token(&self) -> u64 {
-        self.manifest["weight_bytes_per_token"]
-            .as_u64()
-            .unwrap_or_else(|| self.tensor_bytes())
+        self.manifest
+            .model
+            .as_ref()
+            .map_or_else(|| self.tensor_bytes(), |m| m.weight_bytes_per_token)
     }
 
     /// The bundle's tokenizer (`tokenizer.json`).
@@ -702,59 +754,42 @@ impl BundleDir {
     /// The run-time dimensions of a graph bundle and their maxima, in the order `run` takes
     /// them.
     pub fn dims(&self) -> Vec<(String, i64)> {
-        self.manifest["dims"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|d| {
-                        (
-                            d["name"].as_str().unwrap_or("").to_string(),
-                            d["max"].as_i64().unwrap_or(0),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.manifest
+            .backend
+            .dims
+            .iter()
+            .map(|d| (d.name.clone(), d.max))
+            .collect()
     }
 
-    fn io(&self, which: &str) -> Result<Vec<IoSpec>, BundleDirError> {
-        let path = self.dir.join("manifest.json");
-        let list = self.manifest["signature"][which]
-            .as_array()
-            .ok_or_else(|| BundleDirError::Bad {
-                path: path.clone(),
-                msg: format!(
-                    "no signature.{which}: the bundle was written by an older llmc; rebuild it"
-                ),
-            })?;
-        list.iter()
+    /// The model's inputs or outputs, as `run` takes or writes them.
+    fn io(&self, which: fn(&Signature) -> &Vec<IoEntry>) -> Result<Vec<IoSpec>, BundleDirError> {
+        let bad = |msg: String| BundleDirError::Bad {
+            path: self.dir.join("manifest.json"),
+            msg,
+        };
+        let sig = self.manifest.model.as_ref().map(|m| &m.signature).ok_or_else(|| {
+            bad("no model signature: the bundle was written without its model; rebuild it with llmc build".into())
+        })?;
+        which(sig)
+            .iter()
             .map(|e| {
-                let bad = |msg: String| BundleDirError::Bad {
-                    path: path.clone(),
-                    msg,
-                };
-                let name = e["name"]
-                    .as_str()
-                    .ok_or_else(|| bad("an unnamed input or output".into()))?;
-                let dtype = e["dtype"]
-                    .as_str()
-                    .and_then(DType::from_name)
-                    .ok_or_else(|| bad(format!("'{name}' has no dense dtype")))?;
-                let shape = e["shape"]
-                    .as_array()
-                    .ok_or_else(|| bad(format!("'{name}' has no shape")))?
+                let dtype = DType::from_name(&e.dtype)
+                    .ok_or_else(|| bad(format!("'{}' has no dense dtype ({})", e.name, e.dtype)))?;
+                let shape = e
+                    .shape
                     .iter()
                     .map(|d| match d {
-                        Value::Number(n) => n
-                            .as_u64()
-                            .map(|n| DimSpec::Fixed(n as usize))
-                            .ok_or_else(|| bad(format!("'{name}': bad dimension {n}"))),
-                        Value::String(s) => Ok(DimSpec::Named(s.clone())),
-                        _ => Err(bad(format!("'{name}' has a dimension of unknown size"))),
+                        DimSpec::Fixed(n) => Ok(RunDim::Fixed(*n)),
+                        DimSpec::Named(s) => Ok(RunDim::Named(s.clone())),
+                        DimSpec::Unknown => Err(bad(format!(
+                            "'{}' has a dimension of unknown size",
+                            e.name
+                        ))),
                     })
                     .collect::<Result<_, _>>()?;
                 Ok(IoSpec {
-                    name: name.to_string(),
+                    name: e.name.clone(),
                     dtype,
                     shape,
                 })
@@ -764,12 +799,12 @@ impl BundleDir {
 
     /// The inputs of a graph bundle, in the order `run` takes them.
     pub fn inputs(&self) -> Result<Vec<IoSpec>, BundleDirError> {
-        self.io("inputs")
+        self.io(|s| &s.inputs)
     }
 
     /// The outputs of a graph bundle, in the order `run` writes them.
     pub fn outputs(&self) -> Result<Vec<IoSpec>, BundleDirError> {
-        self.io("outputs")
+        self.io(|s| &s.outputs)
     }
 
     /// Runs a graph bundle on named tensors: binds the run-time dimensions from the inputs'
@@ -817,7 +852,7 @@ impl BundleDir {
             }
             for (&have, want) in t.shape.iter().zip(&spec.shape) {
                 match want {
-                    DimSpec::Fixed(n) if *n != have => {
+                    RunDim::Fixed(n) if *n != have => {
                         return Err(BundleDirError::Unsuitable(format!(
                             "input '{}' has shape {:?}; the bundle takes ({})",
                             spec.name,
@@ -825,8 +860,8 @@ impl BundleDir {
                             show_shape(&spec.shape)
                         )))
                     }
-                    DimSpec::Fixed(_) => {}
-                    DimSpec::Named(s) => {
+                    RunDim::Fixed(_) => {}
+                    RunDim::Named(s) => {
                         let k = dims.iter().position(|(d, _)| d == s).ok_or_else(|| {
                             BundleDirError::Unsuitable(format!(
                                 "input '{}': dimension '{s}' is not one the bundle binds at run time",
@@ -871,8 +906,8 @@ impl BundleDir {
                 .shape
                 .iter()
                 .map(|d| match d {
-                    DimSpec::Fixed(n) => Ok(*n),
-                    DimSpec::Named(s) => dims
+                    RunDim::Fixed(n) => Ok(*n),
+                    RunDim::Named(s) => dims
                         .iter()
                         .position(|(d, _)| d == s)
                         .map(|k| values[k] as usize)
@@ -909,11 +944,11 @@ impl BundleDir {
     }
 }
 
-fn show_shape(s: &[DimSpec]) -> String {
+fn show_shape(s: &[RunDim]) -> String {
     s.iter()
         .map(|d| match d {
-            DimSpec::Fixed(n) => n.to_string(),
-            DimSpec::Named(n) => n.clone(),
+            RunDim::Fixed(n) => n.to_string(),
+            RunDim::Named(n) => n.clone(),
         })
         .collect::<Vec<_>>()
         .join(" x ")

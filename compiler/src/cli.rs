@@ -402,7 +402,7 @@ fn inspect(a: InspectArgs) -> Result<()> {
         let j = serde_json::json!({
             "path": m.path.display().to_string(),
             "architecture": m.architecture,
-            "kind": format!("{:?}", m.kind),
+            "kind": m.kind,
             "parameters": g.param_count(),
             "inputs": g.inputs.iter().map(|(n, v)| (n.clone(), g.ty(*v).to_string())).collect::<BTreeMap<_, _>>(),
             "outputs": g.outputs.iter().map(|(n, v)| (n.clone(), g.ty(*v).to_string())).collect::<BTreeMap<_, _>>(),

@@ -220,7 +220,11 @@ fn sanitize(s: &str) -> String {
 }
 
 /// The symbols and output shapes of a graph bundle, found as the backend finds them.
-fn graph_kind(g: &Graph, opts: &BuildOptions, manifest: &serde_json::Value) -> Kind {
+fn graph_kind(
+    g: &Graph,
+    opts: &BuildOptions,
+    manifest: &llmc_backends::cpu::manifest::Manifest,
+) -> Kind {
     let mut syms = Symbols::default();
     for (_, v) in &g.inputs {
         for d in &g.ty(*v).shape.0 {
@@ -229,14 +233,7 @@ fn graph_kind(g: &Graph, opts: &BuildOptions, manifest: &serde_json::Value) -> K
             }
         }
     }
-    let listed: Vec<String> = manifest["dims"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|d| d["name"].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
+    let listed: Vec<String> = manifest.dims.iter().map(|d| d.name.clone()).collect();
     assert_eq!(
         listed, syms.names,
         "the manifest's dims are the inputs' symbols in order"

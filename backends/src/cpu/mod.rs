@@ -9,6 +9,7 @@ pub mod kb;
 pub mod kernels;
 pub mod lower;
 pub mod machine;
+pub mod manifest;
 pub mod math;
 pub mod pack;
 pub mod plan;
@@ -81,7 +82,7 @@ pub struct Bundle {
     pub object: Vec<u8>,
     pub weights: Vec<u8>,
     pub header: String,
-    pub manifest: serde_json::Value,
+    pub manifest: manifest::Manifest,
     pub llvm_ir: Option<String>,
     pub asm: Option<String>,
     pub entry: Entry,
@@ -333,26 +334,58 @@ pub fn compile(
         model_hash,
         req.embed_weights,
     );
-    let manifest = serde_json::json!({
-        "name": opts.name,
-        "format": 1,
-        "target": { "triple": spec.llvm_triple(), "cpu": spec.cpu(), "features": spec.llvm_features(), "kernels": isa::describe(&isa) },
-        "kind": match &entry { Entry::Decoder { .. } => "decoder", Entry::Graph => "graph" },
-        "model_hash": format!("{model_hash:016x}"),
-        "state_bytes": layout.state_bytes,
-        "arena_bytes": arena_bytes,
-        "weights_bytes": weights.len(),
-        "weights_deduplicated_bytes": data.deduplicated,
-        "weights_embedded": req.embed_weights,
-        "max_context": opts.max_context,
-        "max_tokens": opts.max_tokens,
-        "vocab": match &entry { Entry::Decoder { vocab, .. } => serde_json::json!(vocab), Entry::Graph => serde_json::Value::Null },
-        "dims": low.syms.names.iter().zip(&low.syms.max).map(|(n, m)| serde_json::json!({"name": n, "max": m})).collect::<Vec<_>>(),
-        "inputs": low.inputs.iter().map(|(n, v)| serde_json::json!({"name": n, "dtype": v.dtype.name(), "dims": format!("{:?}", v.dims)})).collect::<Vec<_>>(),
-        "outputs": low.outputs.iter().map(|(n, v)| serde_json::json!({"name": n, "dtype": v.dtype.name(), "dims": format!("{:?}", v.dims)})).collect::<Vec<_>>(),
-        "kernel_calls": low.steps.len(),
-        "weights": g.weights.len(),
-    });
+    let names = &low.syms.names;
+    let buffers = |list: &[(String, plan::View)]| -> Vec<manifest::Buffer> {
+        list.iter()
+            .map(|(n, v)| manifest::Buffer {
+                name: n.clone(),
+                dtype: v.dtype.name().to_string(),
+                dims: v
+                    .dims
+                    .iter()
+                    .map(|d| manifest::BufferDim::of(d, names))
+                    .collect(),
+            })
+            .collect()
+    };
+    let manifest = manifest::Manifest {
+        name: opts.name.clone(),
+        format: manifest::MANIFEST_FORMAT,
+        target: manifest::TargetInfo {
+            triple: spec.llvm_triple(),
+            cpu: spec.cpu().to_string(),
+            features: spec.llvm_features(),
+            kernels: isa::describe(&isa),
+        },
+        kind: match &entry {
+            Entry::Decoder { .. } => manifest::EntryKind::Decoder,
+            Entry::Graph => manifest::EntryKind::Graph,
+        },
+        model_hash: format!("{model_hash:016x}"),
+        state_bytes: layout.state_bytes,
+        arena_bytes,
+        weights_bytes: weights.len() as u64,
+        weights_deduplicated_bytes: data.deduplicated,
+        weights_embedded: req.embed_weights,
+        max_context: opts.max_context,
+        max_tokens: opts.max_tokens,
+        vocab: match &entry {
+            Entry::Decoder { vocab, .. } => Some(*vocab),
+            Entry::Graph => None,
+        },
+        dims: names
+            .iter()
+            .zip(&low.syms.max)
+            .map(|(n, m)| manifest::DimMax {
+                name: n.clone(),
+                max: *m,
+            })
+            .collect(),
+        inputs: buffers(&low.inputs),
+        outputs: buffers(&low.outputs),
+        kernel_calls: low.steps.len(),
+        weights: g.weights.len(),
+    };
     Ok(Bundle {
         name: opts.name.clone(),
         object,

@@ -64,7 +64,8 @@ impl FrontendError {
 pub type Result<T, E = FrontendError> = std::result::Result<T, E>;
 
 /// What kind of model a graph is, which tells the CLI how to drive it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ModelKind {
     /// A decoder language model. Inputs `tokens` and `positions` (`[batch, seq]` i64), output
     /// `logits` (`[batch, seq, vocab]` f32); the KV cache is the graph's state.
