@@ -15,6 +15,9 @@ pub enum IrError {
     /// A graph that breaks an IR rule (types, operands, order); names the value and op.
     #[error("invalid graph: {0}")]
     Invalid(String),
+    /// Every rule the verifier found broken, each naming the value, op and line.
+    #[error("invalid graph: {}", show_all(.0))]
+    Verify(Vec<String>),
     /// Weight data that does not fit its type or cannot be read.
     #[error("weight {0}")]
     Weight(#[from] WeightError),
@@ -27,3 +30,10 @@ pub enum IrError {
 }
 
 pub type Result<T, E = IrError> = std::result::Result<T, E>;
+
+fn show_all(errors: &[String]) -> String {
+    match errors {
+        [one] => one.clone(),
+        all => format!("{} errors:\n  {}", all.len(), all.join("\n  ")),
+    }
+}

@@ -60,17 +60,42 @@ pub struct StateDecl {
     pub ty: TensorType,
 }
 
+/// What a graph is to the tools that compile and run it. Set by the frontend, kept by every
+/// pass, checked by the verifier; the text form writes `kind decoder` for a decoder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ModelKind {
+    /// Named inputs and outputs, run as given.
+    #[default]
+    Graph,
+    /// A decoder language model: inputs `tokens` and `positions` (`[batch, seq]` i64),
+    /// output `logits` (`[batch, seq, vocab]`); the KV cache is the graph's state, which
+    /// `cache_concat` appends to. Bundles get `prefill`/`decode` for it.
+    Decoder,
+}
+
+impl ModelKind {
+    /// The word the text form uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Graph => "graph",
+            ModelKind::Decoder => "decoder",
+        }
+    }
+}
+
 /// A graph in program order: every node comes after the producers of its inputs.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub name: String,
+    pub kind: ModelKind,
     pub values: Vec<ValueInfo>,
     pub nodes: Vec<Node>,
     pub inputs: Vec<(String, ValueId)>,
     pub outputs: Vec<(String, ValueId)>,
     pub weights: Vec<Weight>,
     pub states: Vec<StateDecl>,
-    /// Free-form facts about the model (architecture, vocabulary size, ...), sorted.
+    /// Facts about the model as its source file states them (architecture, vocabulary size,
+    /// ...), sorted. Passes leave them as they were: after pruning, the graph is the truth.
     pub meta: BTreeMap<String, String>,
 }
 

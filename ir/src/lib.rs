@@ -15,7 +15,7 @@ pub mod verify;
 pub mod weights;
 
 pub use error::IrError;
-pub use graph::{Graph, Node, StateDecl, ValueDef, ValueId, Weight};
+pub use graph::{Graph, ModelKind, Node, StateDecl, ValueDef, ValueId, Weight};
 pub use interp::Session;
 pub use ops::{ActQuant, Attr, BinaryOp, Op, ReduceKind, RopeMode, SliceSpec, UnaryOp};
 pub use parse::{parse, parse_type};

@@ -566,7 +566,21 @@ impl<'a> Parser<'a> {
         loop {
             self.ws();
             let at = self.pos;
-            if self.keyword("meta") {
+            if self.keyword("kind") {
+                self.ws();
+                let word_at = self.pos;
+                let word = self.name()?;
+                g.kind = match word.as_str() {
+                    "decoder" => crate::graph::ModelKind::Decoder,
+                    "graph" => crate::graph::ModelKind::Graph,
+                    other => {
+                        return Err(self.err_at(
+                            word_at,
+                            format!("kind '{other}' is not a model kind (decoder or graph)"),
+                        ))
+                    }
+                };
+            } else if self.keyword("meta") {
                 let k = self.string()?;
                 self.expect("=")?;
                 let v = self.string()?;

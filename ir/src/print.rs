@@ -89,6 +89,9 @@ pub fn print(g: &Graph) -> String {
         .map(|(_, v)| format!("{}: {}", names[v.0 as usize], g.ty(*v)))
         .collect();
     let _ = writeln!(s, "graph @{}({}) {{", quote_ident(&g.name), ins.join(", "));
+    if g.kind != crate::graph::ModelKind::Graph {
+        let _ = writeln!(s, "  kind {}", g.kind.name());
+    }
     for (k, v) in &g.meta {
         let _ = writeln!(s, "  meta {} = {}", quote_str(k), quote_str(v));
     }

@@ -38,12 +38,7 @@ fn values(name: &str, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 /// blocks in `quiet` write nothing into the residual stream (zero output projections).
 fn llama(layers: usize, keep: &[usize], quiet: &[usize]) -> Graph {
     let mut g = Graph::new("tiny");
-    g.meta
-        .insert("llama.block_count".into(), keep.len().to_string());
-    g.meta
-        .insert("llama.attention.head_count".into(), HEADS.to_string());
-    g.meta
-        .insert("llama.attention.head_count_kv".into(), KV.to_string());
+    g.kind = llmc_ir::ModelKind::Decoder;
     let seq = Shape(vec![Dim::sym("batch"), Dim::sym("seq")]);
     let tokens = g.add_input("tokens", TensorType::new(seq.clone(), DType::I64));
     let positions = g.add_input("positions", TensorType::new(seq, DType::I64));
@@ -340,7 +335,7 @@ fn removing_query_heads_equals_zeroing_their_output_columns() {
         g.weight_by_name("blk.0.k").unwrap().ty.shape,
         Shape::fixed(&[KV * HD, D])
     );
-    assert_eq!(g.meta["llama.attention.head_count"], "4");
+    assert!(attention_blocks(&g).iter().all(|b| b.heads == 4));
     // q and o lose a third: 2 · 2 · HD · D · 4 bytes per layer, the q bias 2 · HD · 4
     let per_layer = (2 * 2 * HD * D + 2 * HD) as u64 * 4;
     assert_eq!(before - weight_bytes(&g), 3 * per_layer);
@@ -372,7 +367,7 @@ fn removing_kv_groups_shrinks_the_cache_and_stays_exact() {
         g.weight_by_name("blk.2.v").unwrap().ty.shape,
         Shape::fixed(&[HD, D])
     );
-    assert_eq!(g.meta["llama.attention.head_count_kv"], "1");
+    assert!(attention_blocks(&g).iter().all(|b| b.kv_heads == 1));
     let want = logits(&zeroed_heads(dense, &report));
     let d = max_diff(&logits(&g), &want);
     assert!(
@@ -444,7 +439,7 @@ fn the_quiet_layer_goes_and_the_rest_computes_as_before() {
     );
     assert_eq!(g.states.len(), 6);
     assert!(g.weight_by_name("blk.2.q").is_none());
-    assert_eq!(g.meta["llama.block_count"], "3");
+    assert_eq!(residual_stream(&g).unwrap().layers(), 3);
     let reference = llama(4, &[0, 1, 3], &[]);
     assert_eq!(weight_bytes(&g), weight_bytes(&reference));
     let layer = 2 * D + HEADS * HD * (D + 1) + KV * HD * (2 * D + 1) + D * HEADS * HD + 3 * FFN * D;

@@ -119,12 +119,9 @@ pub fn compile(
     }
     llmc_ir::verify(g).map_err(|e| BackendError::BadInput(e.to_string()))?;
     let input = |n: &str| g.inputs.iter().position(|(m, _)| m == n);
-    let decoder = !g.states.is_empty()
-        && input("tokens").is_some()
-        && input("positions").is_some()
-        && g.outputs.iter().any(|(n, _)| n == "logits");
+    let decoder = g.kind == llmc_ir::ModelKind::Decoder;
     if !g.states.is_empty() && !decoder {
-        return Err(BackendError::Unsupported("graphs with a KV cache compile as decoders: inputs 'tokens' and 'positions', output 'logits'".into()));
+        return Err(BackendError::Unsupported("graphs with a KV cache compile as decoders (kind decoder: inputs 'tokens' and 'positions', output 'logits'); this graph is of kind graph".into()));
     }
     if decoder {
         // the C API passes exactly these: tokens and positions (i64 in the state), logits (f32)

@@ -226,6 +226,7 @@ pub fn build_llama(
         path,
         source,
     };
+    b.g.kind = llmc_ir::ModelKind::Decoder;
     let n = |t: LlamaTensor| names.name(t);
     for (k, v) in cfg.meta() {
         b.g.meta.insert(k, v);

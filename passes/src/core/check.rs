@@ -10,10 +10,10 @@ use rayon::prelude::*;
 /// corrections stay, unless `check` says otherwise (structured pruning's compensation too).
 pub const CHECK_WINDOWS: usize = 8;
 
-/// Whether `g` is a language model whose loss the check can measure: a `tokens` input and a
-/// `logits` output.
+/// Whether `g` is a language model whose loss the check can measure: a decoder (whose
+/// `tokens` input and `logits` output the verifier checked).
 pub fn is_language_model(g: &Graph) -> bool {
-    g.inputs.iter().any(|(n, _)| n == "tokens") && g.outputs.iter().any(|(n, _)| n == "logits")
+    g.kind == llmc_ir::ModelKind::Decoder
 }
 
 /// `n` of `windows`, evenly spaced.

@@ -620,6 +620,7 @@ pub fn compact(g: &mut Graph, renames: &[(String, String)]) {
     }
     let old = std::mem::take(g);
     let mut ng = Graph::new(&old.name);
+    ng.kind = old.kind;
     ng.meta = old.meta.clone();
     ng.states = old.states.clone();
     let mut map: HashMap<ValueId, ValueId> = HashMap::new();

@@ -594,7 +594,6 @@ impl Pass for PruneHeadsPass {
             .map(|b| score_block(g, b, &stats, self.fraction, self.unit))
             .collect();
         let note = format!("prune-heads {}", self.fraction);
-        let mut counts = std::collections::BTreeSet::new();
         let mut compensation = Vec::new();
         for (b, s) in blocks.iter().zip(scored) {
             let (sel, e) = s?;
@@ -621,7 +620,6 @@ impl Pass for PruneHeadsPass {
             let total: f64 = e.iter().sum();
             let kept: f64 = sel.q_keep.iter().map(|&h| e[h]).sum();
             let removed: Vec<usize> = (0..b.heads).filter(|h| !sel.q_keep.contains(h)).collect();
-            counts.insert((sel.q_keep.len(), sel.kv_keep.len()));
             cx.report.push(PassRow::PruneHeads(HeadsRow {
                 pass: "prune-heads",
                 weight: g.weights[b.o.weight].name.clone(),
@@ -645,16 +643,6 @@ impl Pass for PruneHeadsPass {
             );
             let edit = Edit::biases(what, compensation, note.clone());
             compensate(g, cx, vec![edit], "prune-heads")?;
-        }
-        // the model's facts say how many heads it has
-        if let (1, Some(&(h, kv))) = (counts.len(), counts.iter().next()) {
-            for (k, v) in g.meta.iter_mut() {
-                if k.ends_with(".attention.head_count") {
-                    *v = h.to_string();
-                } else if k.ends_with(".attention.head_count_kv") {
-                    *v = kv.to_string();
-                }
-            }
         }
         // head statistics no longer line up with the graph
         cx.stats = None;

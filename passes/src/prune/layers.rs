@@ -661,12 +661,6 @@ pub fn remove_layers(g: &mut Graph, s: &Stream, drop: &[usize]) -> Result<(), Pa
         }
     }
     crate::core::rewrite::compact(g, &[]);
-    let left = s.layers() - dropped.len();
-    for (k, v) in g.meta.iter_mut() {
-        if k.ends_with(".block_count") {
-            *v = left.to_string();
-        }
-    }
     Ok(())
 }
 

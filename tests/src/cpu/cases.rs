@@ -2492,7 +2492,9 @@ pub fn tiny_decoder(rng: &mut Rng, table_enc: Option<QuantSpec>) -> Graph {
     );
     let logits = lin(&mut b, rng, "head", x, vocab);
     b.out("logits", logits);
-    b.finish()
+    let mut g = b.finish();
+    g.kind = llmc_ir::ModelKind::Decoder;
+    g
 }
 
 /// Logits of an interpreter session over calls that each append tokens (a prefill of `n`
