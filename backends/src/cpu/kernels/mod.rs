@@ -7,6 +7,7 @@ pub mod elementwise;
 pub mod linear;
 pub mod memory;
 pub mod rows;
+pub mod symbol;
 
 use super::isa::{Isa, VectorIsa};
 use super::kb::Kb;
@@ -104,7 +105,14 @@ impl<'ctx> Kernels<'ctx> {
         if let Some(f) = self.cache.get(k) {
             return *f;
         }
-        let name = format!("llmc.k{}.{}", self.cache.len(), kernel_name(k));
+        let mut name = symbol::symbol(k, self.vx.as_ref());
+        // kernels that only the cache key tells apart get numbered, in the order they are built
+        let base = name.clone();
+        let mut n = 2;
+        while m.get_function(&name).is_some() {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
         let mut kb = Kb::kernel(cx, m, &name);
         match k {
             Kernel::Copy { bytes } => memory::copy(&mut kb, *bytes),
@@ -136,14 +144,6 @@ impl<'ctx> Kernels<'ctx> {
         self.cache.insert(k.clone(), f);
         f
     }
-}
-
-fn kernel_name(k: &Kernel) -> String {
-    let s = format!("{k:?}");
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .take(48)
-        .collect()
 }
 
 /// The LLVM type elements of `d` are stored as (halves as i16, bool as i8).

@@ -91,6 +91,32 @@ pub struct LinearKernel {
     pub bias: bool,
 }
 
+impl LinearKernel {
+    /// Token rows of the kernel's micro-tile with these primitives (each tile computes that
+    /// many tokens × [`COLS`] outputs); `None` for the generic row kernel, which computes one
+    /// output at a time.
+    pub fn tile_rows(&self, vx: &dyn VectorIsa) -> Option<usize> {
+        match (&self.w, self.act) {
+            (WeightLayout::Rows(_), _) => None,
+            (
+                WeightLayout::QuantPanels {
+                    layout: QLayout::Mmla,
+                    ..
+                },
+                ActQuant::I8,
+            ) => Some(2),
+            (
+                WeightLayout::QuantPanels {
+                    layout: QLayout::Dot4,
+                    ..
+                },
+                ActQuant::I8,
+            ) => Some(vx.tile_rows(true)),
+            _ => Some(vx.tile_rows(false)),
+        }
+    }
+}
+
 /// Output columns per work item.
 pub const COLS: i64 = NR as i64;
 
@@ -279,7 +305,7 @@ impl<'a, 'b, 'ctx> V<'a, 'b, 'ctx> {
 /// `mr` tokens (then the leftover tokens one at a time) run `body`, which returns the
 /// 16-lane results per token; they get the bias and are stored (the last panel partially).
 fn panels(kb: &mut Kb<'_, '_>, l: &LinearKernel, vx: &dyn VectorIsa, body: Body) {
-    let mr = vx.tile_rows(matches!(body, Body::Dot4(..)));
+    let mr = l.tile_rows(vx).expect("a panel kernel");
     let (out, bias) = (kb.arg_ptr(arg::OUT), kb.arg_ptr(arg::BIAS));
     let (m, n) = (kb.arg(arg::M), kb.arg(arg::N));
     let (beg, end) = (kb.begin(), kb.end());
