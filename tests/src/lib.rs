@@ -4,6 +4,7 @@
 pub mod agreement;
 pub mod assets;
 pub mod cpu;
+pub mod probes;
 pub use assets::*;
 
 /// Largest absolute difference between two equally long slices.
