@@ -2,7 +2,8 @@
 //! interpreter: op families (a representative subset of `llmc_tests::cpu::cases`, with every
 //! linear weight encoding and i8 activations) for the generic CPU, with `+dotprod` and with
 //! `+i8mm`; a tiny decoder across calls; and whole models (SmolLM2-135M, MiniLM-L6, random
-//! Llamas under every quantization scheme) also on the host.
+//! Llamas under every quantization scheme) also on the host. Every test needs qemu-aarch64 and
+//! aarch64-linux-gnu-gcc on `PATH` (`tests/build.rs`); without them all are reported ignored.
 
 use llmc_ir::ActQuant;
 use llmc_tests::cpu::cases::{self, check_all, Case};
@@ -76,16 +77,19 @@ fn arm(features: &str, cases: Vec<Case>) {
 }
 
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn ops_generic() {
     arm("", op_subset());
 }
 
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn linear_generic() {
     arm("", cases::linear(ActQuant::None, false));
 }
 
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn linear_act_i8_generic() {
     arm("", cases::linear(ActQuant::I8PerToken, false));
 }
@@ -107,31 +111,37 @@ fn arm_variants(features: &str) {
 }
 
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn ops_dotprod() {
     arm_variants("+dotprod");
 }
 
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn ops_i8mm() {
     arm_variants("+i8mm");
 }
 
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn linear_dotprod() {
     arm("+dotprod", cases::linear(ActQuant::None, false));
 }
 
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn linear_i8mm() {
     arm("+i8mm", cases::linear(ActQuant::None, false));
 }
 
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn linear_act_i8_dotprod() {
     arm("+dotprod", cases::linear(ActQuant::I8PerToken, false));
 }
 
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn linear_act_i8_i8mm() {
     arm("+i8mm", cases::linear(ActQuant::I8PerToken, false));
 }
@@ -139,11 +149,13 @@ fn linear_act_i8_i8mm() {
 /// The generated entropy decoder on AArch64: a coded weights file runs, damaged ones are
 /// refused with a status.
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn entropy_coded_weights_generic() {
     cases::check_coded_weights(&Target::aarch64(""));
 }
 
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn decoder_generic() {
     use llmc_backends::cpu::BuildOptions;
     use llmc_tests::cpu::{build, Rng};
@@ -183,6 +195,7 @@ fn decoder_opts(name: &str) -> BuildOptions {
 /// interpreter within 2e-3 absolute on logits of magnitude ~20 (Q4_1 rows decode exactly;
 /// what differs is f32 summation order over 576–1536 terms through 30 layers).
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn smollm2_prefill_and_decode() {
     let model = llmc::frontend::load(&llmc_tests::smollm2_gguf()).unwrap();
     let tok = model.tokenizer.as_ref().unwrap();
@@ -212,6 +225,7 @@ fn smollm2_prefill_and_decode() {
 /// sentences padded to one length agree with the interpreter within 1e-4 absolute + relative
 /// on hidden states of magnitude ~1.
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn minilm_batch_with_padding() {
     let model = llmc::frontend::load(&llmc_tests::minilm_l6_dir()).unwrap();
     let tok = model.tokenizer.as_ref().unwrap();
@@ -291,6 +305,7 @@ fn llama_schemes(schemes: &[(&str, Option<u32>)], tol: cases::LogitTol) {
 /// 32, 64 and 128 (odd configurations with a tied, quantized embedding; every third with q/k/v
 /// biases). Logits of magnitude ~3 within 1e-4: only summation order differs (measured: 2e-5).
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn llama_weight_quantization() {
     llama_schemes(
         &[
@@ -313,6 +328,7 @@ fn llama_weight_quantization() {
 /// attention scale changes by 2^-22 (seed 41, w8a8 g32). So rows agree within 1e-3, except
 /// one row in eight that may differ up to 0.5.
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn llama_act_i8_quantization() {
     llama_schemes(
         &[
@@ -336,6 +352,7 @@ fn llama_act_i8_quantization() {
 /// half the values, and CALDERA (2-bit backbone + rank-8 4-bit factors), each compiled for
 /// the host and AArch64 and checked against the interpreter on the compressed graph.
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn llama_calibrated_methods() {
     use llmc_passes::core::{manager::PassManager, pass::PassContext};
     let pipelines = [
@@ -406,6 +423,7 @@ fn llama_calibrated_methods() {
 /// the interpreter on the compressed graph as the interpreter is to itself under 1e-6 noise,
 /// and the compiled code continues "The capital of France is" with " Paris".
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn smollm2_calibrated_methods() {
     use llmc::compress::preset_pipeline;
     use llmc_passes::quant::Scheme;
@@ -433,6 +451,7 @@ fn smollm2_calibrated_methods() {
 /// about 2.5 bits (CALDERA with this small calibration) and with half the weights gone (2:4
 /// by Wanda) the model no longer knows it.
 #[test]
+#[cfg_attr(not(has_qemu_aarch64), ignore = "needs qemu-aarch64")]
 fn smollm2_compressed_forms() {
     use llmc_passes::registry::pipeline;
     let configs: Vec<(&str, PipelineFn, bool)> = vec![

@@ -384,17 +384,17 @@ primitives!(
     aarch64_neon,
     Target::aarch64(""),
     has_qemu_aarch64,
-    "qemu-aarch64 or aarch64-linux-gnu-gcc is not on PATH"
+    "needs qemu-aarch64"
 );
 primitives!(
     aarch64_dotprod,
     Target::aarch64("+dotprod"),
     has_qemu_aarch64,
-    "qemu-aarch64 or aarch64-linux-gnu-gcc is not on PATH"
+    "needs qemu-aarch64"
 );
 primitives!(
     aarch64_i8mm,
     Target::aarch64("+dotprod,+i8mm"),
     has_qemu_aarch64,
-    "qemu-aarch64 or aarch64-linux-gnu-gcc is not on PATH"
+    "needs qemu-aarch64"
 );

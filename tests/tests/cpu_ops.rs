@@ -99,11 +99,8 @@ fn attention() {
 /// the host's own: linear layers over the encodings, i8 activations, and ops that convert
 /// halves or use the math functions.
 #[test]
+#[cfg_attr(not(target_arch = "x86_64"), ignore = "the host is not x86-64")]
 fn x86_64_baseline() {
-    if !cfg!(target_arch = "x86_64") {
-        eprintln!("the host is not x86-64: nothing to run the baseline code on");
-        return;
-    }
     let mut c = cases::linear(ActQuant::None, false);
     c.extend(
         cases::unary()
@@ -117,29 +114,18 @@ fn x86_64_baseline() {
 /// The AVX2 kernels (Haswell: AVX2, FMA, F16C, no AVX-512) for the linear layers, on hosts
 /// that can run them.
 #[test]
+#[cfg_attr(not(has_avx2), ignore = "this CPU lacks AVX2, FMA or F16C")]
 fn x86_64_avx2() {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if !(is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c"))
-        {
-            eprintln!("this host has no AVX2, FMA and F16C: the AVX2 kernels cannot run here");
-            return;
-        }
-        check_all(
-            &Target::new("x86_64", Some("haswell"), None),
-            cases::linear(ActQuant::None, false),
-            &[Exec::Serial],
-        );
-    }
+    check_all(
+        &Target::new("x86_64", Some("haswell"), None),
+        cases::linear(ActQuant::None, false),
+        &[Exec::Serial],
+    );
 }
 
 #[test]
+#[cfg_attr(not(target_arch = "x86_64"), ignore = "the host is not x86-64")]
 fn x86_64_baseline_act_i8() {
-    if !cfg!(target_arch = "x86_64") {
-        return;
-    }
     check_all(
         &Target::new("x86_64", None, None),
         cases::linear(ActQuant::I8PerToken, false),
