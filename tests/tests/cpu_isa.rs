@@ -9,8 +9,12 @@
 use inkwell::values::{FloatValue, PointerValue};
 use llmc_backends::cpu::isa::{isa_of, Codes, Isa, VectorIsa};
 use llmc_backends::cpu::kb::Kb;
-use llmc_tests::cpu::Target;
-use llmc_tests::probes::{io, load, serve, store, Elem, Probe};
+use llmc_backends::cpu::kernels::linear::{ActQuant, Kept, LinearKernel, WeightLayout};
+use llmc_backends::cpu::kernels::{Kernel, Kernels};
+use llmc_backends::cpu::pack::{self, QLayout};
+use llmc_ir::{DType, Encoding, Group, PaletteSpec, QuantSpec, Zero};
+use llmc_tests::cpu::{cases, Rng, Target};
+use llmc_tests::probes::{io, load, serve, store, Arg, Elem, Probe};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -276,9 +280,304 @@ fn check(target: &Target, prim: Prim) {
     }
 }
 
-/// The primitive tests of one ISA variant: a module per variant, a test per primitive, all
-/// ignored with `why` when `cfg` does not hold.
-macro_rules! primitives {
+// ---- kernels ----
+
+/// The weights of a linear kernel under test (lowering picks the panel layout from them, the
+/// activations and the ISA, as [`layout`] does here).
+#[derive(Clone, Copy, Debug)]
+enum Weights {
+    Dense(DType),
+    Quant(QuantSpec),
+    Palette(PaletteSpec),
+    Sparse24Dense(DType),
+    Sparse24Quant(QuantSpec),
+}
+
+/// A linear kernel under test: weights, activations, bias, and the K it may take.
+#[derive(Clone, Copy, Debug)]
+struct Linear {
+    w: Weights,
+    act: ActQuant,
+    bias: bool,
+    ks: &'static [usize],
+}
+
+fn q(bits: u8, group: Group, scale: DType, zero: Zero) -> QuantSpec {
+    QuantSpec {
+        bits,
+        group,
+        scale,
+        zero,
+    }
+}
+
+/// The kernel that lowering picks for `l` on `isa`: its weight layout (and the 8-bit code
+/// offset the weights are packed with).
+fn layout(l: &Linear, isa: Isa, k: usize) -> (WeightLayout, u8) {
+    match l.w {
+        Weights::Dense(dt) => (WeightLayout::DensePanels(dt), 0),
+        Weights::Quant(q) => {
+            let (layout, signed) = match l.act {
+                ActQuant::I8 => isa.int8_weights(),
+                ActQuant::F32 => (QLayout::Dot4, false),
+            };
+            let offset = if q.bits == 8 && signed { 128 } else { 0 };
+            assert!(pack::quant_packable(&q, k, layout), "{q:?} over K = {k}");
+            (WeightLayout::QuantPanels { q, layout, offset }, offset)
+        }
+        Weights::Palette(p) => {
+            assert!(pack::palette_packable(&p, k));
+            (WeightLayout::PalettePanels(p), 0)
+        }
+        Weights::Sparse24Dense(dt) => (
+            WeightLayout::Sparse24Panels {
+                kept: Kept::Dense(dt),
+                k16: k % 16 == 0,
+            },
+            0,
+        ),
+        Weights::Sparse24Quant(q) => (
+            WeightLayout::Sparse24Panels {
+                kept: Kept::Quant(q),
+                k16: k % 16 == 0,
+            },
+            0,
+        ),
+    }
+}
+
+/// An `[n, k]` weight with random values, packed in the layout the kernel reads.
+fn packed_weights(
+    l: &Linear,
+    rng: &mut Rng,
+    n: usize,
+    k: usize,
+    offset: u8,
+    layout: &WeightLayout,
+) -> Vec<u8> {
+    match (l.w, layout) {
+        (Weights::Dense(dt), _) => {
+            let raw = rng.tensor(&[n, k], dt, -0.5, 0.5).data.to_le_bytes();
+            pack::pack_dense(&raw, n, k, dt.size())
+        }
+        (Weights::Quant(q), WeightLayout::QuantPanels { layout, .. }) => {
+            let raw = cases::quant_bytes(rng, n, k, &q);
+            pack::pack_quant(&q, n, k, &raw, *layout, offset)
+        }
+        (Weights::Palette(p), _) => {
+            let raw = cases::palette_bytes(rng, n, k, &p);
+            pack::pack_palette(&p, n, k, &raw)
+        }
+        (Weights::Sparse24Dense(dt), _) => {
+            let inner = Encoding::Dense(dt);
+            let raw = cases::sparse_bytes(rng, n, k, &inner);
+            pack::pack_sparse24(&inner, n, k, &raw)
+        }
+        (Weights::Sparse24Quant(q), _) => {
+            let inner = Encoding::Quant(q);
+            let raw = cases::sparse_bytes(rng, n, k, &inner);
+            pack::pack_sparse24(&inner, n, k, &raw)
+        }
+        (w, other) => panic!("{w:?} packed as {other:?}"),
+    }
+}
+
+/// The group length of the int8 activations' code sums: the weight's quantization group.
+fn act_group(l: &Linear, k: usize) -> usize {
+    match l.w {
+        Weights::Quant(q) => pack::group_len(&q, k),
+        _ => k,
+    }
+}
+
+/// A kernel's input buffer: parts appended at 64-byte boundaries.
+#[derive(Default)]
+struct Blob(Vec<u8>);
+
+impl Blob {
+    /// Appends `bytes`; returns where they start.
+    fn put(&mut self, bytes: &[u8]) -> u64 {
+        let at = self.0.len().div_ceil(64) * 64;
+        self.0.resize(at, 0);
+        self.0.extend(bytes);
+        at as u64
+    }
+}
+
+fn le<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+    v.iter().flat_map(|&x| f(x)).collect()
+}
+
+/// Compiles the linear kernel that `target`'s lowering picks for `l` and the same kernel with
+/// the generic primitives, and compares their outputs on random shapes and weights (M up to
+/// 9 tokens, N up to 40 outputs, K from `l.ks`).
+fn check_linear(target: &Target, l: Linear) {
+    let isa = isa_of(&target.spec());
+    // the kernel is compiled once per K kind (only 2:4's k16 depends on K)
+    let mut servers: Vec<(WeightLayout, u8, Mutex<llmc_tests::probes::Server>)> = vec![];
+    for &k in l.ks {
+        let (w, offset) = layout(&l, isa, k);
+        if servers.iter().any(|(s, _, _)| *s == w) {
+            continue;
+        }
+        let kernel = Kernel::Linear(LinearKernel {
+            w: w.clone(),
+            act: l.act,
+            bias: l.bias,
+        });
+        let probes = [isa, Isa::Generic]
+            .into_iter()
+            .map(|i| {
+                let kernel = kernel.clone();
+                Probe::new(&format!("{i:?}"), move |kb| {
+                    let f = Kernels::new(i).get(kb.cx, kb.m, &kernel);
+                    let args = [kb.param_ptr(0).into(), kb.begin().into(), kb.end().into()];
+                    kb.call(f, &args);
+                })
+            })
+            .collect();
+        servers.push((w, offset, Mutex::new(serve(target, probes))));
+    }
+    let input = (1usize..=9, 1usize..=40, 0..l.ks.len(), any::<u64>());
+    let result = runner(24).run(&input, |(m, n, ki, seed)| {
+        let k = l.ks[ki];
+        let (w, offset) = layout(&l, isa, k);
+        let (_, _, server) = servers.iter().find(|(s, _, _)| *s == w).expect("compiled");
+        let mut rng = Rng::new(seed);
+        let mut blob = Blob::default();
+        let wb = packed_weights(&l, &mut rng, n, k, offset, &w);
+        let w_at = blob.put(&wb);
+        let bias = if l.bias {
+            let b = rng.vec_f32(n.div_ceil(16) * 16, -1.0, 1.0);
+            Arg::In(blob.put(&le(&b, f32::to_le_bytes)))
+        } else {
+            Arg::Int(0)
+        };
+        let (x, sx, xqsum) = match l.act {
+            ActQuant::F32 => {
+                let x = rng.vec_f32(m * k, -1.0, 1.0);
+                (
+                    Arg::In(blob.put(&le(&x, f32::to_le_bytes))),
+                    Arg::Int(0),
+                    Arg::Int(0),
+                )
+            }
+            ActQuant::I8 => {
+                let codes: Vec<i8> = (0..m * k).map(|_| rng.int(-127, 128) as i8).collect();
+                let g = act_group(&l, k);
+                let sums: Vec<i32> = codes
+                    .chunks(g)
+                    .map(|c| c.iter().map(|&v| v as i32).sum())
+                    .collect();
+                let scales = rng.vec_f32(m, 0.001, 0.02);
+                (
+                    Arg::In(blob.put(&le(&codes, |v: i8| v.to_le_bytes()))),
+                    Arg::In(blob.put(&le(&scales, f32::to_le_bytes))),
+                    Arg::In(blob.put(&le(&sums, i32::to_le_bytes))),
+                )
+            }
+        };
+        let args = [
+            Arg::Out(0),
+            x,
+            Arg::In(w_at),
+            bias,
+            Arg::Int(m as i64),
+            Arg::Int(n as i64),
+            Arg::Int(k as i64),
+            sx,
+            xqsum,
+        ];
+        let range = (0, n.div_ceil(16) as i64);
+        let mut s = server.lock().unwrap();
+        let got = s.call(0, &args, &blob.0, m * n * 4, range);
+        let want = s.call(1, &args, &blob.0, m * n * 4, range);
+        let f = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let (got, want) = (f(&got), f(&want));
+        prop_assert!(
+            want.iter().any(|v| *v != 0.0),
+            "M {m} N {n} K {k}: the generic twin wrote nothing"
+        );
+        let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            prop_assert!(
+                (a - b).abs() <= 1e-5 * scale * k as f32 / 16.0,
+                "M {m} N {n} K {k}: output {i} is {a} with {isa:?}, {b} with the generic twin"
+            );
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{} {l:?}: {e}", target.label());
+    }
+}
+
+/// The linear kernels under test, by name.
+fn linear_case(name: &str) -> Linear {
+    use ActQuant::{F32, I8};
+    const K32: &[usize] = &[32, 64, 96, 128];
+    let (w, act, bias, ks): (Weights, ActQuant, bool, &'static [usize]) = match name {
+        "dense_f32" => (Weights::Dense(DType::F32), F32, true, &[1, 7, 16, 33]),
+        "dense_f16" => (Weights::Dense(DType::F16), F32, false, &[8, 16, 40]),
+        "dense_bf16" => (Weights::Dense(DType::BF16), F32, true, &[8, 16, 40]),
+        "q4_f32" => (
+            Weights::Quant(q(4, Group::Size(32), DType::F16, Zero::Int)),
+            F32,
+            true,
+            K32,
+        ),
+        "q4_i8" => (
+            Weights::Quant(q(4, Group::Size(32), DType::F16, Zero::Float)),
+            I8,
+            true,
+            K32,
+        ),
+        "q8_i8" => (
+            Weights::Quant(q(8, Group::Channel, DType::F32, Zero::Int)),
+            I8,
+            false,
+            K32,
+        ),
+        "q8_sym_i8" => (
+            Weights::Quant(q(8, Group::Size(32), DType::BF16, Zero::Symmetric)),
+            I8,
+            true,
+            K32,
+        ),
+        "palette" => (
+            Weights::Palette(PaletteSpec {
+                bits: 4,
+                group: Group::Rows(16),
+                entry: DType::F32,
+            }),
+            F32,
+            true,
+            &[8, 16, 24, 64],
+        ),
+        "sparse24_dense" => (
+            Weights::Sparse24Dense(DType::F16),
+            F32,
+            true,
+            &[8, 16, 24, 48, 64],
+        ),
+        "sparse24_q4" => (
+            Weights::Sparse24Quant(q(4, Group::Size(16), DType::F16, Zero::Symmetric)),
+            F32,
+            false,
+            &[32, 64, 96],
+        ),
+        other => panic!("no linear case {other}"),
+    };
+    Linear { w, act, bias, ks }
+}
+
+/// The tests of one ISA variant: a module per variant, a test per primitive and per linear
+/// kernel, all ignored with `why` when `cfg` does not hold.
+macro_rules! variant {
     ($variant:ident, $target:expr, $cfg:meta, $why:literal) => {
         mod $variant {
             use super::*;
@@ -346,55 +645,173 @@ macro_rules! primitives {
             fn round_even() {
                 check(&target(), super::round_even());
             }
+
+            #[test]
+            #[cfg_attr(not($cfg), ignore = $why)]
+            fn linear_dense_f32() {
+                check_linear(&target(), linear_case("dense_f32"));
+            }
+
+            #[test]
+            #[cfg_attr(not($cfg), ignore = $why)]
+            fn linear_dense_f16() {
+                check_linear(&target(), linear_case("dense_f16"));
+            }
+
+            #[test]
+            #[cfg_attr(not($cfg), ignore = $why)]
+            fn linear_dense_bf16() {
+                check_linear(&target(), linear_case("dense_bf16"));
+            }
+
+            #[test]
+            #[cfg_attr(not($cfg), ignore = $why)]
+            fn linear_q4_f32() {
+                check_linear(&target(), linear_case("q4_f32"));
+            }
+
+            #[test]
+            #[cfg_attr(not($cfg), ignore = $why)]
+            fn linear_q4_i8() {
+                check_linear(&target(), linear_case("q4_i8"));
+            }
+
+            #[test]
+            #[cfg_attr(not($cfg), ignore = $why)]
+            fn linear_q8_i8() {
+                check_linear(&target(), linear_case("q8_i8"));
+            }
+
+            #[test]
+            #[cfg_attr(not($cfg), ignore = $why)]
+            fn linear_q8_sym_i8() {
+                check_linear(&target(), linear_case("q8_sym_i8"));
+            }
+
+            #[test]
+            #[cfg_attr(not($cfg), ignore = $why)]
+            fn linear_palette() {
+                check_linear(&target(), linear_case("palette"));
+            }
+
+            #[test]
+            #[cfg_attr(not($cfg), ignore = $why)]
+            fn linear_sparse24_dense() {
+                check_linear(&target(), linear_case("sparse24_dense"));
+            }
+
+            #[test]
+            #[cfg_attr(not($cfg), ignore = $why)]
+            fn linear_sparse24_q4() {
+                check_linear(&target(), linear_case("sparse24_q4"));
+            }
         }
     };
 }
 
-primitives!(
+variant!(
     x86_64_sse2,
     Target::new("x86_64", None, None),
     target_arch = "x86_64",
     "the host is not x86-64"
 );
-primitives!(
+variant!(
     x86_64_f16c,
     Target::new("x86_64", None, Some("+f16c")),
     has_f16c,
     "this CPU lacks F16C"
 );
-primitives!(
+variant!(
     x86_64_avx2,
     Target::new("x86_64", Some("haswell"), None),
     has_avx2,
     "this CPU lacks AVX2, FMA or F16C"
 );
-primitives!(
+variant!(
     x86_64_avx512,
     Target::new("x86_64", Some("skylake-avx512"), None),
     has_avx512,
     "this CPU lacks AVX-512 F, BW, DQ or VL"
 );
-primitives!(
+variant!(
     x86_64_avx512vnni,
     Target::new("x86_64", Some("cascadelake"), None),
     has_avx512vnni,
     "this CPU lacks AVX-512 VNNI"
 );
-primitives!(
+variant!(
     aarch64_neon,
     Target::aarch64(""),
     has_qemu_aarch64,
     "needs qemu-aarch64"
 );
-primitives!(
+variant!(
     aarch64_dotprod,
     Target::aarch64("+dotprod"),
     has_qemu_aarch64,
     "needs qemu-aarch64"
 );
-primitives!(
+variant!(
     aarch64_i8mm,
     Target::aarch64("+dotprod,+i8mm"),
     has_qemu_aarch64,
     "needs qemu-aarch64"
 );
+
+// ---- symbols ----
+
+/// The symbols `nm` lists in `object` that start with `llmc_`.
+fn llmc_symbols(object: &[u8]) -> Vec<String> {
+    let dir = std::env::temp_dir().join(format!("llmc-nm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bundle.o");
+    std::fs::write(&path, object).unwrap();
+    let out = std::process::Command::new("nm")
+        .arg(&path)
+        .output()
+        .expect("run nm (binutils)");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "nm failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|s| s.starts_with("llmc_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A bundle's object lists its kernels under readable C names: `llmc_<isa>_<op>_…` with the
+/// ISA of the primitives they use (`generic` for the rest), the encodings and the tile.
+#[test]
+fn kernel_symbols_readable_in_nm() {
+    use llmc_backends::cpu::{compile, BuildOptions, EmitRequest};
+    let case = cases::linear(llmc_ir::ActQuant::I8PerToken, false)
+        .into_iter()
+        .find(|c| c.name == "linear_q4_a8")
+        .expect("the q4 case");
+    let target = Target::new("x86_64", Some("cascadelake"), None);
+    let opts = BuildOptions {
+        name: "syms".into(),
+        ..BuildOptions::default()
+    };
+    let b = compile(&case.graph, &target.spec(), &opts, EmitRequest::default()).unwrap();
+    let syms = llmc_symbols(&b.object);
+    let ident = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    assert!(syms.iter().all(|s| ident(s)), "{syms:?}");
+    let has = |prefix: &str, suffix: &str| {
+        syms.iter()
+            .any(|s| s.starts_with(prefix) && s.ends_with(suffix))
+    };
+    assert!(
+        has("llmc_avx512vnni_linear_q4", "_dot4_i8_8x16"),
+        "no VNNI q4 linear kernel among {syms:?}"
+    );
+    assert!(
+        has("llmc_avx512vnni_quantize_rows_", "_f32"),
+        "no int8 activation kernel among {syms:?}"
+    );
+    let mut unique = syms.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), syms.len(), "a symbol twice: {syms:?}");
+}
