@@ -1,5 +1,7 @@
 //! Errors of the IR crate, keeping bad input, unsupported features and internal faults apart.
 
+use crate::infer::InferError;
+use crate::interp::EvalError;
 use crate::weights::WeightError;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -18,6 +20,16 @@ pub enum IrError {
     /// Every rule the verifier found broken, each naming the value, op and line.
     #[error("invalid graph: {}", show_all(.0))]
     Verify(Vec<String>),
+    /// A node the graph builder could not type: the op, where it came from, and why.
+    #[error("invalid graph: {op}{}: {source}", loc.as_ref().map(|l| format!(" at {l}")).unwrap_or_default())]
+    Infer {
+        op: &'static str,
+        loc: Option<String>,
+        source: InferError,
+    },
+    /// A node that cannot run on the values it was given (`node` as `describe_node` names it).
+    #[error("{node}: {source}")]
+    Eval { node: String, source: EvalError },
     /// Weight data that does not fit its type or cannot be read.
     #[error("weight {0}")]
     Weight(#[from] WeightError),

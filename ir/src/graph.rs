@@ -2,7 +2,7 @@
 //! editing API frontends and passes use.
 
 use crate::error::IrError;
-use crate::infer::infer;
+use crate::infer::{infer, InferError};
 use crate::ops::Op;
 use crate::tensor::Tensor;
 use crate::types::TensorType;
@@ -185,13 +185,16 @@ impl Graph {
         inputs: &[ValueId],
         loc: Option<String>,
     ) -> Result<Vec<ValueId>, IrError> {
-        let types = self.infer_node(&op, inputs).map_err(|msg| {
-            IrError::Invalid(format!(
-                "{}{}: {msg}",
-                op.name(),
-                loc.as_ref().map(|l| format!(" at {l}")).unwrap_or_default()
-            ))
-        })?;
+        let types = match self.infer_node(&op, inputs) {
+            Ok(types) => types,
+            Err(source) => {
+                return Err(IrError::Infer {
+                    op: op.name(),
+                    loc,
+                    source,
+                })
+            }
+        };
         Ok(self.push_node(op, inputs, types, loc))
     }
 
@@ -236,7 +239,7 @@ impl Graph {
     }
 
     /// Result types an op would give on these operands.
-    pub fn infer_node(&self, op: &Op, inputs: &[ValueId]) -> Result<Vec<TensorType>, String> {
+    pub fn infer_node(&self, op: &Op, inputs: &[ValueId]) -> Result<Vec<TensorType>, InferError> {
         let tys: Vec<&TensorType> = inputs
             .iter()
             .map(|v| &self.values[v.0 as usize].ty)

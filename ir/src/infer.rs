@@ -1,11 +1,151 @@
 //! Shape and type inference: the result types of an op from its operand types (and the
 //! values of constant operands, where an op takes its parameters as operands).
 
-use crate::ops::{norm_axis, BinaryOp, Op, SliceSpec, UnaryOp};
+use crate::ops::{norm_axis, AxisError, BinaryOp, Op, SliceSpec, UnaryOp};
 use crate::tensor::Tensor;
 use crate::types::{DType, Dim, Encoding, Shape, TensorType};
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, InferError>;
+
+/// Why an op does not accept operands of these types. Callers add the op and where it is.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InferError {
+    #[error("takes {} operands, got {got}", arity_text(*min, *max))]
+    Arity {
+        min: usize,
+        max: Option<usize>,
+        got: usize,
+    },
+    #[error(
+        "operand {index} is an encoded weight ({enc}); only linear, matmul and gather read those"
+    )]
+    EncodedOperand { index: usize, enc: Encoding },
+    /// An operand of an element type the op does not take (`what`: condition, indices, ...).
+    #[error("{what} must be {expected}, got {found}")]
+    DType {
+        what: &'static str,
+        expected: &'static str,
+        found: DType,
+    },
+    /// Operands that must share an element type but do not.
+    #[error("{what} types differ: {a} and {b}")]
+    DTypesDiffer {
+        what: &'static str,
+        a: DType,
+        b: DType,
+    },
+    /// An operand of the wrong rank or layout (`expected` reads after "must be").
+    #[error("{what} must be {expected}, got {found}")]
+    Operand {
+        what: &'static str,
+        expected: &'static str,
+        found: TensorType,
+    },
+    #[error(transparent)]
+    Axis(#[from] AxisError),
+    #[error("axis {axis} repeats")]
+    RepeatedAxis { axis: usize },
+    #[error("shapes {a} and {b} do not broadcast: dimensions {left} and {right} differ")]
+    Broadcast {
+        a: Shape,
+        b: Shape,
+        left: u64,
+        right: u64,
+    },
+    #[error("inner dimensions differ: {a} times {b}")]
+    InnerDims { a: TensorType, b: TensorType },
+    #[error("input has {features} features but the weight {weight} takes {takes}")]
+    Features {
+        features: Dim,
+        weight: TensorType,
+        takes: Dim,
+    },
+    #[error("bias {bias} does not match {outputs} outputs")]
+    Bias { bias: TensorType, outputs: Dim },
+    /// A layer or RMS norm's scale or bias that does not fit the normalized dimensions.
+    #[error("{what} {found} does not fit the normalized dimensions {norm}")]
+    NormParam {
+        what: &'static str,
+        found: TensorType,
+        norm: Shape,
+    },
+    #[error("operand {index} is {found} but operand 0 is {first}{}", dim.map(|d| format!(": dimension {d} differs")).unwrap_or_default())]
+    Concat {
+        index: usize,
+        found: TensorType,
+        first: TensorType,
+        /// The dimension that differs, when rank and element type agree.
+        dim: Option<usize>,
+    },
+    #[error("split sizes must be non-negative, got {sizes:?}")]
+    NegativeSplit { sizes: Vec<i64> },
+    #[error("split sizes {sizes:?} add up to {sum}, not {dim}")]
+    SplitSum { sizes: Vec<i64>, sum: i64, dim: u64 },
+    #[error("squeeze without axes cannot tell whether dimension {axis} ({dim}) is 1")]
+    SqueezeUnknown { axis: usize, dim: Dim },
+    #[error("cannot squeeze dimension {axis} of size {dim}")]
+    SqueezeNotOne { axis: usize, dim: Dim },
+    #[error("{repeats} repeats for rank {rank}")]
+    TileRepeats { repeats: usize, rank: usize },
+    #[error("value must hold one element, not {numel}")]
+    FillValue { numel: usize },
+    /// A step or delta of 0 (`what`: slice step, range delta).
+    #[error("{what} must not be 0")]
+    ZeroStep { what: &'static str },
+    #[error("the shape operand's length must be known, got {found}")]
+    UnknownShapeLength { found: TensorType },
+    #[error(transparent)]
+    Reshape(#[from] ReshapeError),
+    #[error("permutation {perm:?} has {} entries for rank {rank}", perm.len())]
+    PermLength { perm: Vec<i64>, rank: usize },
+    #[error("{perm:?} is not a permutation")]
+    NotPermutation { perm: Vec<i64> },
+    #[error("starts, ends, axes and steps must have one length, not {starts}, {ends}, {axes} and {steps}")]
+    SliceLengths {
+        starts: usize,
+        ends: usize,
+        axes: usize,
+        steps: usize,
+    },
+    #[error("rotary dims {dims} must be even and at most the head size {head}")]
+    RotaryDims { dims: i64, head: u64 },
+    #[error("head size {head} must be even")]
+    OddHeadSize { head: u64 },
+    #[error("{heads} query heads are not a multiple of {kv_heads} key/value heads")]
+    Heads { heads: u64, kv_heads: u64 },
+    #[error("q head size {q} differs from k head size {k}")]
+    HeadSize { q: Dim, k: Dim },
+    #[error("k {k} and v {v} differ in heads or length")]
+    KeysValues { k: TensorType, v: TensorType },
+}
+
+fn arity_text(min: usize, max: Option<usize>) -> String {
+    match max {
+        Some(h) if h == min => format!("{min}"),
+        Some(h) => format!("{min} to {h}"),
+        None => format!("at least {min}"),
+    }
+}
+
+/// Why a reshape target does not fit a shape (shared by inference and the interpreter).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReshapeError {
+    #[error("0 at position {index} copies a dimension {shape} lacks")]
+    CopiesMissing { index: usize, shape: Shape },
+    #[error("target {target:?} has more than one -1")]
+    TwoInferred { target: Vec<i64> },
+    #[error("invalid target dimension {dim} in {target:?}")]
+    BadDim { dim: i64, target: Vec<i64> },
+    #[error("cannot reshape {shape} to {target:?}")]
+    NotDivisible { shape: Shape, target: Vec<i64> },
+    #[error("cannot reshape {shape} ({from} elements) to {target:?} ({to} elements)")]
+    Count {
+        shape: Shape,
+        from: u64,
+        target: Vec<i64>,
+        to: u64,
+    },
+}
 
 /// Whether inference of this op looks at constant operand values.
 pub fn reads_const_operands(op: &Op) -> bool {
@@ -25,19 +165,18 @@ pub fn reads_const_operands(op: &Op) -> bool {
 pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<TensorType>> {
     let (lo, hi) = op.arity();
     if t.len() < lo || hi.is_some_and(|h| t.len() > h) {
-        let want = match hi {
-            Some(h) if h == lo => format!("{lo}"),
-            Some(h) => format!("{lo} to {h}"),
-            None => format!("at least {lo}"),
-        };
-        return Err(format!("takes {want} operands, got {}", t.len()));
+        return Err(InferError::Arity {
+            min: lo,
+            max: hi,
+            got: t.len(),
+        });
     }
     for (i, ty) in t.iter().enumerate() {
         if !ty.enc.is_dense() && !op.accepts_encoded(i) {
-            return Err(format!(
-                "operand {i} is an encoded weight ({}); only linear, matmul and gather read those",
-                ty.enc
-            ));
+            return Err(InferError::EncodedOperand {
+                index: i,
+                enc: ty.enc.clone(),
+            });
         }
     }
     let one = |shape: Shape, dtype: DType| Ok(vec![TensorType::new(shape, dtype)]);
@@ -47,31 +186,32 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
         Op::Unary(u) => {
             let x = x.unwrap();
             let d = x.dtype();
-            match u {
-                UnaryOp::Not if d != DType::Bool => return Err(format!("not takes bool, got {d}")),
-                UnaryOp::Not => {}
-                _ if d == DType::Bool => return Err(format!("{} does not take bool", u.name())),
-                _ if u.float_only() && !d.is_float() => {
-                    return Err(format!("{} takes floats, got {d}", u.name()))
-                }
-                _ => {}
+            let expected = match u {
+                UnaryOp::Not if d != DType::Bool => Some("bool"),
+                UnaryOp::Not => None,
+                _ if u.float_only() && !d.is_float() => Some("float"),
+                _ if d == DType::Bool => Some("a number"),
+                _ => None,
+            };
+            if let Some(expected) = expected {
+                return Err(dtype("operand", expected, d));
             }
             one(x.shape.clone(), d)
         }
         Op::Binary(b) => {
             let (a, c) = (t[0], t[1]);
             if a.dtype() != c.dtype() {
-                return Err(format!(
-                    "operand types differ: {} and {}",
-                    a.dtype(),
-                    c.dtype()
-                ));
+                return Err(InferError::DTypesDiffer {
+                    what: "operand",
+                    a: a.dtype(),
+                    b: c.dtype(),
+                });
             }
             if b.is_logical() && a.dtype() != DType::Bool {
-                return Err(format!("{} takes bool, got {}", b.name(), a.dtype()));
+                return Err(dtype("operands", "bool", a.dtype()));
             }
             if !b.is_logical() && !b.is_comparison() && a.dtype() == DType::Bool {
-                return Err(format!("{} does not take bool", b.name()));
+                return Err(dtype("operands", "numbers", a.dtype()));
             }
             let shape = broadcast(&a.shape, &c.shape)?;
             let d = if b.is_comparison() || b.is_logical() {
@@ -80,20 +220,20 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                 a.dtype()
             };
             if *b == BinaryOp::Pow && !d.is_float() && !d.is_int() {
-                return Err("pow takes numbers".into());
+                return Err(dtype("operands", "numbers", d));
             }
             one(shape, d)
         }
         Op::Where => {
             if t[0].dtype() != DType::Bool {
-                return Err(format!("condition must be bool, got {}", t[0].dtype()));
+                return Err(dtype("condition", "bool", t[0].dtype()));
             }
             if t[1].dtype() != t[2].dtype() {
-                return Err(format!(
-                    "branch types differ: {} and {}",
-                    t[1].dtype(),
-                    t[2].dtype()
-                ));
+                return Err(InferError::DTypesDiffer {
+                    what: "branch",
+                    a: t[1].dtype(),
+                    b: t[2].dtype(),
+                });
             }
             let s = broadcast(&broadcast(&t[0].shape, &t[1].shape)?, &t[2].shape)?;
             one(s, t[1].dtype())
@@ -104,28 +244,29 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
         Op::Linear { .. } => {
             let (x, w) = (t[0], t[1]);
             if w.rank() != 2 {
-                return Err(format!("weight must be 2-D [out, in], got {}", w));
+                return Err(operand("weight", "2-D [out, in]", w));
             }
             if x.rank() == 0 {
-                return Err("input must have at least one dimension".into());
+                return Err(operand("input", "at least 1-D", x));
             }
             let k = x.shape.0.last().unwrap();
             if !dims_may_equal(k, &w.shape.0[1]) {
-                return Err(format!(
-                    "input has {k} features but the weight {} takes {}",
-                    w, w.shape.0[1]
-                ));
+                return Err(InferError::Features {
+                    features: k.clone(),
+                    weight: w.clone(),
+                    takes: w.shape.0[1].clone(),
+                });
             }
             if let Some(b) = t.get(2) {
                 if b.rank() != 1 || !dims_may_equal(&b.shape.0[0], &w.shape.0[0]) {
-                    return Err(format!(
-                        "bias {} does not match {} outputs",
-                        b, w.shape.0[0]
-                    ));
+                    return Err(InferError::Bias {
+                        bias: (*b).clone(),
+                        outputs: w.shape.0[0].clone(),
+                    });
                 }
             }
             if !x.dtype().is_float() {
-                return Err(format!("input must be float, got {}", x.dtype()));
+                return Err(dtype("input", "float", x.dtype()));
             }
             let mut s = x.shape.clone();
             *s.0.last_mut().unwrap() = w.shape.0[0].clone();
@@ -134,13 +275,13 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
         Op::Softmax { axis } | Op::LogSoftmax { axis } => {
             let x = x.unwrap();
             norm_axis(*axis, x.rank())?;
-            float(x)?;
+            float("input", x)?;
             same(x)
         }
         Op::LayerNorm { axis, .. } | Op::RmsNorm { axis, .. } => {
             let x = x.unwrap();
             let a = norm_axis(*axis, x.rank())?;
-            float(x)?;
+            float("input", x)?;
             let norm = &x.shape.0[a..];
             for (i, p) in t[1..].iter().enumerate() {
                 let ok = p.rank() <= norm.len()
@@ -151,12 +292,11 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                         .zip(norm.iter().rev())
                         .all(|(a, b)| dims_may_equal(a, b) || *a == Dim::Fixed(1));
                 if !ok {
-                    return Err(format!(
-                        "{} {} does not fit the normalized dimensions {}",
-                        ["scale", "bias"][i],
-                        p,
-                        Shape(norm.to_vec())
-                    ));
+                    return Err(InferError::NormParam {
+                        what: ["scale", "bias"][i],
+                        found: (*p).clone(),
+                        norm: Shape(norm.to_vec()),
+                    });
                 }
             }
             same(x)
@@ -174,7 +314,7 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
         Op::Gather { axis } => {
             let (d, i) = (t[0], t[1]);
             if !i.dtype().is_int() {
-                return Err(format!("indices must be integers, got {}", i.dtype()));
+                return Err(dtype("indices", "integers", i.dtype()));
             }
             let a = norm_axis(*axis, d.rank())?;
             let mut s = d.shape.0[..a].to_vec();
@@ -207,14 +347,18 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
             let mut total = Some(0u64);
             let mut syms = vec![];
             for (i, ti) in t.iter().enumerate() {
+                let differs = |dim| InferError::Concat {
+                    index: i,
+                    found: (*ti).clone(),
+                    first: x0.clone(),
+                    dim,
+                };
                 if ti.rank() != x0.rank() || ti.dtype() != x0.dtype() {
-                    return Err(format!("operand {i} is {ti} but operand 0 is {x0}"));
+                    return Err(differs(None));
                 }
                 for (k, (d0, di)) in x0.shape.0.iter().zip(&ti.shape.0).enumerate() {
                     if k != a && !dims_may_equal(d0, di) {
-                        return Err(format!(
-                            "operand {i} is {ti} but operand 0 is {x0}: dimension {k} differs"
-                        ));
+                        return Err(differs(Some(k)));
                     }
                 }
                 match &ti.shape.0[a] {
@@ -243,12 +387,18 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
             let x = x.unwrap();
             let a = norm_axis(*axis, x.rank())?;
             if sizes.iter().any(|&s| s < 0) {
-                return Err(format!("split sizes must be non-negative, got {sizes:?}"));
+                return Err(InferError::NegativeSplit {
+                    sizes: sizes.clone(),
+                });
             }
             if let Dim::Fixed(n) = x.shape.0[a] {
                 let sum: i64 = sizes.iter().sum();
                 if sum as u64 != n {
-                    return Err(format!("split sizes {sizes:?} add up to {sum}, not {n}"));
+                    return Err(InferError::SplitSum {
+                        sizes: sizes.clone(),
+                        sum,
+                        dim: n,
+                    });
                 }
             }
             Ok(sizes
@@ -303,9 +453,10 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                         Dim::Fixed(1) => drop[i] = true,
                         Dim::Fixed(_) => {}
                         _ => {
-                            return Err(format!(
-                                "squeeze without axes cannot tell whether dimension {i} ({d}) is 1"
-                            ))
+                            return Err(InferError::SqueezeUnknown {
+                                axis: i,
+                                dim: d.clone(),
+                            })
                         }
                     }
                 }
@@ -314,7 +465,12 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                 let a = norm_axis(a, x.rank())?;
                 match &x.shape.0[a] {
                     Dim::Fixed(1) | Dim::Any | Dim::Sym(_) => drop[a] = true,
-                    d => return Err(format!("cannot squeeze dimension {a} of size {d}")),
+                    d => {
+                        return Err(InferError::SqueezeNotOne {
+                            axis: a,
+                            dim: d.clone(),
+                        })
+                    }
                 }
             }
             let s = x
@@ -334,7 +490,7 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
             for &a in axes {
                 let a = norm_axis(a, r)?;
                 if ins[a] {
-                    return Err(format!("axis {a} repeats"));
+                    return Err(InferError::RepeatedAxis { axis: a });
                 }
                 ins[a] = true;
             }
@@ -377,7 +533,10 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
             let r = x.rank() as i64;
             let a = if *axis < 0 { axis + r } else { *axis };
             if a < 0 || a > r {
-                return Err(format!("axis {axis} is out of range for rank {r}"));
+                return Err(InferError::Axis(AxisError {
+                    axis: *axis,
+                    rank: x.rank(),
+                }));
             }
             let prod = |ds: &[Dim]| {
                 ds.iter()
@@ -402,7 +561,10 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                 },
             };
             if reps.len() != x.rank() {
-                return Err(format!("{} repeats for rank {}", reps.len(), x.rank()));
+                return Err(InferError::TileRepeats {
+                    repeats: reps.len(),
+                    rank: x.rank(),
+                });
             }
             let s = x
                 .shape
@@ -425,7 +587,9 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
         }
         Op::ConstantOfShape { value } => {
             if value.numel() != 1 {
-                return Err("value must hold one element".into());
+                return Err(InferError::FillValue {
+                    numel: value.numel(),
+                });
             }
             let s = match consts.first().copied().flatten() {
                 Some(c) => Shape(
@@ -441,10 +605,14 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
         Op::Range => {
             for (i, ti) in t.iter().enumerate() {
                 if ti.rank() != 0 && ti.shape.numel() != Some(1) {
-                    return Err(format!("operand {i} must be a scalar, got {ti}"));
+                    return Err(operand(["start", "limit", "delta"][i], "a scalar", ti));
                 }
                 if ti.dtype() != t[0].dtype() {
-                    return Err("start, limit and delta must have one type".into());
+                    return Err(InferError::DTypesDiffer {
+                        what: "start, limit and delta",
+                        a: t[0].dtype(),
+                        b: ti.dtype(),
+                    });
                 }
             }
             let c: Option<Vec<f64>> = (0..3)
@@ -452,31 +620,30 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
                 .collect();
             let n = match c {
                 Some(v) if v[2] != 0.0 => Dim::Fixed(((v[1] - v[0]) / v[2]).ceil().max(0.0) as u64),
-                Some(_) => return Err("delta must not be 0".into()),
+                Some(_) => return Err(InferError::ZeroStep { what: "delta" }),
                 None => Dim::Any,
             };
             one(Shape(vec![n]), t[0].dtype())
         }
         Op::Rope { dims, .. } => {
             let (x, p) = (t[0], t[1]);
-            float(x)?;
+            float("input", x)?;
             if x.rank() != 4 {
-                return Err(format!(
-                    "input must be [batch, seq, heads, head_dim], got {x}"
-                ));
+                return Err(operand("input", "[batch, seq, heads, head_dim]", x));
             }
             if !p.dtype().is_int() || p.rank() != 2 {
-                return Err(format!("positions must be integer [batch, seq], got {p}"));
+                return Err(operand("positions", "integer [batch, seq]", p));
             }
             if let (Some(d), Dim::Fixed(hd)) = (dims, &x.shape.0[3]) {
                 if *d <= 0 || *d as u64 > *hd || d % 2 != 0 {
-                    return Err(format!(
-                        "rotary dims {d} must be even and at most the head size {hd}"
-                    ));
+                    return Err(InferError::RotaryDims {
+                        dims: *d,
+                        head: *hd,
+                    });
                 }
             } else if let Dim::Fixed(hd) = &x.shape.0[3] {
                 if hd % 2 != 0 {
-                    return Err(format!("head size {hd} must be even"));
+                    return Err(InferError::OddHeadSize { head: *hd });
                 }
             }
             same(x)
@@ -485,33 +652,39 @@ pub fn infer(op: &Op, t: &[&TensorType], consts: &[Option<&Tensor>]) -> R<Vec<Te
             let (q, k, v) = (t[0], t[1], t[2]);
             for (n, a) in [("q", q), ("k", k), ("v", v)] {
                 if a.rank() != 4 {
-                    return Err(format!(
-                        "{n} must be [batch, heads, seq, head_dim], got {a}"
-                    ));
+                    return Err(operand(n, "[batch, heads, seq, head_dim]", a));
                 }
-                float(a)?;
+                float(n, a)?;
             }
             if let (Dim::Fixed(h), Dim::Fixed(hk)) = (&q.shape.0[1], &k.shape.0[1]) {
                 if *hk == 0 || h % hk != 0 {
-                    return Err(format!(
-                        "{h} query heads are not a multiple of {hk} key/value heads"
-                    ));
+                    return Err(InferError::Heads {
+                        heads: *h,
+                        kv_heads: *hk,
+                    });
                 }
             }
             if !dims_may_equal(&q.shape.0[3], &k.shape.0[3]) {
-                return Err(format!(
-                    "q head size {} differs from k head size {}",
-                    q.shape.0[3], k.shape.0[3]
-                ));
+                return Err(InferError::HeadSize {
+                    q: q.shape.0[3].clone(),
+                    k: k.shape.0[3].clone(),
+                });
             }
             if !dims_may_equal(&k.shape.0[2], &v.shape.0[2])
                 || !dims_may_equal(&k.shape.0[1], &v.shape.0[1])
             {
-                return Err(format!("k {k} and v {v} differ in heads or length"));
+                return Err(InferError::KeysValues {
+                    k: k.clone(),
+                    v: v.clone(),
+                });
             }
             if let Some(m) = t.get(3) {
                 if m.rank() > 4 || !m.dtype().is_float() {
-                    return Err(format!("mask must be a float tensor broadcastable to [batch, heads, seq, ctx], got {m}"));
+                    return Err(operand(
+                        "mask",
+                        "a float tensor broadcastable to [batch, heads, seq, ctx]",
+                        m,
+                    ));
                 }
             }
             let mut s = q.shape.clone();
@@ -532,11 +705,27 @@ fn same(x: &TensorType) -> R<Vec<TensorType>> {
     Ok(vec![TensorType::new(x.shape.clone(), x.dtype())])
 }
 
-fn float(x: &TensorType) -> R<()> {
+fn float(what: &'static str, x: &TensorType) -> R<()> {
     if x.dtype().is_float() {
         Ok(())
     } else {
-        Err(format!("takes floats, got {}", x.dtype()))
+        Err(dtype(what, "float", x.dtype()))
+    }
+}
+
+fn dtype(what: &'static str, expected: &'static str, found: DType) -> InferError {
+    InferError::DType {
+        what,
+        expected,
+        found,
+    }
+}
+
+fn operand(what: &'static str, expected: &'static str, found: &TensorType) -> InferError {
+    InferError::Operand {
+        what,
+        expected,
+        found: found.clone(),
     }
 }
 
@@ -548,12 +737,13 @@ pub fn dims_may_equal(a: &Dim, b: &Dim) -> bool {
     }
 }
 
-fn broadcast_dim(a: &Dim, b: &Dim) -> R<Dim> {
+/// The broadcast of two dimensions, or the two sizes that differ.
+fn broadcast_dim(a: &Dim, b: &Dim) -> Result<Dim, (u64, u64)> {
     Ok(match (a, b) {
         (Dim::Fixed(1), x) | (x, Dim::Fixed(1)) => x.clone(),
         (Dim::Fixed(m), Dim::Fixed(n)) => {
             if m != n {
-                return Err(format!("dimensions {m} and {n} do not broadcast"));
+                return Err((*m, *n));
             }
             Dim::Fixed(*m)
         }
@@ -580,8 +770,12 @@ pub fn broadcast(a: &Shape, b: &Shape) -> R<Shape> {
             &one
         };
         out.push(
-            broadcast_dim(da, db)
-                .map_err(|e| format!("shapes {a} and {b} do not broadcast: {e}"))?,
+            broadcast_dim(da, db).map_err(|(left, right)| InferError::Broadcast {
+                a: a.clone(),
+                b: b.clone(),
+                left,
+                right,
+            })?,
         );
     }
     Ok(Shape(out))
@@ -589,14 +783,15 @@ pub fn broadcast(a: &Shape, b: &Shape) -> R<Shape> {
 
 fn matmul(a: &TensorType, b: &TensorType) -> R<Vec<TensorType>> {
     if a.rank() == 0 || b.rank() == 0 {
-        return Err("matmul operands must have at least one dimension".into());
+        let x = if a.rank() == 0 { a } else { b };
+        return Err(operand("matmul operands", "at least 1-D", x));
     }
     if a.dtype() != b.dtype() {
-        return Err(format!(
-            "operand types differ: {} and {}",
-            a.dtype(),
-            b.dtype()
-        ));
+        return Err(InferError::DTypesDiffer {
+            what: "operand",
+            a: a.dtype(),
+            b: b.dtype(),
+        });
     }
     let mut sa = a.shape.0.clone();
     let mut sb = b.shape.0.clone();
@@ -611,7 +806,10 @@ fn matmul(a: &TensorType, b: &TensorType) -> R<Vec<TensorType>> {
     let (m, ka) = (&sa[sa.len() - 2], &sa[sa.len() - 1]);
     let (kb, n) = (&sb[sb.len() - 2], &sb[sb.len() - 1]);
     if !dims_may_equal(ka, kb) {
-        return Err(format!("inner dimensions differ: {a} times {b}"));
+        return Err(InferError::InnerDims {
+            a: a.clone(),
+            b: b.clone(),
+        });
     }
     let batch = broadcast(
         &Shape(sa[..sa.len() - 2].to_vec()),
@@ -646,18 +844,22 @@ fn reduce_shape(x: &Shape, axes: &[i64], keepdims: bool) -> R<Shape> {
 
 fn unknown_shape_of_len(shape_operand: &TensorType) -> R<Shape> {
     if shape_operand.rank() != 1 || !shape_operand.dtype().is_int() {
-        return Err(format!(
-            "shape operand must be a 1-D integer tensor, got {shape_operand}"
+        return Err(operand(
+            "shape operand",
+            "a 1-D integer tensor",
+            shape_operand,
         ));
     }
     match shape_operand.shape.0[0] {
         Dim::Fixed(n) => Ok(Shape(vec![Dim::Any; n as usize])),
-        _ => Err("the shape operand's length must be known".into()),
+        _ => Err(InferError::UnknownShapeLength {
+            found: shape_operand.clone(),
+        }),
     }
 }
 
 /// Resolves a reshape target (0 copies, -1 infers) against an input shape.
-pub fn reshape(x: &Shape, target: &[i64]) -> R<Shape> {
+pub fn reshape(x: &Shape, target: &[i64]) -> Result<Shape, ReshapeError> {
     let mut out: Vec<Dim> = Vec::with_capacity(target.len());
     let mut infer_at = None;
     for (i, &d) in target.iter().enumerate() {
@@ -665,16 +867,26 @@ pub fn reshape(x: &Shape, target: &[i64]) -> R<Shape> {
             0 => out.push(
                 x.0.get(i)
                     .cloned()
-                    .ok_or_else(|| format!("0 at position {i} copies a dimension {x} lacks"))?,
+                    .ok_or_else(|| ReshapeError::CopiesMissing {
+                        index: i,
+                        shape: x.clone(),
+                    })?,
             ),
             -1 => {
                 if infer_at.replace(i).is_some() {
-                    return Err(format!("target {target:?} has more than one -1"));
+                    return Err(ReshapeError::TwoInferred {
+                        target: target.to_vec(),
+                    });
                 }
                 out.push(Dim::Any);
             }
             d if d > 0 => out.push(Dim::Fixed(d as u64)),
-            d => return Err(format!("invalid target dimension {d} in {target:?}")),
+            d => {
+                return Err(ReshapeError::BadDim {
+                    dim: d,
+                    target: target.to_vec(),
+                })
+            }
         }
     }
     // Cancel the dimensions both sides share (symbols and fixed sizes), then compare what is left.
@@ -705,14 +917,20 @@ pub fn reshape(x: &Shape, target: &[i64]) -> R<Shape> {
     match (infer_at, left_fixed, unknown) {
         (Some(i), Some(l), false) => {
             if right_fixed == 0 || l % right_fixed != 0 {
-                return Err(format!("cannot reshape {x} to {target:?}"));
+                return Err(ReshapeError::NotDivisible {
+                    shape: x.clone(),
+                    target: target.to_vec(),
+                });
             }
             out[i] = Dim::Fixed(l / right_fixed);
         }
         (None, Some(l), false) if l != right_fixed => {
-            return Err(format!(
-                "cannot reshape {x} ({l} elements) to {target:?} ({right_fixed} elements)"
-            ));
+            return Err(ReshapeError::Count {
+                shape: x.clone(),
+                from: l,
+                target: target.to_vec(),
+                to: right_fixed,
+            });
         }
         _ => {}
     }
@@ -724,17 +942,19 @@ fn perm_of(perm: &[i64], rank: usize) -> R<Vec<usize>> {
         return Ok((0..rank).rev().collect());
     }
     if perm.len() != rank {
-        return Err(format!(
-            "permutation {perm:?} has {} entries for rank {rank}",
-            perm.len()
-        ));
+        return Err(InferError::PermLength {
+            perm: perm.to_vec(),
+            rank,
+        });
     }
     let mut seen = vec![false; rank];
     let mut p = Vec::with_capacity(rank);
     for &a in perm {
         let a = norm_axis(a, rank)?;
         if std::mem::replace(&mut seen[a], true) {
-            return Err(format!("{perm:?} is not a permutation"));
+            return Err(InferError::NotPermutation {
+                perm: perm.to_vec(),
+            });
         }
         p.push(a);
     }
@@ -759,13 +979,18 @@ pub fn slice_range(n: i64, start: i64, end: i64, step: i64) -> (i64, i64, i64) {
 fn slice_shape(x: &Shape, spec: &SliceSpec) -> R<Shape> {
     let k = spec.starts.len();
     if spec.ends.len() != k || spec.axes.len() != k || spec.steps.len() != k {
-        return Err("starts, ends, axes and steps must have one length".into());
+        return Err(InferError::SliceLengths {
+            starts: k,
+            ends: spec.ends.len(),
+            axes: spec.axes.len(),
+            steps: spec.steps.len(),
+        });
     }
     let mut out = x.0.clone();
     for i in 0..k {
         let a = norm_axis(spec.axes[i], x.rank())?;
         if spec.steps[i] == 0 {
-            return Err("slice step must not be 0".into());
+            return Err(InferError::ZeroStep { what: "slice step" });
         }
         out[a] = match &x.0[a] {
             Dim::Fixed(n) => Dim::Fixed(
@@ -861,9 +1086,14 @@ mod tests {
             &[None, None],
         )
         .unwrap_err();
-        assert!(e.contains("512 features"), "{e}");
+        assert!(matches!(e, InferError::Features { .. }), "{e:?}");
+        assert!(e.to_string().contains("512 features"), "{e}");
         let e = infer(&Op::Binary(BinaryOp::Add), &[&w, &w], &[None, None]).unwrap_err();
-        assert!(e.contains("encoded weight"), "{e}");
+        assert!(
+            matches!(e, InferError::EncodedOperand { index: 0, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("encoded weight"), "{e}");
     }
 
     #[test]

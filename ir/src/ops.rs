@@ -587,8 +587,9 @@ impl Op {
     }
 
     /// Builds an op from its name and generic attributes; the error says what is wrong.
-    pub fn from_parts(name: &str, attrs: &BTreeMap<String, Attr>) -> Result<Op, String> {
+    pub fn from_parts(name: &str, attrs: &BTreeMap<String, Attr>) -> Result<Op, AttrError> {
         let mut r = AttrReader {
+            op: name,
             attrs,
             used: Vec::new(),
         };
@@ -608,8 +609,10 @@ impl Op {
                     None | Some("none") => ActQuant::None,
                     Some("i8_per_token") => ActQuant::I8PerToken,
                     Some(a) => {
-                        return Err(format!(
-                            "act must be \"i8_per_token\" or \"none\", not {a:?}"
+                        return Err(r.invalid(
+                            "act",
+                            "\"i8_per_token\" or \"none\"",
+                            Attr::Str(a.into()),
                         ))
                     }
                 },
@@ -691,8 +694,10 @@ impl Op {
                     "interleaved" => RopeMode::Interleaved,
                     "half" => RopeMode::Half,
                     m => {
-                        return Err(format!(
-                            "rope mode must be \"interleaved\" or \"half\", not {m:?}"
+                        return Err(r.invalid(
+                            "mode",
+                            "\"interleaved\" or \"half\"",
+                            Attr::Str(m.into()),
                         ))
                     }
                 },
@@ -702,11 +707,15 @@ impl Op {
                 causal: r.bool("causal")?,
                 scale: r.float("scale")?,
             },
-            "cache_concat" => Op::CacheConcat {
-                state: u32::try_from(r.int("state")?)
-                    .map_err(|_| "state must be a small non-negative index")?,
-                axis: r.int("axis")?,
-            },
+            "cache_concat" => {
+                let state = r.int("state")?;
+                Op::CacheConcat {
+                    state: u32::try_from(state).map_err(|_| {
+                        r.invalid("state", "a small non-negative index", Attr::Int(state))
+                    })?,
+                    axis: r.int("axis")?,
+                }
+            }
             _ => {
                 if let Some(u) = UnaryOp::ALL.iter().find(|u| u.name() == name) {
                     Op::Unary(*u)
@@ -719,12 +728,15 @@ impl Op {
                         keepdims: r.bool("keepdims")?,
                     }
                 } else {
-                    return Err(format!("unknown op '{name}'"));
+                    return Err(AttrError::UnknownOp { op: name.into() });
                 }
             }
         };
         if let Some(extra) = attrs.keys().find(|k| !r.used.contains(k)) {
-            return Err(format!("op '{name}' has no attribute '{extra}'"));
+            return Err(AttrError::Unexpected {
+                op: name.into(),
+                attr: extra.clone(),
+            });
         }
         Ok(op)
     }
@@ -738,7 +750,39 @@ fn dyn_arity(static_attr: bool, dynamic: usize) -> (usize, Option<usize>) {
     }
 }
 
+/// Why a name and generic attributes do not make an op (the parser adds file and line).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AttrError {
+    #[error("unknown op '{op}'")]
+    UnknownOp { op: String },
+    #[error("op '{op}' has no attribute '{attr}'")]
+    Unexpected { op: String, attr: String },
+    /// (The parser's location points at the op, so the message leaves it out.)
+    #[error("missing attribute '{attr}'")]
+    Missing { op: String, attr: &'static str },
+    /// An attribute of the wrong kind, or a value the op does not take.
+    #[error(
+        "attribute '{attr}' of {op} must be {expected}, not {}",
+        crate::print::fmt_attr(found)
+    )]
+    Invalid {
+        op: String,
+        attr: &'static str,
+        expected: &'static str,
+        found: Attr,
+    },
+}
+
+/// An axis outside `-rank..rank` (for rank 0, outside `-1..1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("axis {axis} is out of range for rank {rank}")]
+pub struct AxisError {
+    pub axis: i64,
+    pub rank: usize,
+}
+
 struct AttrReader<'a> {
+    op: &'a str,
     attrs: &'a BTreeMap<String, Attr>,
     used: Vec<&'a String>,
 }
@@ -750,110 +794,119 @@ impl<'a> AttrReader<'a> {
         Some(v)
     }
 
-    fn req(&mut self, key: &str) -> Result<&'a Attr, String> {
-        self.get(key)
-            .ok_or_else(|| format!("missing attribute '{key}'"))
-    }
-
-    fn int(&mut self, key: &str) -> Result<i64, String> {
-        match self.req(key)? {
-            Attr::Int(i) => Ok(*i),
-            other => Err(format!(
-                "attribute '{key}' must be an integer, not {other:?}"
-            )),
+    fn invalid(&self, attr: &'static str, expected: &'static str, found: Attr) -> AttrError {
+        AttrError::Invalid {
+            op: self.op.into(),
+            attr,
+            expected,
+            found,
         }
     }
 
-    fn opt_int(&mut self, key: &str) -> Result<Option<i64>, String> {
+    fn req(&mut self, key: &'static str) -> Result<&'a Attr, AttrError> {
+        self.get(key).ok_or_else(|| AttrError::Missing {
+            op: self.op.into(),
+            attr: key,
+        })
+    }
+
+    /// Attribute `key` read by `f`, which says what it takes when the kind is wrong.
+    fn read<T>(
+        &mut self,
+        key: &'static str,
+        expected: &'static str,
+        f: impl FnOnce(&'a Attr) -> Option<T>,
+    ) -> Result<T, AttrError> {
+        let a = self.req(key)?;
+        f(a).ok_or_else(|| self.invalid(key, expected, a.clone()))
+    }
+
+    /// Attribute `key` read by `f` when present.
+    fn opt<T>(
+        &mut self,
+        key: &'static str,
+        f: impl FnOnce(&mut Self, &'static str) -> Result<T, AttrError>,
+    ) -> Result<Option<T>, AttrError> {
         if self.attrs.contains_key(key) {
-            self.int(key).map(Some)
+            f(self, key).map(Some)
         } else {
             Ok(None)
         }
     }
 
-    fn float(&mut self, key: &str) -> Result<f32, String> {
-        match self.req(key)? {
-            Attr::Float(f) => Ok(*f),
-            Attr::Int(i) => Ok(*i as f32),
-            other => Err(format!("attribute '{key}' must be a float, not {other:?}")),
-        }
+    fn int(&mut self, key: &'static str) -> Result<i64, AttrError> {
+        self.read(key, "an integer", |a| match a {
+            Attr::Int(i) => Some(*i),
+            _ => None,
+        })
     }
 
-    fn opt_float(&mut self, key: &str) -> Result<Option<f32>, String> {
-        if self.attrs.contains_key(key) {
-            self.float(key).map(Some)
-        } else {
-            Ok(None)
-        }
+    fn opt_int(&mut self, key: &'static str) -> Result<Option<i64>, AttrError> {
+        self.opt(key, Self::int)
     }
 
-    fn bool(&mut self, key: &str) -> Result<bool, String> {
-        match self.req(key)? {
-            Attr::Bool(b) => Ok(*b),
-            other => Err(format!(
-                "attribute '{key}' must be true or false, not {other:?}"
-            )),
-        }
+    fn float(&mut self, key: &'static str) -> Result<f32, AttrError> {
+        self.read(key, "a float", |a| match a {
+            Attr::Float(f) => Some(*f),
+            Attr::Int(i) => Some(*i as f32),
+            _ => None,
+        })
     }
 
-    fn str(&mut self, key: &str) -> Result<String, String> {
-        match self.req(key)? {
-            Attr::Str(s) => Ok(s.clone()),
-            other => Err(format!("attribute '{key}' must be a string, not {other:?}")),
-        }
+    fn opt_float(&mut self, key: &'static str) -> Result<Option<f32>, AttrError> {
+        self.opt(key, Self::float)
     }
 
-    fn opt_str(&mut self, key: &str) -> Result<Option<String>, String> {
-        if self.attrs.contains_key(key) {
-            self.str(key).map(Some)
-        } else {
-            Ok(None)
-        }
+    fn bool(&mut self, key: &'static str) -> Result<bool, AttrError> {
+        self.read(key, "true or false", |a| match a {
+            Attr::Bool(b) => Some(*b),
+            _ => None,
+        })
     }
 
-    fn ints(&mut self, key: &str) -> Result<Vec<i64>, String> {
-        match self.req(key)? {
-            Attr::Ints(v) => Ok(v.clone()),
-            other => Err(format!(
-                "attribute '{key}' must be a list of integers, not {other:?}"
-            )),
-        }
+    fn str(&mut self, key: &'static str) -> Result<String, AttrError> {
+        self.read(key, "a string", |a| match a {
+            Attr::Str(s) => Some(s.clone()),
+            _ => None,
+        })
     }
 
-    fn opt_ints(&mut self, key: &str) -> Result<Option<Vec<i64>>, String> {
-        if self.attrs.contains_key(key) {
-            self.ints(key).map(Some)
-        } else {
-            Ok(None)
-        }
+    fn opt_str(&mut self, key: &'static str) -> Result<Option<String>, AttrError> {
+        self.opt(key, Self::str)
     }
 
-    fn dtype(&mut self, key: &str) -> Result<DType, String> {
-        match self.req(key)? {
-            Attr::Type(t) => Ok(*t),
-            other => Err(format!(
-                "attribute '{key}' must be an element type, not {other:?}"
-            )),
-        }
+    fn ints(&mut self, key: &'static str) -> Result<Vec<i64>, AttrError> {
+        self.read(key, "a list of integers", |a| match a {
+            Attr::Ints(v) => Some(v.clone()),
+            _ => None,
+        })
     }
 
-    fn tensor(&mut self, key: &str) -> Result<Tensor, String> {
-        match self.req(key)? {
-            Attr::Tensor(t) => Ok(t.clone()),
-            other => Err(format!(
-                "attribute '{key}' must be a dense<..> tensor, not {other:?}"
-            )),
-        }
+    fn opt_ints(&mut self, key: &'static str) -> Result<Option<Vec<i64>>, AttrError> {
+        self.opt(key, Self::ints)
+    }
+
+    fn dtype(&mut self, key: &'static str) -> Result<DType, AttrError> {
+        self.read(key, "an element type", |a| match a {
+            Attr::Type(t) => Some(*t),
+            _ => None,
+        })
+    }
+
+    fn tensor(&mut self, key: &'static str) -> Result<Tensor, AttrError> {
+        self.read(key, "a dense<..> tensor", |a| match a {
+            Attr::Tensor(t) => Some(t.clone()),
+            _ => None,
+        })
     }
 }
 
 /// Resolves a possibly negative axis against a rank.
-pub fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
+pub fn norm_axis(axis: i64, rank: usize) -> Result<usize, AxisError> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if a < 0 || a >= r.max(1) {
-        return Err(format!("axis {axis} is out of range for rank {rank}"));
+        return Err(AxisError { axis, rank });
     }
     Ok(a as usize)
 }
@@ -931,23 +984,44 @@ mod tests {
 
     #[test]
     fn unknown_names_and_attributes_are_errors() {
-        assert!(Op::from_parts("frobnicate", &BTreeMap::new())
-            .unwrap_err()
-            .contains("unknown op"));
+        assert_eq!(
+            Op::from_parts("frobnicate", &BTreeMap::new()).unwrap_err(),
+            AttrError::UnknownOp {
+                op: "frobnicate".into()
+            }
+        );
         let mut a = BTreeMap::new();
         a.insert("axis".to_string(), Attr::Int(1));
         a.insert("bogus".to_string(), Attr::Int(1));
-        assert!(Op::from_parts("softmax", &a).unwrap_err().contains("bogus"));
-        assert!(Op::from_parts("softmax", &BTreeMap::new())
-            .unwrap_err()
-            .contains("missing attribute 'axis'"));
+        let e = Op::from_parts("softmax", &a).unwrap_err();
+        assert_eq!(e.to_string(), "op 'softmax' has no attribute 'bogus'");
+        let e = Op::from_parts("softmax", &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("missing attribute 'axis'"), "{e}");
+        a.remove("bogus");
+        a.insert("axis".to_string(), Attr::Float(1.5));
+        let e = Op::from_parts("softmax", &a).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                AttrError::Invalid {
+                    attr: "axis",
+                    expected: "an integer",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "attribute 'axis' of softmax must be an integer, not 1.5"
+        );
     }
 
     #[test]
     fn axes_normalize() {
         assert_eq!(norm_axis(-1, 3), Ok(2));
         assert_eq!(norm_axis(0, 0), Ok(0));
-        assert!(norm_axis(3, 3).is_err());
+        assert_eq!(norm_axis(3, 3), Err(AxisError { axis: 3, rank: 3 }));
         assert!(norm_axis(-4, 3).is_err());
     }
 }

@@ -603,7 +603,7 @@ impl<'a> Parser<'a> {
                 })?;
                 ty.enc
                     .check_shape(&fixed)
-                    .map_err(|m| self.err_at(at, format!("weight @{n}: {m}")))?;
+                    .map_err(|e| self.err_at(at, format!("weight @{n}: {e}")))?;
                 let v = g
                     .add_weight_hash(&n, ty, h)
                     .map_err(|e| self.err_at(at, e.to_string()))?;
@@ -725,7 +725,7 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        let op = Op::from_parts(opname, &attrs).map_err(|m| self.err_at(op_at, m))?;
+        let op = Op::from_parts(opname, &attrs).map_err(|e| self.err_at(op_at, e.to_string()))?;
         self.expect(":")?;
         let mut types = vec![self.tensor_type()?];
         while self.eat(",") {

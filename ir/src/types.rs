@@ -306,45 +306,39 @@ impl Encoding {
     }
 
     /// Whether this encoding may be applied to a tensor of this shape.
-    pub fn check_shape(&self, shape: &[u64]) -> Result<(), String> {
+    pub fn check_shape(&self, shape: &[u64]) -> Result<(), EncodingError> {
         match self {
             Encoding::Dense(_) => Ok(()),
             Encoding::Quant(q) => {
                 if !(2..=8).contains(&q.bits) {
-                    return Err(format!("quantization takes 2 to 8 bits, not {}", q.bits));
+                    return Err(EncodingError::QuantBits { bits: q.bits });
                 }
                 if !q.scale.is_float() {
-                    return Err(format!(
-                        "quantization scales must be float, not {}",
-                        q.scale
-                    ));
+                    return Err(EncodingError::QuantScale { scale: q.scale });
                 }
-                if matches!(q.group, Group::Rows(_)) {
-                    return Err(
-                        "row groups (r<N>) are for palettes; quantize per tensor, channel or g<N>"
-                            .into(),
-                    );
+                if let Group::Rows(rows) = q.group {
+                    return Err(EncodingError::QuantRowGroup { rows });
                 }
                 check_group(q.group, shape)
             }
             Encoding::Palette(p) => {
                 if !(1..=8).contains(&p.bits) {
-                    return Err(format!("palette indices take 1 to 8 bits, not {}", p.bits));
+                    return Err(EncodingError::PaletteBits { bits: p.bits });
                 }
                 if !p.entry.is_float() {
-                    return Err(format!("palette entries must be float, not {}", p.entry));
+                    return Err(EncodingError::PaletteEntry { entry: p.entry });
                 }
                 check_group(p.group, shape)
             }
             Encoding::Sparse24(inner) => {
                 let cols = shape.last().copied().unwrap_or(1);
                 if cols % 4 != 0 {
-                    return Err(format!(
-                        "2:4 sparsity needs the last dimension divisible by 4, not {cols}"
-                    ));
+                    return Err(EncodingError::Sparse24Cols { cols });
                 }
                 if matches!(**inner, Encoding::Sparse24(_) | Encoding::Palette(_)) {
-                    return Err("2:4 sparse values must be dense or quantized".into());
+                    return Err(EncodingError::Sparse24Values {
+                        inner: (**inner).clone(),
+                    });
                 }
                 let mut kept = shape.to_vec();
                 if let Some(l) = kept.last_mut() {
@@ -356,19 +350,42 @@ impl Encoding {
     }
 }
 
-fn check_group(group: Group, shape: &[u64]) -> Result<(), String> {
+/// Why an encoding cannot apply to a tensor of some shape, or is not a valid encoding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodingError {
+    #[error("quantization takes 2 to 8 bits, not {bits}")]
+    QuantBits { bits: u8 },
+    #[error("quantization scales must be float, not {scale}")]
+    QuantScale { scale: DType },
+    #[error("row groups (r{rows}) are for palettes; quantize per tensor, channel or g<N>")]
+    QuantRowGroup { rows: u32 },
+    #[error("palette indices take 1 to 8 bits, not {bits}")]
+    PaletteBits { bits: u8 },
+    #[error("palette entries must be float, not {entry}")]
+    PaletteEntry { entry: DType },
+    #[error("2:4 sparsity needs the last dimension divisible by 4, not {cols}")]
+    Sparse24Cols { cols: u64 },
+    #[error("2:4 sparse values must be dense or quantized, not {inner}")]
+    Sparse24Values { inner: Encoding },
+    #[error("row group size must be positive")]
+    ZeroRowGroup,
+    #[error("group size must be positive")]
+    ZeroGroupSize,
+    #[error("last dimension {cols} is not a multiple of the group size {group}")]
+    GroupCols { cols: u64, group: u32 },
+}
+
+fn check_group(group: Group, shape: &[u64]) -> Result<(), EncodingError> {
     if group == Group::Rows(0) {
-        return Err("row group size must be positive".into());
+        return Err(EncodingError::ZeroRowGroup);
     }
     if let Group::Size(g) = group {
         if g == 0 {
-            return Err("group size must be positive".into());
+            return Err(EncodingError::ZeroGroupSize);
         }
         let cols = shape.last().copied().unwrap_or(1);
         if cols % g as u64 != 0 {
-            return Err(format!(
-                "last dimension {cols} is not a multiple of the group size {g}"
-            ));
+            return Err(EncodingError::GroupCols { cols, group: g });
         }
     }
     Ok(())
@@ -472,14 +489,25 @@ mod tests {
         });
         assert!(q.check_shape(&[10, 256]).is_ok());
         let err = q.check_shape(&[10, 100]).unwrap_err();
-        assert!(err.contains("group size 128"), "{err}");
+        assert_eq!(
+            err,
+            EncodingError::GroupCols {
+                cols: 100,
+                group: 128
+            }
+        );
+        assert!(err.to_string().contains("group size 128"), "{err}");
         let bad = Encoding::Quant(QuantSpec {
             bits: 9,
             group: Group::Channel,
             scale: DType::F16,
             zero: Zero::Int,
         });
-        assert!(bad.check_shape(&[2, 2]).unwrap_err().contains("9"));
+        assert!(bad
+            .check_shape(&[2, 2])
+            .unwrap_err()
+            .to_string()
+            .contains("9"));
         let rows = Encoding::Quant(QuantSpec {
             bits: 4,
             group: Group::Rows(16),
@@ -489,6 +517,7 @@ mod tests {
         assert!(rows
             .check_shape(&[32, 32])
             .unwrap_err()
+            .to_string()
             .contains("palettes"));
     }
 

@@ -148,7 +148,9 @@ impl WeightData {
     pub fn check(&self, ty: &TensorType) -> Result<(), WeightError> {
         let shape = fixed_shape(ty)
             .ok_or_else(|| self.err(format!("weight type {ty} must have a fixed shape")))?;
-        ty.enc.check_shape(&shape).map_err(|m| self.err(m))?;
+        ty.enc
+            .check_shape(&shape)
+            .map_err(|e| self.err(e.to_string()))?;
         let want = match self.format {
             Format::Canonical => ty.enc.byte_size(&shape),
             Format::Ggml(t) => {

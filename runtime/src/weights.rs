@@ -344,45 +344,75 @@ pub fn coded_size(coded: &[u8]) -> Option<usize> {
 /// (every chunk must end in the state it started from, having read exactly its bytes); one
 /// that still decodes to other bytes fails the weights checksum at init, as a damaged plain
 /// file does.
-pub fn decode(coded: &[u8], out: &mut [u8]) -> Result<(), String> {
-    let size = coded_size(coded).ok_or("not an entropy-coded llmc weights file")?;
+pub fn decode(coded: &[u8], out: &mut [u8]) -> Result<(), DecodeError> {
+    let size = coded_size(coded).ok_or(DecodeError::NotCoded)?;
     if out.len() != size {
-        return Err(format!(
-            "decoded size {size} does not match the buffer of {} bytes",
-            out.len()
-        ));
+        return Err(DecodeError::Size {
+            size,
+            buffer: out.len(),
+        });
     }
-    let corrupt =
-        |what: &str| format!("entropy-coded weights are corrupt ({what}); rebuild the bundle");
     let word = |at: usize| u64::from_le_bytes(coded[at..at + 8].try_into().expect("8 bytes"));
     let chunks = word(24) as usize;
     if chunks != size.div_ceil(CODED_CHUNK) || coded.len() < CODED_HEADER + 8 * chunks {
-        return Err(corrupt("chunk table"));
+        return Err(DecodeError::ChunkTable);
     }
     let data = CODED_HEADER + 8 * chunks;
     let mut start = 0usize;
     for (i, dst) in out.chunks_mut(CODED_CHUNK).enumerate() {
         let end = word(CODED_HEADER + 8 * i) as usize;
         if end < start + FREQ_BYTES + 4 || end > coded.len() - data {
-            return Err(corrupt(&format!("chunk {i} bounds")));
+            return Err(DecodeError::ChunkBounds { chunk: i });
         }
         decode_chunk(&coded[data + start..data + end], dst)
-            .map_err(|m| corrupt(&format!("chunk {i}: {m}")))?;
+            .map_err(|fault| DecodeError::Chunk { chunk: i, fault })?;
         start = end;
     }
     if data + start != coded.len() {
-        return Err("entropy-coded weights hold more bytes than their chunks".into());
+        return Err(DecodeError::Trailing);
     }
     let mut head = [0u8; HEADER_SIZE];
     let n = HEADER_SIZE.min(out.len());
     head[..n].copy_from_slice(&out[..n]);
     if checksum(&head) != word(16) {
-        return Err("entropy-coded weights decode to a different header (corrupt file)".into());
+        return Err(DecodeError::Header);
     }
     Ok(())
 }
 
-fn decode_chunk(c: &[u8], out: &mut [u8]) -> Result<(), &'static str> {
+/// Why an entropy-coded weights file does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not an entropy-coded llmc weights file")]
+    NotCoded,
+    #[error("decoded size {size} does not match the buffer of {buffer} bytes")]
+    Size { size: usize, buffer: usize },
+    #[error("entropy-coded weights are corrupt (chunk table); rebuild the bundle")]
+    ChunkTable,
+    #[error("entropy-coded weights are corrupt (chunk {chunk} bounds); rebuild the bundle")]
+    ChunkBounds { chunk: usize },
+    #[error("entropy-coded weights are corrupt (chunk {chunk}: {fault}); rebuild the bundle")]
+    Chunk { chunk: usize, fault: ChunkFault },
+    #[error("entropy-coded weights hold more bytes than their chunks")]
+    Trailing,
+    #[error("entropy-coded weights decode to a different header (corrupt file)")]
+    Header,
+}
+
+/// What is wrong inside one coded chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkFault {
+    #[error("frequencies")]
+    Frequencies,
+    #[error("initial state")]
+    InitialState,
+    #[error("truncated")]
+    Truncated,
+    #[error("final state")]
+    FinalState,
+}
+
+fn decode_chunk(c: &[u8], out: &mut [u8]) -> Result<(), ChunkFault> {
     let mut freq = [0u32; 256];
     let mut cum = [0u32; 256];
     let mut slot = [0u8; 1 << PROB_BITS];
@@ -397,12 +427,12 @@ fn decode_chunk(c: &[u8], out: &mut [u8]) -> Result<(), &'static str> {
         slot[cum[s] as usize..total as usize].fill(s as u8);
     }
     if total != 1 << PROB_BITS {
-        return Err("frequencies");
+        return Err(ChunkFault::Frequencies);
     }
     let stream = &c[FREQ_BYTES..];
     let mut x = u32::from_le_bytes(stream[..4].try_into().expect("4 bytes"));
     if !(RANS_L..RANS_L << 8).contains(&x) {
-        return Err("initial state");
+        return Err(ChunkFault::InitialState);
     }
     let mut pos = 4;
     let mask = (1u32 << PROB_BITS) - 1;
@@ -412,13 +442,13 @@ fn decode_chunk(c: &[u8], out: &mut [u8]) -> Result<(), &'static str> {
         *o = s;
         x = freq[s as usize] * (x >> PROB_BITS) + m - cum[s as usize];
         while x < RANS_L {
-            let &b = stream.get(pos).ok_or("truncated")?;
+            let &b = stream.get(pos).ok_or(ChunkFault::Truncated)?;
             x = (x << 8) | b as u32;
             pos += 1;
         }
     }
     if x != RANS_L || pos != stream.len() {
-        return Err("final state");
+        return Err(ChunkFault::FinalState);
     }
     Ok(())
 }
@@ -472,7 +502,7 @@ mod tests {
         // a truncated stream is an error, not a short file
         let mut short = vec![0u8; out.len()];
         assert!(decode(&c[..c.len() / 2], &mut short).is_err());
-        assert!(decode(&f, &mut short).is_err());
+        assert_eq!(decode(&f, &mut short), Err(DecodeError::NotCoded));
         // a changed byte anywhere in a stream is caught
         for at in [CODED_HEADER + 8 + FREQ_BYTES + 2, c.len() / 2, c.len() - 3] {
             let mut bad = c.clone();

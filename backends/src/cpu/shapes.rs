@@ -5,7 +5,7 @@
 use super::size::{Size, Sym};
 use super::BackendError;
 use llmc_ir::infer::slice_range;
-use llmc_ir::ops::norm_axis;
+use llmc_ir::ops::{norm_axis, AxisError};
 use llmc_ir::{BinaryOp, DType, Dim, Graph, Op, ValueDef};
 
 /// The run-time symbols of a bundle and the largest value each may take.
@@ -301,14 +301,15 @@ fn node_shapes(
             one(d)
         }
         Op::Reduce { axes, keepdims, .. } => {
-            one(reduce_dims(&x.unwrap().dims, axes, *keepdims).map_err(|m| e(&m))?)
+            one(reduce_dims(&x.unwrap().dims, axes, *keepdims).map_err(|m| e(&m.to_string()))?)
         }
         Op::ArgMax { axis, keepdims } => {
-            one(reduce_dims(&x.unwrap().dims, &[*axis], *keepdims).map_err(|m| e(&m))?)
+            one(reduce_dims(&x.unwrap().dims, &[*axis], *keepdims)
+                .map_err(|m| e(&m.to_string()))?)
         }
         Op::Gather { axis } => {
             let (d, idx) = (a[0], a[1]);
-            let ax = norm_axis(*axis, d.dims.len()).map_err(|m| e(&m))?;
+            let ax = norm_axis(*axis, d.dims.len()).map_err(|m| e(&m.to_string()))?;
             let mut dims = d.dims[..ax].to_vec();
             dims.extend(idx.dims.iter().cloned());
             dims.extend(d.dims[ax + 1..].iter().cloned());
@@ -348,12 +349,12 @@ fn node_shapes(
                 perm.iter()
                     .map(|&p| norm_axis(p, r))
                     .collect::<Result<_, _>>()
-                    .map_err(|m| e(&m))?
+                    .map_err(|m| e(&m.to_string()))?
             };
             one(p.iter().map(|&k| x.dims[k].clone()).collect())
         }
         Op::Concat { axis } => {
-            let ax = norm_axis(*axis, a[0].dims.len()).map_err(|m| e(&m))?;
+            let ax = norm_axis(*axis, a[0].dims.len()).map_err(|m| e(&m.to_string()))?;
             let mut dims = a[0].dims.clone();
             dims[ax] = a.iter().fold(Size::c(0), |s, p| s.add(&p.dims[ax]));
             let value = if a.iter().all(|p| p.value.is_some()) && dims.len() == 1 {
@@ -365,7 +366,7 @@ fn node_shapes(
         }
         Op::Split { axis, sizes } => {
             let x = x.unwrap();
-            let ax = norm_axis(*axis, x.dims.len()).map_err(|m| e(&m))?;
+            let ax = norm_axis(*axis, x.dims.len()).map_err(|m| e(&m.to_string()))?;
             let mut start = 0usize;
             Ok(sizes
                 .iter()
@@ -423,7 +424,7 @@ fn node_shapes(
             let mut dims = x.dims.clone();
             let mut value = x.value.clone();
             for k in 0..starts.len() {
-                let ax = norm_axis(axes[k], r).map_err(|m| e(&m))?;
+                let ax = norm_axis(axes[k], r).map_err(|m| e(&m.to_string()))?;
                 dims[ax] = slice_len(&x.dims[ax], &starts[k], &ends[k], steps[k])
                     .ok_or_else(|| e("cannot tell the slice's length at build time"))?;
                 if let (Some(v), Some(s), Some(en)) =
@@ -450,7 +451,7 @@ fn node_shapes(
                 }
             }
             for &ax in axes {
-                drop[norm_axis(ax, r).map_err(|m| e(&m))?] = true;
+                drop[norm_axis(ax, r).map_err(|m| e(&m.to_string()))?] = true;
             }
             let dims = x
                 .dims
@@ -469,7 +470,7 @@ fn node_shapes(
             let r = x.dims.len() + axes.len();
             let mut ins = vec![false; r];
             for &ax in axes {
-                ins[norm_axis(ax, r).map_err(|m| e(&m))?] = true;
+                ins[norm_axis(ax, r).map_err(|m| e(&m.to_string()))?] = true;
             }
             let mut src = x.dims.iter();
             let dims: Vec<Size> = ins
@@ -572,7 +573,7 @@ fn node_shapes(
         }
         Op::CacheConcat { axis, .. } => {
             let x = x.unwrap();
-            let ax = norm_axis(*axis, x.dims.len()).map_err(|m| e(&m))?;
+            let ax = norm_axis(*axis, x.dims.len()).map_err(|m| e(&m.to_string()))?;
             let cache = bind
                 .cache
                 .ok_or_else(|| e("this graph has a KV cache but the bundle kind has none"))?;
@@ -593,7 +594,7 @@ pub fn float_range(g: &Graph, inputs: &[llmc_ir::ValueId]) -> Option<(f64, f64, 
     Some((c(0)?, c(1)?, c(2)?))
 }
 
-fn reduce_dims(x: &[Size], axes: &[i64], keepdims: bool) -> Result<Vec<Size>, String> {
+fn reduce_dims(x: &[Size], axes: &[i64], keepdims: bool) -> Result<Vec<Size>, AxisError> {
     let r = x.len();
     let mut red = vec![axes.is_empty(); r];
     for &ax in axes {

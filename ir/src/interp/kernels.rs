@@ -1,12 +1,13 @@
 //! Numeric kernels of the reference interpreter: matrix products, normalization, softmax,
 //! attention, rotary embedding, elementwise math, and index shuffles.
 
+use super::EvalError;
 use crate::ops::{BinaryOp, RopeMode, UnaryOp};
 use crate::tensor::{strides, Data, Tensor};
 use crate::types::DType;
 use rayon::prelude::*;
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, EvalError>;
 
 /// Elements above which elementwise work is split across threads.
 const PAR_MIN: usize = 1 << 15;
@@ -110,10 +111,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> R<Tensor> {
     let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
     let (k2, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
     if k != k2 {
-        return Err(format!(
-            "inner dimensions differ: {:?} times {:?}",
-            a.shape, b.shape
-        ));
+        return Err(EvalError::InnerDims {
+            a: a.shape.clone(),
+            b: b.shape.clone(),
+        });
     }
     let ba = &sa[..sa.len() - 2];
     let bb = &sb[..sb.len() - 2];
@@ -174,7 +175,10 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
                 (x, y) if x == y => Ok(x),
                 (1, y) => Ok(y),
                 (x, 1) => Ok(x),
-                _ => Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+                _ => Err(EvalError::Broadcast {
+                    a: a.to_vec(),
+                    b: b.to_vec(),
+                }),
             }
         })
         .collect()
@@ -291,7 +295,13 @@ pub fn unary(op: UnaryOp, t: &Tensor) -> R<Tensor> {
             };
             Data::I64(v.into_iter().map(f).collect()).cast(t.dtype())
         }
-        (d, _) => return Err(format!("{} does not take {}", op.name(), d.dtype())),
+        (d, _) => {
+            return Err(EvalError::DType {
+                what: "operand",
+                expected: if op == UnaryOp::Not { "bool" } else { "float" },
+                found: d.dtype(),
+            })
+        }
     };
     Ok(Tensor::new(t.shape.clone(), data))
 }
@@ -329,7 +339,7 @@ fn binary_i64(op: BinaryOp, a: i64, b: i64) -> R<i64> {
         BinaryOp::Mul => a.wrapping_mul(b),
         BinaryOp::Div => {
             if b == 0 {
-                return Err("integer division by zero".into());
+                return Err(EvalError::DivisionByZero { what: "division" });
             }
             // ONNX integer Div truncates toward zero, as C does
             a.wrapping_div(b)
@@ -345,7 +355,7 @@ fn binary_i64(op: BinaryOp, a: i64, b: i64) -> R<i64> {
         BinaryOp::Min => a.min(b),
         BinaryOp::Mod => {
             if b == 0 {
-                return Err("integer modulo by zero".into());
+                return Err(EvalError::DivisionByZero { what: "modulo" });
             }
             let r = a % b;
             if r != 0 && ((r < 0) != (b < 0)) {
@@ -429,16 +439,20 @@ fn zip_broadcast<A: Copy + Sync, B: Copy + Sync, O: Copy + Send + Default>(
 
 pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> R<Tensor> {
     if a.dtype() != b.dtype() {
-        return Err(format!(
-            "operand types differ: {} and {}",
-            a.dtype(),
-            b.dtype()
-        ));
+        return Err(EvalError::DTypesDiffer {
+            what: "operand",
+            a: a.dtype(),
+            b: b.dtype(),
+        });
     }
     let (sa, sb) = (&a.shape, &b.shape);
     if op.is_logical() {
         let (Data::Bool(x), Data::Bool(y)) = (&a.data, &b.data) else {
-            return Err(format!("{} takes bool", op.name()));
+            return Err(EvalError::DType {
+                what: "operands",
+                expected: "bool",
+                found: a.dtype(),
+            });
         };
         let f = |p: bool, q: bool| match op {
             BinaryOp::And => p && q,
@@ -469,7 +483,11 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> R<Tensor> {
         (Data::F16(_) | Data::BF16(_), _) => {
             binary(op, &a.cast(DType::F32), &b.cast(DType::F32)).map(|r| r.cast(a.dtype()))
         }
-        (Data::Bool(_), _) => Err(format!("{} does not take bool", op.name())),
+        (Data::Bool(_), _) => Err(EvalError::DType {
+            what: "operands",
+            expected: "numbers",
+            found: DType::Bool,
+        }),
         (x, y) => {
             let err = std::sync::Mutex::new(None);
             let (s, v) = zip_broadcast(&x.to_i64(), sa, &y.to_i64(), sb, |p, q| {
@@ -489,7 +507,11 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> R<Tensor> {
 /// `cond ? a : b`, broadcast.
 pub fn where_(c: &Tensor, a: &Tensor, b: &Tensor) -> R<Tensor> {
     let Data::Bool(cv) = &c.data else {
-        return Err("condition must be bool".into());
+        return Err(EvalError::DType {
+            what: "condition",
+            expected: "bool",
+            found: c.dtype(),
+        });
     };
     let shape = broadcast_shapes(&broadcast_shapes(&c.shape, &a.shape)?, &b.shape)?;
     let ic = broadcast_index_map(&c.shape, &shape);
@@ -690,26 +712,33 @@ pub fn attention(
     let (bk, hk, t, dk) = (k.shape[0], k.shape[1], k.shape[2], k.shape[3]);
     let dv = v.shape[3];
     if bk != b || v.shape[0] != b || dk != d || v.shape[1] != hk || v.shape[2] != t {
-        return Err(format!(
-            "q {:?}, k {:?} and v {:?} do not fit together",
-            q.shape, k.shape, v.shape
-        ));
+        return Err(EvalError::Attention {
+            q: q.shape.clone(),
+            k: k.shape.clone(),
+            v: v.shape.clone(),
+        });
     }
     if hk == 0 || h % hk != 0 {
-        return Err(format!(
-            "{h} query heads are not a multiple of {hk} key/value heads"
-        ));
+        return Err(EvalError::Heads {
+            heads: h,
+            kv_heads: hk,
+        });
     }
     if causal && t < s {
-        return Err(format!(
-            "causal attention needs at least as many keys ({t}) as queries ({s})"
-        ));
+        return Err(EvalError::Causal {
+            keys: t,
+            queries: s,
+        });
     }
     let (qv, kv, vv) = (q.to_f32_vec(), k.to_f32_vec(), v.to_f32_vec());
     let mask = match mask {
         Some(m) => {
             let full = [b, h, s, t];
-            broadcast_shapes(&m.shape, &full).map_err(|e| format!("mask: {e}"))?;
+            broadcast_shapes(&m.shape, &full).map_err(|_| EvalError::BroadcastTo {
+                what: "mask",
+                shape: m.shape.clone(),
+                to: full.to_vec(),
+            })?;
             Some(broadcast_to(&m.cast(DType::F32), &full).to_f32_vec())
         }
         None => None,

@@ -4,15 +4,115 @@ pub mod kernels;
 
 use crate::error::IrError;
 use crate::graph::{Graph, ValueDef, ValueId};
-use crate::infer::slice_range;
-use crate::ops::{norm_axis, Op, SliceSpec};
+use crate::infer::{slice_range, ReshapeError};
+use crate::ops::{norm_axis, AxisError, Op, SliceSpec};
 use crate::tensor::{strides, Data, Tensor};
-use crate::types::{DType, Dim, Encoding};
+use crate::types::{DType, Dim, Encoding, Shape};
 use kernels as k;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, EvalError>;
+
+/// Why a node cannot run on the values it was given; [`IrError::Eval`] adds the node.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Axis(#[from] AxisError),
+    #[error(transparent)]
+    Reshape(#[from] ReshapeError),
+    /// An operand of an element type the kernel does not take.
+    #[error("{what} must be {expected}, got {found}")]
+    DType {
+        what: &'static str,
+        expected: &'static str,
+        found: DType,
+    },
+    #[error("{what} types differ: {a} and {b}")]
+    DTypesDiffer {
+        what: &'static str,
+        a: DType,
+        b: DType,
+    },
+    #[error("{what} must have a dimension")]
+    Scalar { what: &'static str },
+    #[error("shapes {a:?} and {b:?} do not broadcast")]
+    Broadcast { a: Vec<usize>, b: Vec<usize> },
+    /// An operand that must broadcast to a fixed shape (`what`: scale, bias, mask).
+    #[error("{what} {shape:?} does not broadcast to {to:?}")]
+    BroadcastTo {
+        what: &'static str,
+        shape: Vec<usize>,
+        to: Vec<usize>,
+    },
+    #[error("inner dimensions differ: {a:?} times {b:?}")]
+    InnerDims { a: Vec<usize>, b: Vec<usize> },
+    #[error("input has {features} features but the weight takes {takes}")]
+    Features { features: usize, takes: usize },
+    #[error("integer {what} by zero")]
+    DivisionByZero { what: &'static str },
+    #[error("{op} over an empty axis {axis}")]
+    EmptyAxis { op: &'static str, axis: usize },
+    #[error("cannot squeeze dimension {axis} of size {size}")]
+    SqueezeNotOne { axis: usize, size: usize },
+    /// A shape read from an operand with a negative entry (`what`: expand shape, shape).
+    #[error("{what} {dims:?} has a negative dimension")]
+    NegativeDim { what: &'static str, dims: Vec<i64> },
+    #[error("repeats {repeats:?} do not fit rank {rank}")]
+    TileRepeats { repeats: Vec<i64>, rank: usize },
+    /// A step or delta of 0 (`what`: slice step, range delta).
+    #[error("{what} must not be 0")]
+    ZeroStep { what: &'static str },
+    #[error("starts, ends, axes and steps must have one length, not {starts}, {ends}, {axes} and {steps}")]
+    SliceLengths {
+        starts: usize,
+        ends: usize,
+        axes: usize,
+        steps: usize,
+    },
+    #[error("index {index} is out of range for dimension {axis} of size {size}")]
+    IndexOutOfRange {
+        index: i64,
+        axis: usize,
+        size: usize,
+    },
+    #[error("cannot concatenate {shape:?} {dtype} with {first_shape:?} {first_dtype}")]
+    ConcatTypes {
+        shape: Vec<usize>,
+        dtype: DType,
+        first_shape: Vec<usize>,
+        first_dtype: DType,
+    },
+    #[error("cannot concatenate {shape:?} with {first:?} along axis {axis}")]
+    ConcatShapes {
+        shape: Vec<usize>,
+        first: Vec<usize>,
+        axis: usize,
+    },
+    #[error("split sizes {sizes:?} do not add up to dimension {axis} of {shape:?}")]
+    SplitSizes {
+        sizes: Vec<i64>,
+        axis: usize,
+        shape: Vec<usize>,
+    },
+    #[error("positions {positions:?} do not fit input {input:?}")]
+    Positions {
+        positions: Vec<usize>,
+        input: Vec<usize>,
+    },
+    #[error("q {q:?}, k {k:?} and v {v:?} do not fit together")]
+    Attention {
+        q: Vec<usize>,
+        k: Vec<usize>,
+        v: Vec<usize>,
+    },
+    #[error("{heads} query heads are not a multiple of {kv_heads} key/value heads")]
+    Heads { heads: usize, kv_heads: usize },
+    #[error("causal attention needs at least as many keys ({keys}) as queries ({queries})")]
+    Causal { keys: usize, queries: usize },
+    #[error("appends {appended} entries where another cache append in this run added {previous}")]
+    CacheAppend { appended: usize, previous: usize },
+}
 
 /// Decoded weights, shared by every session over the same graph.
 pub struct WeightCache {
@@ -188,7 +288,10 @@ impl<'g> Session<'g> {
             }
             let outs = self
                 .eval(&n.op, &args, &mut appended)
-                .map_err(|m| IrError::Run(format!("{}: {m}", g.describe_node(&self.names, i))))?;
+                .map_err(|source| IrError::Eval {
+                    node: g.describe_node(&self.names, i),
+                    source,
+                })?;
             drop(args);
             for (o, t) in n.outputs.iter().zip(outs) {
                 env[o.0 as usize] = Some(Arc::new(t));
@@ -261,12 +364,13 @@ impl<'g> Session<'g> {
             Op::MatMul => one(k::matmul(&a[0], &a[1])?),
             Op::Linear { act } => {
                 let (x, w) = (&a[0], &a[1]);
-                let kdim = *x.shape.last().ok_or("input must have a dimension")?;
+                let kdim = *x.shape.last().ok_or(EvalError::Scalar { what: "input" })?;
                 let (n, kw) = (w.shape[0], w.shape[1]);
                 if kdim != kw {
-                    return Err(format!(
-                        "input has {kdim} features but the weight takes {kw}"
-                    ));
+                    return Err(EvalError::Features {
+                        features: kdim,
+                        takes: kw,
+                    });
                 }
                 let rows = x.numel() / kdim.max(1);
                 let xv;
@@ -304,14 +408,17 @@ impl<'g> Session<'g> {
                 let x = x.unwrap();
                 let ax = norm_axis(*axis, x.rank())?;
                 let cols: usize = x.shape[ax..].iter().product();
-                let expand = |t: &Tensor| -> R<Vec<f32>> {
+                let expand = |what: &'static str, t: &Tensor| -> R<Vec<f32>> {
                     let full = &x.shape[ax..];
-                    k::broadcast_shapes(&t.shape, full)
-                        .map_err(|e| format!("scale or bias: {e}"))?;
+                    k::broadcast_shapes(&t.shape, full).map_err(|_| EvalError::BroadcastTo {
+                        what,
+                        shape: t.shape.clone(),
+                        to: full.to_vec(),
+                    })?;
                     Ok(k::broadcast_to(t, full).to_f32_vec())
                 };
-                let scale = expand(&a[1])?;
-                let bias = a.get(2).map(|b| expand(b)).transpose()?;
+                let scale = expand("scale", &a[1])?;
+                let bias = a.get(2).map(|b| expand("bias", b)).transpose()?;
                 one(k::norm(
                     x,
                     cols,
@@ -332,7 +439,10 @@ impl<'g> Session<'g> {
                 let v = x.to_f32_vec();
                 let (outer, n, inner) = k::around(&x.shape, ax);
                 if n == 0 {
-                    return Err("argmax over an empty axis".into());
+                    return Err(EvalError::EmptyAxis {
+                        op: "argmax",
+                        axis: ax,
+                    });
                 }
                 let mut out = vec![0i64; outer * inner];
                 for o in 0..outer {
@@ -371,7 +481,7 @@ impl<'g> Session<'g> {
                 } else {
                     perm.iter()
                         .map(|&p| norm_axis(p, x.rank()))
-                        .collect::<R<_>>()?
+                        .collect::<Result<_, _>>()?
                 };
                 one(k::transpose(x, &p))
             }
@@ -412,10 +522,10 @@ impl<'g> Session<'g> {
                 for &ax in axes {
                     let ax = norm_axis(ax, x.rank())?;
                     if x.shape[ax] != 1 {
-                        return Err(format!(
-                            "cannot squeeze dimension {ax} of size {}",
-                            x.shape[ax]
-                        ));
+                        return Err(EvalError::SqueezeNotOne {
+                            axis: ax,
+                            size: x.shape[ax],
+                        });
                     }
                     drop[ax] = true;
                 }
@@ -449,7 +559,10 @@ impl<'g> Session<'g> {
                     None => a[1].to_i64_vec(),
                 };
                 if target.iter().any(|&d| d < 0) {
-                    return Err(format!("expand shape {target:?} has a negative dimension"));
+                    return Err(EvalError::NegativeDim {
+                        what: "expand shape",
+                        dims: target,
+                    });
                 }
                 let t: Vec<usize> = target.iter().map(|&d| d as usize).collect();
                 let full = k::broadcast_shapes(&x.shape, &t)?;
@@ -470,7 +583,10 @@ impl<'g> Session<'g> {
                     None => a[1].to_i64_vec(),
                 };
                 if reps.len() != x.rank() || reps.iter().any(|&r| r < 0) {
-                    return Err(format!("repeats {reps:?} do not fit rank {}", x.rank()));
+                    return Err(EvalError::TileRepeats {
+                        repeats: reps,
+                        rank: x.rank(),
+                    });
                 }
                 let shape: Vec<usize> = x
                     .shape
@@ -501,7 +617,10 @@ impl<'g> Session<'g> {
             Op::ConstantOfShape { value } => {
                 let dims = a[0].to_i64_vec();
                 if dims.iter().any(|&d| d < 0) {
-                    return Err(format!("shape {dims:?} has a negative dimension"));
+                    return Err(EvalError::NegativeDim {
+                        what: "shape",
+                        dims,
+                    });
                 }
                 let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
                 let n: usize = shape.iter().product();
@@ -514,7 +633,9 @@ impl<'g> Session<'g> {
                     a[2].data.to_f64()[0],
                 );
                 if d == 0.0 {
-                    return Err("range delta must not be 0".into());
+                    return Err(EvalError::ZeroStep {
+                        what: "range delta",
+                    });
                 }
                 let n = ((l - s) / d).ceil().max(0.0) as usize;
                 let dt = a[0].dtype();
@@ -532,10 +653,10 @@ impl<'g> Session<'g> {
                 let pos = p.to_i64_vec();
                 if p.shape != [b, s] && !(p.shape.len() == 2 && p.shape[0] == 1 && p.shape[1] == s)
                 {
-                    return Err(format!(
-                        "positions {:?} do not fit input {:?}",
-                        p.shape, x.shape
-                    ));
+                    return Err(EvalError::Positions {
+                        positions: p.shape.clone(),
+                        input: x.shape.clone(),
+                    });
                 }
                 let d = dims.map_or(x.shape[3], |d| d as usize);
                 one(k::rope(x, &pos, *base, *mode, d))
@@ -554,7 +675,10 @@ impl<'g> Session<'g> {
                 let n = x.shape[ax];
                 if let Some(prev) = appended.replace(n) {
                     if prev != n {
-                        return Err(format!("appends {n} entries where another cache append in this run added {prev}"));
+                        return Err(EvalError::CacheAppend {
+                            appended: n,
+                            previous: prev,
+                        });
                     }
                 }
                 let full = match self.states[*state as usize].take() {
@@ -568,35 +692,50 @@ impl<'g> Session<'g> {
     }
 }
 
-fn resolve_reshape(shape: &[usize], target: &[i64]) -> R<Vec<usize>> {
+fn resolve_reshape(shape: &[usize], target: &[i64]) -> Result<Vec<usize>, ReshapeError> {
     let n: usize = shape.iter().product();
     let mut out = Vec::with_capacity(target.len());
     let mut infer = None;
     for (i, &d) in target.iter().enumerate() {
         match d {
-            0 => {
-                out.push(*shape.get(i).ok_or_else(|| {
-                    format!("0 at position {i} copies a dimension {shape:?} lacks")
-                })?)
-            }
+            0 => out.push(*shape.get(i).ok_or_else(|| ReshapeError::CopiesMissing {
+                index: i,
+                shape: Shape::fixed(shape),
+            })?),
             -1 if infer.is_none() => {
                 infer = Some(i);
                 out.push(1);
             }
+            -1 => {
+                return Err(ReshapeError::TwoInferred {
+                    target: target.to_vec(),
+                })
+            }
             d if d > 0 => out.push(d as usize),
-            _ => return Err(format!("invalid reshape target {target:?}")),
+            d => {
+                return Err(ReshapeError::BadDim {
+                    dim: d,
+                    target: target.to_vec(),
+                })
+            }
         }
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
         if known == 0 || n % known != 0 {
-            return Err(format!("cannot reshape {shape:?} to {target:?}"));
+            return Err(ReshapeError::NotDivisible {
+                shape: Shape::fixed(shape),
+                target: target.to_vec(),
+            });
         }
         out[i] = n / known;
     } else if known != n {
-        return Err(format!(
-            "cannot reshape {shape:?} ({n} elements) to {target:?}"
-        ));
+        return Err(ReshapeError::Count {
+            shape: Shape::fixed(shape),
+            from: n as u64,
+            target: target.to_vec(),
+            to: known as u64,
+        });
     }
     Ok(out)
 }
@@ -610,9 +749,11 @@ fn gather(data: &Tensor, idx: &Tensor, axis: i64) -> R<Tensor> {
         for &i in &ids {
             let j = if i < 0 { i + n as i64 } else { i };
             if j < 0 || j >= n as i64 {
-                return Err(format!(
-                    "index {i} is out of range for dimension {ax} of size {n}"
-                ));
+                return Err(EvalError::IndexOutOfRange {
+                    index: i,
+                    axis: ax,
+                    size: n,
+                });
             }
             let base = (o * n + j as usize) * inner;
             pick.extend(base..base + inner);
@@ -629,20 +770,20 @@ fn concat(parts: &[Arc<Tensor>], axis: i64) -> R<Tensor> {
     let ax = norm_axis(axis, first.rank())?;
     for p in parts {
         if p.rank() != first.rank() || p.dtype() != first.dtype() {
-            return Err(format!(
-                "cannot concatenate {:?} {} with {:?} {}",
-                p.shape,
-                p.dtype(),
-                first.shape,
-                first.dtype()
-            ));
+            return Err(EvalError::ConcatTypes {
+                shape: p.shape.clone(),
+                dtype: p.dtype(),
+                first_shape: first.shape.clone(),
+                first_dtype: first.dtype(),
+            });
         }
         for d in 0..first.rank() {
             if d != ax && p.shape[d] != first.shape[d] {
-                return Err(format!(
-                    "cannot concatenate {:?} with {:?} along axis {ax}",
-                    p.shape, first.shape
-                ));
+                return Err(EvalError::ConcatShapes {
+                    shape: p.shape.clone(),
+                    first: first.shape.clone(),
+                    axis: ax,
+                });
             }
         }
     }
@@ -687,10 +828,11 @@ fn split(x: &Tensor, axis: i64, sizes: &[i64]) -> R<Vec<Tensor>> {
     let ax = norm_axis(axis, x.rank())?;
     let total: i64 = sizes.iter().sum();
     if total != x.shape[ax] as i64 {
-        return Err(format!(
-            "split sizes {sizes:?} do not add up to dimension {ax} of {:?}",
-            x.shape
-        ));
+        return Err(EvalError::SplitSizes {
+            sizes: sizes.to_vec(),
+            axis: ax,
+            shape: x.shape.clone(),
+        });
     }
     let mut start = 0i64;
     sizes
@@ -717,12 +859,17 @@ fn slice(x: &Tensor, spec: &SliceSpec) -> R<Tensor> {
         || spec.axes.len() != spec.starts.len()
         || spec.steps.len() != spec.starts.len()
     {
-        return Err("starts, ends, axes and steps must have one length".into());
+        return Err(EvalError::SliceLengths {
+            starts: spec.starts.len(),
+            ends: spec.ends.len(),
+            axes: spec.axes.len(),
+            steps: spec.steps.len(),
+        });
     }
     for i in 0..spec.starts.len() {
         let ax = norm_axis(spec.axes[i], r)?;
         if spec.steps[i] == 0 {
-            return Err("slice step must not be 0".into());
+            return Err(EvalError::ZeroStep { what: "slice step" });
         }
         let (s, st, n) = slice_range(
             x.shape[ax] as i64,

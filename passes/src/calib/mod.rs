@@ -244,18 +244,27 @@ pub fn collect(
     })
 }
 
+/// Why calibration windows cannot be cut from a text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error("calibration needs at least one window of at least one token, not {count} of {len}")]
+    Empty { count: usize, len: usize },
+    #[error("the calibration text makes {tokens} tokens, fewer than one window of {len}")]
+    TooFewTokens { tokens: usize, len: usize },
+}
+
 /// The token windows of the calibration protocol: `count` windows of `len` tokens at evenly
 /// spaced offsets over `ids`, the first at 0 and the last ending at the final token
 /// (`offset_i = i·(N−len) div (count−1)`).
-pub fn spaced_windows(ids: &[u32], len: usize, count: usize) -> Result<Vec<Vec<u32>>, String> {
+pub fn spaced_windows(ids: &[u32], len: usize, count: usize) -> Result<Vec<Vec<u32>>, WindowError> {
     if count == 0 || len == 0 {
-        return Err("calibration needs at least one window of at least one token".into());
+        return Err(WindowError::Empty { count, len });
     }
     if ids.len() < len {
-        return Err(format!(
-            "the calibration text makes {} tokens, fewer than one window of {len}",
-            ids.len()
-        ));
+        return Err(WindowError::TooFewTokens {
+            tokens: ids.len(),
+            len,
+        });
     }
     let span = ids.len() - len;
     Ok((0..count)
@@ -302,7 +311,13 @@ mod tests {
         assert_eq!(w[0][0], 0);
         assert_eq!(w[1][0], 300);
         assert_eq!(*w[3].last().unwrap(), 999);
-        assert!(spaced_windows(&ids[..50], 100, 4).is_err());
+        assert_eq!(
+            spaced_windows(&ids[..50], 100, 4),
+            Err(WindowError::TooFewTokens {
+                tokens: 50,
+                len: 100
+            })
+        );
     }
 
     #[test]

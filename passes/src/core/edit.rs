@@ -210,7 +210,7 @@ pub fn reinfer(g: &mut Graph) -> Result<(), PassError> {
         let n = &g.nodes[i];
         let tys = g
             .infer_node(&n.op, &n.inputs)
-            .map_err(|msg| PassError::Reinfer { node: i, msg })?;
+            .map_err(|source| PassError::Reinfer { node: i, source })?;
         for (k, ty) in tys.into_iter().enumerate() {
             let o = g.nodes[i].outputs[k];
             g.values[o.0 as usize].ty = ty;

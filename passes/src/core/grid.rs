@@ -9,6 +9,7 @@
 //!   the stored layout keeps groups of consecutive input channels.
 
 use crate::core::linalg::{inverse_hessian_factor, obs_sweep, Columns};
+use crate::MatrixError;
 use llmc_ir::weights::encode_quant;
 use llmc_ir::{DType, Group, QuantSpec, Zero};
 use rayon::prelude::*;
@@ -207,14 +208,12 @@ pub fn gptq(
     gram: &[f64],
     q: &QuantSpec,
     o: &GptqOptions,
-) -> Result<(Vec<u8>, Vec<f32>), String> {
+) -> Result<(Vec<u8>, Vec<f32>), MatrixError> {
     assert_eq!(w.len(), rows * cols);
     assert_eq!(gram.len(), cols * cols);
     let gs = group_len(q, rows, cols);
     if gs > cols || cols % gs != 0 {
-        return Err(format!(
-            "GPTQ needs groups within rows: {cols} columns, groups of {gs}"
-        ));
+        return Err(MatrixError::GptqGroups { cols, group: gs });
     }
     let ngroups = cols / gs;
     // the weight transposed: wt[c * rows + r] = w[r, c]

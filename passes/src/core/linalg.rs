@@ -3,27 +3,58 @@
 //! replaced weight measured through the calibration Gram matrix, and low-rank factors
 //! (truncated SVD, whitened by the Gram matrix for SVD-LLM, CALDERA and distillation).
 
-use faer::linalg::solvers::DenseSolveCore;
+use faer::linalg::solvers::{DenseSolveCore, LltError};
 use faer::{Mat, Side};
 use llmc_ir::interp::kernels::gemm_f32;
+
+/// A factorization that failed: the matrix it was given is too ill-conditioned for it.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum LinalgError {
+    /// Cholesky met a non-positive pivot: `what` (the Hessian, the Gram matrix, ...) is not
+    /// positive definite even with `damp` (a fraction of its mean diagonal) added.
+    #[error("{what} is not positive definite (pivot {pivot} with damp {damp}); raise damp")]
+    NotPositiveDefinite {
+        what: &'static str,
+        damp: f64,
+        pivot: usize,
+    },
+    #[error("the singular value decomposition did not converge")]
+    SvdDidNotConverge,
+}
+
+impl LinalgError {
+    /// The error of a Cholesky factorization of `what` dampened by `damp`.
+    pub fn cholesky(what: &'static str, damp: f64, e: LltError) -> LinalgError {
+        let LltError::NonPositivePivot { index } = e;
+        LinalgError::NotPositiveDefinite {
+            what,
+            damp,
+            pivot: index,
+        }
+    }
+}
 
 /// `U`, the upper Cholesky factor of `(H + λI)⁻¹` with `H` taken in the order `perm` and
 /// `λ = damp · mean(diag H)`, row-major `cols × cols`: the optimal-brain-surgeon updates of
 /// GPTQ and SparseGPT read it row by row.
-pub fn inverse_hessian_factor(h: &[f64], perm: &[usize], damp: f64) -> Result<Vec<f32>, String> {
+pub fn inverse_hessian_factor(
+    h: &[f64],
+    perm: &[usize],
+    damp: f64,
+) -> Result<Vec<f32>, LinalgError> {
     let cols = perm.len();
     let mean = (0..cols).map(|c| h[c * cols + c]).sum::<f64>() / cols as f64;
-    let damp = damp * mean;
+    let lambda = damp * mean;
     let hp = Mat::<f64>::from_fn(cols, cols, |i, j| {
-        h[perm[i] * cols + perm[j]] + if i == j { damp } else { 0.0 }
+        h[perm[i] * cols + perm[j]] + if i == j { lambda } else { 0.0 }
     });
     let hinv = hp
         .llt(Side::Lower)
-        .map_err(|e| format!("the Hessian is not positive definite ({e:?}); raise damp"))?
+        .map_err(|e| LinalgError::cholesky("the Hessian", damp, e))?
         .inverse();
     let l = hinv
         .llt(Side::Lower)
-        .map_err(|e| format!("the inverse Hessian is not positive definite ({e:?}); raise damp"))?;
+        .map_err(|e| LinalgError::cholesky("the inverse Hessian", damp, e))?;
     let lf = l.L();
     // u[i * cols + j] = U[i, j] = L[j, i]
     let mut u = vec![0f32; cols * cols];
@@ -195,7 +226,7 @@ impl Factors {
 }
 
 /// The lower Cholesky factor `S` of `G + λI`, `λ = damp · mean(diag G)`.
-fn whitening(gram: &[f64], cols: usize, damp: f64) -> Result<Mat<f64>, String> {
+fn whitening(gram: &[f64], cols: usize, damp: f64) -> Result<Mat<f64>, LinalgError> {
     let mean = (0..cols).map(|c| gram[c * cols + c]).sum::<f64>() / cols as f64;
     let lambda = (damp * mean).max(f64::MIN_POSITIVE);
     let g = Mat::<f64>::from_fn(cols, cols, |i, j| {
@@ -203,7 +234,7 @@ fn whitening(gram: &[f64], cols: usize, damp: f64) -> Result<Mat<f64>, String> {
     });
     let llt = g
         .llt(Side::Lower)
-        .map_err(|e| format!("the Gram matrix is not positive definite ({e:?}); raise damp"))?;
+        .map_err(|e| LinalgError::cholesky("the Gram matrix", damp, e))?;
     Ok(llt.L().to_owned())
 }
 
@@ -218,7 +249,7 @@ pub fn factor(
     rule: RankRule,
     gram: Option<&[f64]>,
     damp: f64,
-) -> Result<Factors, String> {
+) -> Result<Factors, LinalgError> {
     let s = match gram {
         Some(g) => Some(whitening(g, cols, damp)?),
         None => None,
@@ -228,9 +259,7 @@ pub fn factor(
         Some(s) => &wm * s,
         None => wm,
     };
-    let svd = a
-        .thin_svd()
-        .map_err(|e| format!("the singular value decomposition did not converge ({e:?})"))?;
+    let svd = a.thin_svd().map_err(|_| LinalgError::SvdDidNotConverge)?;
     let sigma: Vec<f64> = svd.S().column_vector().iter().copied().collect();
     let rank = rule.rank(rows, cols, &sigma);
     let (u, v) = (svd.U(), svd.V());

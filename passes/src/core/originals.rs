@@ -3,7 +3,7 @@
 //! weight's input columns without changing the function (SmoothQuant, AWQ).
 
 use crate::core::edit::{linear_weights, Matrix};
-use llmc_ir::{Graph, TensorType, WeightData};
+use llmc_ir::{Graph, TensorType, WeightData, WeightError};
 use std::collections::BTreeMap;
 
 /// One linear weight as the pipeline found it.
@@ -67,16 +67,12 @@ impl Originals {
     }
 
     /// The weight `name` as it was, in f32, with its rescalings: values, rows, columns.
-    pub fn weight_f32(&self, name: &str) -> Option<Result<Matrix, String>> {
+    pub fn weight_f32(&self, name: &str) -> Option<Result<Matrix, WeightError>> {
         let o = self.weights.get(name)?;
         Some((|| {
             let dims: Vec<u64> = o.ty.shape.0.iter().filter_map(|d| d.fixed()).collect();
             let (rows, cols) = llmc_ir::types::rows_cols(&dims);
-            let mut v = o
-                .data
-                .decode_f32(&o.ty)
-                .map_err(|e| e.to_string())?
-                .to_f32_vec();
+            let mut v = o.data.decode_f32(&o.ty)?.to_f32_vec();
             if let Some(s) = &o.col_scale {
                 for row in v.chunks_mut(cols as usize) {
                     row.iter_mut().zip(s).for_each(|(x, s)| *x *= s);

@@ -2,8 +2,8 @@
 //! driver applies patches, removes what became dead, and sweeps to a fixpoint.
 
 use crate::PassError;
-use llmc_ir::infer::{dims_may_equal, infer};
-use llmc_ir::{Graph, Node, Op, Tensor, TensorType, ValueDef, ValueId, WeightData};
+use llmc_ir::infer::{dims_may_equal, infer, InferError};
+use llmc_ir::{Graph, IrError, Node, Op, Tensor, TensorType, ValueDef, ValueId, WeightData};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Deref;
@@ -380,10 +380,10 @@ pub fn apply_patterns(
                 if patch.is_empty() {
                     continue;
                 }
-                apply(g, &mut st, patch, i, &mut renames).map_err(|msg| PassError::Pattern {
+                apply(g, &mut st, patch, i, &mut renames).map_err(|source| PassError::Patch {
                     pattern: p.name(),
                     at: describe_node(g, i),
-                    msg,
+                    source,
                 })?;
                 fired.insert(p.name());
                 *stats.fired.entry(p.name()).or_insert(0) += 1;
@@ -404,10 +404,7 @@ pub fn apply_patterns(
             source: e,
         })?;
         g.remove_dead();
-        refresh_types(g).map_err(|msg| PassError::Ir {
-            pass: "rewrite".into(),
-            source: llmc_ir::IrError::Invalid(msg),
-        })?;
+        refresh_types(g)?;
         if sweep + 1 == cfg.max_sweeps {
             let mut names: Vec<&str> = fired.into_iter().collect();
             names.sort();
@@ -439,19 +436,40 @@ pub fn describe_node(g: &Graph, i: usize) -> String {
     s
 }
 
+/// Why a pattern's patch could not be applied: a bug in the pattern.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PatchError {
+    #[error("the patch refers to result {result} of its node {node}, which it has not added yet")]
+    UnknownResult { node: usize, result: usize },
+    #[error("the patch refers to its weight {weight}, which it does not declare")]
+    UnknownWeight { weight: usize },
+    #[error("weight @{name}: {source}")]
+    Weight { name: String, source: IrError },
+    #[error("new {op} node: {source}")]
+    Infer {
+        op: &'static str,
+        source: InferError,
+    },
+    #[error("replaces a {old} with a {new}")]
+    Retype { old: TensorType, new: TensorType },
+}
+
 fn resolve(
     new_nodes: &[Vec<ValueId>],
     new_weights: &[ValueId],
     v: PValue,
-) -> Result<ValueId, String> {
+) -> Result<ValueId, PatchError> {
     match v {
         PValue::Old(v) => Ok(v),
         PValue::New { node, result } => new_nodes
             .get(node)
             .and_then(|r| r.get(result))
             .copied()
-            .ok_or_else(|| format!("the patch refers to result {result} of its node {node}, which it has not added yet")),
-        PValue::Weight(w) => new_weights.get(w).copied().ok_or_else(|| format!("the patch refers to its weight {w}, which it does not declare")),
+            .ok_or(PatchError::UnknownResult { node, result }),
+        PValue::Weight(w) => new_weights
+            .get(w)
+            .copied()
+            .ok_or(PatchError::UnknownWeight { weight: w }),
     }
 }
 
@@ -461,7 +479,7 @@ fn apply(
     patch: Patch,
     anchor: usize,
     renames: &mut Vec<(String, String)>,
-) -> Result<(), String> {
+) -> Result<(), PatchError> {
     let loc = g.nodes[anchor].loc.clone();
     let mut weights = Vec::with_capacity(patch.weights.len());
     for w in patch.weights {
@@ -478,7 +496,10 @@ fn apply(
             Some(d) => g.add_weight(&name, w.ty, Some(d)),
             None => g.add_weight_hash(&name, w.ty, w.hash),
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| PatchError::Weight {
+            name: name.clone(),
+            source,
+        })?;
         weights.push(v);
     }
     st.grow(g);
@@ -499,8 +520,10 @@ fn apply(
                 },
             )
             .collect();
-        let types =
-            infer(&n.op, &tys, &consts).map_err(|m| format!("new {} node: {m}", n.op.name()))?;
+        let types = infer(&n.op, &tys, &consts).map_err(|source| PatchError::Infer {
+            op: n.op.name(),
+            source,
+        })?;
         let idx = g.nodes.len();
         let outs = g.push_node(n.op, &inputs, types, loc.clone());
         st.grow(g);
@@ -529,7 +552,10 @@ fn apply(
                 .zip(&tn.shape.0)
                 .all(|(a, b)| dims_may_equal(a, b));
         if !fits {
-            return Err(format!("replaces a {to} with a {tn}"));
+            return Err(PatchError::Retype {
+                old: to.clone(),
+                new: tn.clone(),
+            });
         }
         let uses = std::mem::take(&mut st.users[old.0 as usize]);
         for &u in &uses {
@@ -576,7 +602,7 @@ fn apply(
 /// Infers every node's result types again, in program order (after a rewrite changed operands).
 /// Dimensions that shape arithmetic tells (`expand(x, shape(y))`) refine what inference leaves
 /// unknown.
-pub fn refresh_types(g: &mut Graph) -> Result<(), String> {
+pub fn refresh_types(g: &mut Graph) -> Result<(), PassError> {
     let st = State::new(g);
     for i in 0..g.nodes.len() {
         let types = {
@@ -593,8 +619,10 @@ pub fn refresh_types(g: &mut Graph) -> Result<(), String> {
                     },
                 )
                 .collect();
-            let mut types =
-                infer(&n.op, &tys, &consts).map_err(|m| format!("{}: {m}", describe_node(g, i)))?;
+            let mut types = infer(&n.op, &tys, &consts).map_err(|source| PassError::Retype {
+                node: describe_node(g, i),
+                source,
+            })?;
             crate::core::symbolic::refine(&view, i, &mut types);
             types
         };

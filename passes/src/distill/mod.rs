@@ -28,7 +28,7 @@ use crate::core::edit::{add_to_bias, weight_index, Matrix};
 use crate::core::originals::Originals;
 use crate::calib::{InputStats, Stats};
 use crate::core::linalg::output_error;
-use crate::core::linalg::{factor, RankRule};
+use crate::core::linalg::{factor, LinalgError, RankRule};
 use crate::PassError;
 use llmc_ir::{
     ActQuant, BinaryOp, Bytes, DType, Format, Graph, Op, Tensor, TensorType, ValueId,
@@ -127,7 +127,7 @@ pub fn fit(
     cols: usize,
     st: &InputStats,
     o: &DistillOptions,
-) -> Result<Correction, String> {
+) -> Result<Correction, LinalgError> {
     let zero = vec![0f32; w.len()];
     let base = output_error(w, &zero, rows, cols, &st.gram);
     let before = output_error(w, approx, rows, cols, &st.gram);
@@ -395,7 +395,11 @@ pub fn fit_all(
             let (w, rows, cols) = originals
                 .weight_f32(&s.name)
                 .expect("sites come from the snapshot")
-                .map_err(|m| err(&s.name, m))?;
+                .map_err(|e| PassError::Edit {
+                    what: "read the original of",
+                    weight: s.name.clone(),
+                    msg: e.to_string(),
+                })?;
             let (approx, r2, c2) = effective(g, s.form)?;
             if (r2, c2) != (rows, cols) {
                 return Err(err(
@@ -406,7 +410,8 @@ pub fn fit_all(
             let Some(st) = stats.inputs.get(&s.input).filter(|st| st.cols == cols) else {
                 return Ok(None);
             };
-            let c = fit(&w, &approx, rows, cols, st, o).map_err(|m| err(&s.name, m))?;
+            let c = fit(&w, &approx, rows, cols, st, o)
+                .map_err(|e| PassError::matrix("distill", &s.name, e))?;
             let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if let Some(p) = progress {
                 p("distilled layers", k, total);

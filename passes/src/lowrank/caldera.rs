@@ -19,6 +19,7 @@ use crate::calib::Stats;
 use crate::core::grid::{gptq, GptqOptions};
 use crate::core::linalg::output_error;
 use crate::core::linalg::{factor, RankRule};
+use crate::MatrixError;
 use crate::PassError;
 use faer::Mat;
 use llmc_ir::{
@@ -116,7 +117,7 @@ pub fn decompose(
     cols: usize,
     gram: &[f64],
     o: &CalderaOptions,
-) -> Result<Decomposed, String> {
+) -> Result<Decomposed, MatrixError> {
     let rank = o.rank.min(rows).min(cols);
     let qs = spec(o.bits, o.group, cols);
     let rs = spec(o.lr_bits, o.group, cols);
@@ -204,8 +205,11 @@ pub fn caldera(
                 .inputs
                 .get(&x)
                 .filter(|s| s.cols == cols)
-                .ok_or_else(|| err(name, "no calibration statistics for its input".into()))?;
-            let d = decompose(&v, rows, cols, &st.gram, o).map_err(|m| err(name, m))?;
+                .ok_or_else(|| {
+                    PassError::matrix("caldera", name, MatrixError::NoStatistics { method: "caldera" })
+                })?;
+            let d = decompose(&v, rows, cols, &st.gram, o)
+                .map_err(|e| PassError::matrix("caldera", name, e))?;
             let ty = &g.weights[w].ty;
             let bytes_before = ty.enc.byte_size(&[rows as u64, cols as u64]).unwrap_or(0);
             let size = |q: &QuantSpec, r: usize, c: usize| {

@@ -101,7 +101,8 @@ pub fn lowrank(
                 ),
                 _ => None,
             };
-            let f = factor(&v, rows, cols, rule, gram, damp).map_err(|m| err(name, m))?;
+            let f = factor(&v, rows, cols, rule, gram, damp)
+                .map_err(|e| PassError::matrix("lowrank", name, e))?;
             if f.rank * (rows + cols) >= rows * cols {
                 return Ok(None);
             }

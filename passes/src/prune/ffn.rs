@@ -16,6 +16,7 @@ use crate::core::edit::reinfer;
 use crate::calib::Stats;
 use crate::core::edit::{set_weight_f32_shaped, weight_f32, weight_index};
 use crate::PassError;
+use crate::core::linalg::LinalgError;
 use faer::Mat;
 use llmc_ir::{BinaryOp, Graph, Op};
 use rayon::prelude::*;
@@ -128,11 +129,14 @@ pub enum ChannelScore {
 /// Each row's share of the leading singular values of `a` (`rows × cols`, row-major):
 /// `Σ_{j<k} σ_j² U_rj²` over the leading `k` singular vectors that hold `energy` of the squared
 /// singular values. Rows with little of it can go with the least change to the spectrum.
-pub fn leverage(a: &[f32], rows: usize, cols: usize, energy: f64) -> Result<Vec<f64>, String> {
+pub fn leverage(
+    a: &[f32],
+    rows: usize,
+    cols: usize,
+    energy: f64,
+) -> Result<Vec<f64>, LinalgError> {
     let m = Mat::<f64>::from_fn(rows, cols, |i, j| a[i * cols + j] as f64);
-    let svd = m
-        .thin_svd()
-        .map_err(|e| format!("the SVD did not converge ({e:?})"))?;
+    let svd = m.thin_svd().map_err(|_| LinalgError::SvdDidNotConverge)?;
     let s = svd.S();
     let k_all = s.dim();
     let total: f64 = (0..k_all).map(|i| s[i] * s[i]).sum();
@@ -214,7 +218,8 @@ fn keep_channels(
                     row[at + r] = down[r * w + c];
                 }
             }
-            leverage(&a, w, width, 0.9).map_err(err)?
+            leverage(&a, w, width, 0.9)
+                .map_err(|e| PassError::matrix("prune-ffn", &g.weights[f.down].name, e))?
         }
     };
     let drop = ((w as f64) * fraction).round() as usize;

@@ -20,6 +20,7 @@ use crate::calib::Stats;
 use crate::core::edit::{set_weight_f32_shaped, weight_f32, weight_index};
 use crate::core::edit::reinfer;
 use crate::PassError;
+use crate::MatrixError;
 use llmc_ir::{Bytes, Dim, Encoding, Format, Graph, Op, Shape, ValueId, WeightData};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -291,7 +292,7 @@ pub fn select_heads(
     kv_heads: usize,
     fraction: f64,
     unit: HeadUnit,
-) -> Result<HeadSelection, String> {
+) -> Result<HeadSelection, MatrixError> {
     let per = heads / kv_heads;
     let lowest = |scores: &[f64], drop: usize| -> Vec<usize> {
         let mut idx: Vec<usize> = (0..scores.len()).collect();
@@ -303,9 +304,11 @@ pub fn select_heads(
     if unit == HeadUnit::Kv || per == 1 {
         let drop = (kv_heads as f64 * fraction).round() as usize;
         if drop >= kv_heads {
-            return Err(format!(
-                "fraction {fraction} removes {drop} of {kv_heads} KV groups; at least one must stay"
-            ));
+            return Err(MatrixError::DropsAllGroups {
+                fraction,
+                drop,
+                groups: kv_heads,
+            });
         }
         let group: Vec<f64> = (0..kv_heads)
             .map(|k| energy[k * per..(k + 1) * per].iter().sum())
@@ -319,9 +322,11 @@ pub fn select_heads(
     }
     let drop = (per as f64 * fraction).round() as usize;
     if drop >= per {
-        return Err(format!(
-            "fraction {fraction} removes {drop} of the {per} query heads of every KV group; at least one must stay (or use unit=kv)"
-        ));
+        return Err(MatrixError::DropsAllHeads {
+            fraction,
+            drop,
+            per_group: per,
+        });
     }
     let q_keep = (0..kv_heads)
         .flat_map(|k| {
@@ -547,7 +552,8 @@ fn score_block(
         return Err(err(format!("takes {wc} inputs, the heads give {cols}")));
     }
     let e = head_energy(&w, rows, b.heads, b.v_dim, &st.gram);
-    let sel = select_heads(&e, b.heads, b.kv_heads, fraction, unit).map_err(err)?;
+    let sel = select_heads(&e, b.heads, b.kv_heads, fraction, unit)
+        .map_err(|e| PassError::matrix("prune-heads", &g.weights[b.o.weight].name, e))?;
     Ok((sel, e))
 }
 
@@ -582,11 +588,7 @@ impl Pass for PruneHeadsPass {
                 self.fraction,
                 self.unit,
             )
-            .map_err(|m| PassError::Pattern {
-                pattern: "prune-heads",
-                at: format!("@{}", g.weights[b.o.weight].name),
-                msg: m,
-            })?;
+            .map_err(|e| PassError::matrix("prune-heads", &g.weights[b.o.weight].name, e))?;
         }
         let stats = cx.take_stats(g, "prune-heads")?;
         let scored: Vec<Result<(HeadSelection, Vec<f64>), PassError>> = blocks
@@ -707,7 +709,11 @@ mod tests {
         assert_eq!(s.kv_keep, vec![0, 2, 4]);
         // nothing may be left without heads
         let m = select_heads(&e, 6, 2, 0.9, HeadUnit::Query).unwrap_err();
-        assert!(m.contains("removes 3 of the 3 query heads"), "{m}");
+        assert!(
+            matches!(m, MatrixError::DropsAllHeads { drop: 3, per_group: 3, .. }),
+            "{m:?}"
+        );
+        assert!(m.to_string().contains("removes 3 of the 3 query heads"), "{m}");
         assert!(select_heads(&e, 6, 2, 0.8, HeadUnit::Kv).is_err());
     }
 }

@@ -16,6 +16,7 @@ use crate::core::report::{LayersRow, PassRow};
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
 use crate::calib::Calibration;
 use crate::PassError;
+use crate::core::linalg::LinalgError;
 use llmc_ir::{BinaryOp, Graph, Op, Session, Tensor, ValueId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -390,7 +391,7 @@ impl RunStats {
     /// (`damp` of each channel's variance) on the centred statistics, truncated to `rank` in
     /// the norm of the inputs' covariance (reduced-rank regression: the whitened SVD of the
     /// full solution): the bridge of layers `first..=last`.
-    fn fit(&self, first: usize, last: usize, rank: usize, damp: f64) -> Result<Bridge, String> {
+    fn fit(&self, first: usize, last: usize, rank: usize, damp: f64) -> Result<Bridge, LinalgError> {
         let dim = self.dim;
         let t = self.tokens.max(1) as f64;
         let mx: Vec<f64> = self.xs.iter().map(|v| v / t).collect();
@@ -412,7 +413,7 @@ impl RunStats {
         });
         let llt = ridged
             .llt(faer::Side::Lower)
-            .map_err(|e| format!("the stream's covariance is not positive definite ({e:?})"))?;
+            .map_err(|e| LinalgError::cholesky("the stream's covariance", damp, e))?;
         use faer::linalg::solvers::Solve;
         let w = llt.solve(cross.transpose()).transpose().to_owned();
         let wv: Vec<f32> = (0..dim * dim)
@@ -499,7 +500,11 @@ pub fn fit_bridges(
         .zip(&stats)
         .map(|(&(first, last), st)| {
             st.fit(first, last, rank, damp)
-                .map_err(|e| err(format!("layers {first}..={last}: {e}")))
+                .map_err(|source| PassError::Bridge {
+                    first,
+                    last,
+                    source,
+                })
         })
         .collect()
 }

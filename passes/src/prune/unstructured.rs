@@ -19,6 +19,8 @@ use crate::calib::Stats;
 use crate::core::linalg::{inverse_hessian_factor, obs_sweep, Columns};
 use crate::core::edit::{set_weight_f32, weight_f32};
 use crate::PassError;
+use crate::core::linalg::LinalgError;
+use crate::MatrixError;
 use llmc_ir::{DType, Encoding, Graph};
 use rayon::prelude::*;
 
@@ -93,15 +95,13 @@ pub fn prune_matrix(
     sp: Sparsity,
     gram: Option<&[f64]>,
     damp: f64,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<f32>, MatrixError> {
     if let Sparsity::NM { n, m } = sp {
         if m == 0 || n > m || cols % m != 0 {
-            return Err(format!(
-                "{n}:{m} sparsity needs rows of a multiple of {m} inputs, not {cols}"
-            ));
+            return Err(MatrixError::NmShape { n, m, cols });
         }
     }
-    let need = |what: &str| format!("{what} needs calibration statistics (the Gram matrix)");
+    let need = |method| MatrixError::NoStatistics { method };
     match method {
         PruneMethod::Magnitude | PruneMethod::Wanda => {
             let norms: Vec<f32> = match method {
@@ -126,7 +126,7 @@ pub fn prune_matrix(
         }
         PruneMethod::SparseGpt => {
             let g = gram.ok_or_else(|| need("sparsegpt"))?;
-            sparsegpt(w, rows, cols, g, sp, damp)
+            Ok(sparsegpt(w, rows, cols, g, sp, damp)?)
         }
     }
 }
@@ -138,7 +138,7 @@ fn sparsegpt(
     gram: &[f64],
     sp: Sparsity,
     damp: f64,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<f32>, LinalgError> {
     let mut h = gram.to_vec();
     let mut wt = vec![0f32; rows * cols];
     for r in 0..rows {
@@ -353,11 +353,7 @@ pub fn prune(
                 st.map(|s| s.gram.as_slice()),
                 p.damp,
             )
-            .map_err(|m| PassError::Pattern {
-                pattern: "prune",
-                at: format!("@{name}"),
-                msg: m,
-            })?;
+            .map_err(|e| PassError::matrix("prune", name, e))?;
             let zeros = pruned.iter().filter(|x| **x == 0.0).count();
             let (mut num, mut den) = (0f64, 0f64);
             for (a, b) in w.iter().zip(&pruned) {

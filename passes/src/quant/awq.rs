@@ -38,13 +38,8 @@ pub(super) fn awq(
         let mut layers = Vec::new();
         for &i in &site.linears {
             let (v, rows, cols) = crate::core::edit::weight_f32(g, i)?;
-            let q = spec_for(opts, bits, &g.weights[i].name, cols as u64).map_err(|m| {
-                PassError::Pattern {
-                    pattern: "quantize",
-                    at: "graph".into(),
-                    msg: m,
-                }
-            })?;
+            let q = spec_for(opts, bits, cols as u64)
+                .map_err(|e| PassError::matrix("quantize", &g.weights[i].name, e))?;
             layers.push((v, rows, cols, q));
         }
         let gram = &st.gram;

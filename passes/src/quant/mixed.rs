@@ -45,7 +45,8 @@ pub(super) fn mixed_precision(
         .map(|&(i, input)| {
             let (v, rows, cols) = crate::core::edit::weight_f32(g, i)?;
             let dims = [rows as u64, cols as u64];
-            let lq = spec_for(opts, bits, &g.weights[i].name, cols as u64).map_err(err)?;
+            let lq = spec_for(opts, bits, cols as u64)
+                .map_err(|e| PassError::matrix("quantize", &g.weights[i].name, e))?;
             let low = Encoding::Quant(lq).byte_size(&dims).unwrap_or(0);
             let high = Encoding::Quant(HIGH).byte_size(&dims).unwrap_or(0);
             let gain = match stats.inputs.get(&input).filter(|s| s.cols == cols) {

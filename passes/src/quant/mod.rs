@@ -17,6 +17,7 @@ use crate::core::grid::rtn_with;
 use mixed::{mixed_precision, HIGH};
 use crate::calib::Stats;
 use crate::PassError;
+use llmc_ir::types::EncodingError;
 use llmc_ir::{
     ActQuant, Bytes, DType, Encoding, Format, Graph, Group, Op, QuantSpec, TensorType,
     ValueId, WeightData, Zero,
@@ -234,7 +235,7 @@ pub fn quantize(g: &mut Graph, opts: &QuantOptions) -> Result<Vec<WeightReport>,
 }
 
 /// The integer spec of a `[rows, cols]` weight under the options.
-fn spec_for(opts: &QuantOptions, bits: u8, name: &str, cols: u64) -> Result<QuantSpec, String> {
+fn spec_for(opts: &QuantOptions, bits: u8, cols: u64) -> Result<QuantSpec, EncodingError> {
     let group = match opts.group {
         Some(gs) if cols % gs as u64 == 0 => Group::Size(gs),
         Some(gs) if !opts.strict_group => {
@@ -248,11 +249,7 @@ fn spec_for(opts: &QuantOptions, bits: u8, name: &str, cols: u64) -> Result<Quan
                 Group::Channel
             }
         }
-        Some(gs) => {
-            return Err(format!(
-                "weight @{name} has rows of {cols}, not a multiple of the group size {gs}"
-            ))
-        }
+        Some(group) => return Err(EncodingError::GroupCols { cols, group }),
         None => Group::Channel,
     };
     Ok(QuantSpec {
@@ -401,7 +398,8 @@ pub fn quantize_with(
                             group: opts.group.map(|g| (g / 2).max(1)),
                             ..opts.clone()
                         };
-                        let q = spec_for(&kept_opts, bits, &w.name, half as u64).map_err(err)?;
+                        let q = spec_for(&kept_opts, bits, half as u64)
+                            .map_err(|e| PassError::matrix("quantize", &w.name, e))?;
                         let (b, a) = rtn_with(kept, rows, half, &q, opts.clip, None);
                         (Encoding::Quant(q), b, a, "rtn (2:4 kept values)")
                     }
@@ -436,7 +434,8 @@ pub fn quantize_with(
                         let q = if high.contains(&i) {
                             HIGH
                         } else {
-                            spec_for(opts, bits, &w.name, cols).map_err(err)?
+                            spec_for(opts, bits, cols)
+                                .map_err(|e| PassError::matrix("quantize", &w.name, e))?
                         };
                         let energy: Option<Vec<f32>> = st
                             .map(|s| (0..s.cols).map(|j| s.gram[j * s.cols + j] as f32).collect());

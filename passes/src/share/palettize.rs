@@ -17,7 +17,8 @@ use crate::core::report::{PassRow, WeightRow};
 use crate::core::edit::replace;
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
 use crate::calib::Stats;
-use crate::PassError;
+use crate::{MatrixError, PassError};
+use llmc_ir::types::EncodingError;
 use llmc_ir::weights::pack_codes;
 use llmc_ir::{
     Bytes, DType, Encoding, Format, Graph, Group, PaletteSpec, TensorType, ValueId, WeightData,
@@ -172,20 +173,15 @@ pub struct Palettized {
 }
 
 /// Rows per codebook of a spec over `rows` rows.
-fn rows_per(spec: &PaletteSpec, rows: usize) -> Result<usize, String> {
+fn rows_per(spec: &PaletteSpec, rows: usize) -> Result<usize, MatrixError> {
     if !(1..=8).contains(&spec.bits) {
-        return Err(format!(
-            "palette indices take 1 to 8 bits, not {}",
-            spec.bits
-        ));
+        return Err(EncodingError::PaletteBits { bits: spec.bits }.into());
     }
     match spec.group {
         Group::Tensor => Ok(rows.max(1)),
         Group::Channel => Ok(1),
         Group::Rows(g) if g > 0 => Ok(g as usize),
-        other => Err(format!(
-            "palettes here group per tensor, channel or rows, not {other}"
-        )),
+        group => Err(MatrixError::PaletteGroup { group }),
     }
 }
 
@@ -214,7 +210,7 @@ fn codebooks(
     spec: &PaletteSpec,
     energy: Option<&[f32]>,
     max_iter: usize,
-) -> Result<(Vec<Book>, usize), String> {
+) -> Result<(Vec<Book>, usize), MatrixError> {
     let rows_per = rows_per(spec, rows)?;
     let k = 1usize << spec.bits;
     let books: Vec<(Book, usize)> = (0..rows.div_ceil(rows_per))
@@ -265,7 +261,7 @@ pub fn palettize_matrix(
     spec: &PaletteSpec,
     energy: Option<&[f32]>,
     max_iter: usize,
-) -> Result<Palettized, String> {
+) -> Result<Palettized, MatrixError> {
     let rows_per = rows_per(spec, rows)?;
     let (books, iterations) = codebooks(v, rows, cols, spec, energy, max_iter)?;
     let (codes, approx): (Vec<u8>, Vec<f32>) = v
@@ -292,7 +288,7 @@ pub fn palettize_gptq(
     gram: &[f64],
     max_iter: usize,
     damp: f64,
-) -> Result<Palettized, String> {
+) -> Result<Palettized, MatrixError> {
     use crate::core::linalg::{inverse_hessian_factor, obs_sweep, Columns};
     let rows_per = rows_per(spec, rows)?;
     let mut h = gram.to_vec();
@@ -389,21 +385,26 @@ impl Default for PaletteOptions {
     }
 }
 
+/// A `group` option value that is not a palette grouping.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    #[error("group '{text}': rows:N takes a positive number of rows")]
+    RowCount { text: String },
+    #[error("group '{text}' is not a palette grouping (write tensor, channel or rows:128)")]
+    Unknown { text: String },
+}
+
 /// Parses a palette grouping: `tensor` (or `pt`), `channel` (`pc`), `rows:N` (`rN`).
-pub fn parse_group(s: &str) -> Result<Group, String> {
+pub fn parse_group(s: &str) -> Result<Group, GroupError> {
     let rows = s.strip_prefix("rows:").or_else(|| s.strip_prefix('r'));
     match (s, rows) {
         ("tensor" | "pt", _) => Ok(Group::Tensor),
         ("channel" | "pc", _) => Ok(Group::Channel),
         (_, Some(n)) => match n.parse::<u32>() {
             Ok(g) if g > 0 => Ok(Group::Rows(g)),
-            _ => Err(format!(
-                "group '{s}': rows:N takes a positive number of rows"
-            )),
+            _ => Err(GroupError::RowCount { text: s.into() }),
         },
-        _ => Err(format!(
-            "group '{s}' is not a palette grouping (write tensor, channel or rows:128)"
-        )),
+        _ => Err(GroupError::Unknown { text: s.into() }),
     }
 }
 
@@ -434,11 +435,6 @@ pub fn palettize(
     stats: Option<&Stats>,
     progress: Option<&Progress>,
 ) -> Result<Vec<PaletteReport>, PassError> {
-    let err = |at: &str, msg: String| PassError::Pattern {
-        pattern: "palettize",
-        at: format!("@{at}"),
-        msg,
-    };
     let work: Vec<(usize, ValueId)> = crate::core::edit::linear_weights(g, o.head)
         .into_iter()
         .filter(|&(i, _)| !matches!(g.weights[i].ty.enc, Encoding::Palette(_)))
@@ -457,7 +453,8 @@ pub fn palettize(
             let (v, rows, cols) = crate::core::edit::weight_f32(g, i)?;
             let dims = [rows as u64, cols as u64];
             let enc = Encoding::Palette(spec);
-            enc.check_shape(&dims).map_err(|m| err(&w.name, m))?;
+            let err = |e| PassError::matrix("palettize", &w.name, e);
+            enc.check_shape(&dims).map_err(|e| err(e.into()))?;
             let st = stats
                 .and_then(|s| s.inputs.get(&input))
                 .filter(|s| s.cols == cols);
@@ -469,7 +466,7 @@ pub fn palettize(
                 Some(s) => palettize_gptq(&v, rows, cols, &spec, &s.gram, o.iters, o.damp),
                 None => palettize_matrix(&v, rows, cols, &spec, energy.as_deref(), o.iters),
             }
-            .map_err(|m| err(&w.name, m))?;
+            .map_err(err)?;
             let (mut num, mut den) = (0f64, 0f64);
             for (a, b) in v.iter().zip(&p.approx) {
                 num += ((a - b) as f64).powi(2);
@@ -600,7 +597,10 @@ impl PalettizePass {
                 "bits must be 1 to 8 (codebooks of 2 to 256 entries), not {bits}"
             )));
         }
-        let group = parse_group(o.str("group")).map_err(bad)?;
+        let group = parse_group(o.str("group")).map_err(|source| PassError::Group {
+            pass: "palettize",
+            source,
+        })?;
         let entry = match o.str("entry") {
             "bf16" => DType::BF16,
             "f32" => DType::F32,
@@ -798,9 +798,15 @@ mod tests {
         assert_eq!(parse_group("tensor").unwrap(), Group::Tensor);
         assert_eq!(parse_group("rows:128").unwrap(), Group::Rows(128));
         assert_eq!(parse_group("r64").unwrap(), Group::Rows(64));
-        assert!(parse_group("rows:0").is_err());
+        assert_eq!(
+            parse_group("rows:0"),
+            Err(GroupError::RowCount {
+                text: "rows:0".into()
+            })
+        );
         assert!(parse_group("g128")
             .unwrap_err()
+            .to_string()
             .contains("not a palette grouping"));
     }
 }

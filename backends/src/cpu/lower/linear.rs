@@ -94,7 +94,7 @@ impl<'g> Lowerer<'g> {
             let d = self.contiguous(&d)?;
             (d.place.clone(), RowFormat::Dense(d.dtype), d.dims.clone())
         };
-        let ax = norm_axis(axis, dims.len()).map_err(|m| self.err(m))?;
+        let ax = norm_axis(axis, dims.len()).map_err(|m| self.err(m.to_string()))?;
         if ax != 0 && !matches!(fmt, RowFormat::Dense(_) | RowFormat::Panels(_)) {
             return Err(self.err("quantized tables are gathered by row"));
         }

@@ -48,7 +48,7 @@ impl<'g> Lowerer<'g> {
                     perm.iter()
                         .map(|&a| norm_axis(a, r))
                         .collect::<Result<_, _>>()
-                        .map_err(|m| self.err(m))?
+                        .map_err(|m| self.err(m.to_string()))?
                 };
                 let view = View {
                     place: x.place.clone(),
@@ -79,7 +79,7 @@ impl<'g> Lowerer<'g> {
             }
             Op::Split { axis, sizes } => {
                 let x = self.view(n.inputs[0])?;
-                let ax = norm_axis(*axis, x.dims.len()).map_err(|m| self.err(m))?;
+                let ax = norm_axis(*axis, x.dims.len()).map_err(|m| self.err(m.to_string()))?;
                 let mut start = 0i64;
                 for (o, &s) in n.outputs.iter().zip(sizes) {
                     let mut v = x.clone();
@@ -94,7 +94,7 @@ impl<'g> Lowerer<'g> {
             Op::Concat { axis } => {
                 let od = self.out_dims(out);
                 let dst = self.fresh(Some(out), od, odt);
-                let ax = norm_axis(*axis, dst.dims.len()).map_err(|m| self.err(m))?;
+                let ax = norm_axis(*axis, dst.dims.len()).map_err(|m| self.err(m.to_string()))?;
                 let mut start = Size::c(0);
                 for &p in &n.inputs {
                     let src = self.view(p)?;
@@ -250,7 +250,7 @@ impl<'g> Lowerer<'g> {
                 let rms = matches!(n.op, Op::RmsNorm { .. });
                 let x = self.view(n.inputs[0])?;
                 let x = self.contiguous(&x)?;
-                let ax = norm_axis(*axis, x.dims.len()).map_err(|m| self.err(m))?;
+                let ax = norm_axis(*axis, x.dims.len()).map_err(|m| self.err(m.to_string()))?;
                 let cols = Size::product(&x.dims[ax..]);
                 let rows = Size::product(&x.dims[..ax]);
                 cols.as_const()
@@ -286,7 +286,7 @@ impl<'g> Lowerer<'g> {
             Op::Softmax { axis } | Op::LogSoftmax { axis } => {
                 let log = matches!(n.op, Op::LogSoftmax { .. });
                 let x = self.view(n.inputs[0])?;
-                let ax = norm_axis(*axis, x.dims.len()).map_err(|m| self.err(m))?;
+                let ax = norm_axis(*axis, x.dims.len()).map_err(|m| self.err(m.to_string()))?;
                 self.rows_op(out, &x, &[ax], false, |rows, cols, o, x| {
                     (
                         Kernel::Softmax { log, dtype: odt },
@@ -307,7 +307,7 @@ impl<'g> Lowerer<'g> {
                     axes.iter()
                         .map(|&a| norm_axis(a, r))
                         .collect::<Result<_, _>>()
-                        .map_err(|m| self.err(m))?
+                        .map_err(|m| self.err(m.to_string()))?
                 };
                 let kind = *kind;
                 let _ = keepdims;
@@ -320,7 +320,7 @@ impl<'g> Lowerer<'g> {
             }
             Op::ArgMax { axis, .. } => {
                 let x = self.view(n.inputs[0])?;
-                let ax = norm_axis(*axis, x.dims.len()).map_err(|m| self.err(m))?;
+                let ax = norm_axis(*axis, x.dims.len()).map_err(|m| self.err(m.to_string()))?;
                 let xdt = x.dtype;
                 self.rows_op(out, &x, &[ax], true, |rows, cols, o, x| {
                     (
@@ -381,7 +381,7 @@ impl<'g> Lowerer<'g> {
             Op::Attention { causal, scale } => self.attention(i, *causal, *scale)?,
             Op::CacheConcat { state, axis } => {
                 let x = self.view(n.inputs[0])?;
-                let ax = norm_axis(*axis, x.dims.len()).map_err(|m| self.err(m))?;
+                let ax = norm_axis(*axis, x.dims.len()).map_err(|m| self.err(m.to_string()))?;
                 let cache = self
                     .syms
                     .find("past")

@@ -113,7 +113,7 @@ impl<'g> Lowerer<'g> {
         view.dims = od.clone();
         let esz = Size::c(x.dtype.size() as i64);
         for k in 0..starts.len() {
-            let ax = norm_axis(axes[k], r).map_err(|m| self.err(m))?;
+            let ax = norm_axis(axes[k], r).map_err(|m| self.err(m.to_string()))?;
             // the first element taken along this axis
             let first = match (starts[k].as_const(), x.dims[ax].as_const()) {
                 (Some(s), Some(d)) => Size::c(
