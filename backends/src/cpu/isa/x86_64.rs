@@ -146,8 +146,7 @@ impl VectorIsa for X86_64 {
                 let p16 = kb
                     .call_intrinsic("llvm.x86.avx2.pmadd.ub.sw", &[], &[ai.into(), bi.into()])
                     .into_vector_value();
-                let ones =
-                    VectorType::const_vector(&vec![kb.cx.i16_type().const_int(1, false); 16]);
+                let ones = VectorType::const_vector(&[kb.cx.i16_type().const_int(1, false); 16]);
                 let p32 = kb
                     .call_intrinsic("llvm.x86.avx2.pmadd.wd", &[], &[p16.into(), ones.into()])
                     .into_vector_value();

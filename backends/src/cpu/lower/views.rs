@@ -25,7 +25,7 @@ impl<'g> Lowerer<'g> {
     /// outer dimension.
     pub(super) fn copy(&mut self, src: &View, dst: &View) -> Result<(), BackendError> {
         let Some((dims, strides)) = collapse(
-            &[src.dims.clone()],
+            std::slice::from_ref(&src.dims),
             &[src.strides.clone(), dst.strides.clone()],
             &src.dims,
             COPY_RANK,

@@ -289,7 +289,7 @@ impl<'a, 'b, 'ctx> V<'a, 'b, 'ctx> {
                     .b
                     .build_int_z_extend(h, self.i32v(NR as u32), "")
                     .expect("zext");
-                let sh = VectorType::const_vector(&vec![self.kb.i32c(16); NR]);
+                let sh = VectorType::const_vector(&[self.kb.i32c(16); NR]);
                 let w = self.kb.b.build_left_shift(w, sh, "").expect("shl");
                 self.bitcast(w, self.f32v(NR as u32))
             }

@@ -88,12 +88,9 @@ pub(super) fn zeros_of<'ctx>(
     let nr = NR as u32;
     match q.zero {
         Zero::Symmetric => (
-            Some(VectorType::const_vector(&vec![
-                kb.f32c(
-                    (1u32 << (q.bits - 1)) as f32
-                );
-                NR
-            ])),
+            Some(VectorType::const_vector(
+                &[kb.f32c((1u32 << (q.bits - 1)) as f32); NR],
+            )),
             None,
         ),
         Zero::Int => {

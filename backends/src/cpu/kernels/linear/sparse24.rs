@@ -80,7 +80,7 @@ pub(super) fn sparse24_tile<'ctx>(
             kb.add(pos_at, kb.mul(quad, kb.i64c(NR as i64))),
         );
         let pos32 = kb.b.build_int_z_extend(posb, v.i32v(nr), "").expect("zext");
-        let c32 = |x: i32| VectorType::const_vector(&vec![kb.i32c(x); NR]);
+        let c32 = |x: i32| VectorType::const_vector(&[kb.i32c(x); NR]);
         let pos32 = v.and(v.lshr(pos32, c32(2 * t as i32)), c32(3));
         let pos =
             kb.b.build_int_truncate(pos32, kb.i8t().vec_type(nr), "")
