@@ -1,7 +1,7 @@
 //! The BERT encoder graph (embeddings, post-norm self-attention blocks with biases, GELU
 //! feed-forward), built from a configuration and a source of weights named as Hugging Face does.
 
-use super::llama::{Builder, WeightSource};
+use super::llama::{Builder, ConfigError, WeightSource};
 use super::{FrontendError, Result};
 use llmc_ir::{BinaryOp, DType, Dim, Graph, Op, Shape, Tensor, TensorType, UnaryOp, ValueId};
 use std::path::Path;
@@ -29,8 +29,8 @@ pub struct BertConfig {
 }
 
 impl BertConfig {
-    /// Checks that the sizes fit together; the message names the field at fault.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks that the sizes fit together; the error names the field at fault.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         let fields = [
             ("num_hidden_layers", self.layers, 4096),
             ("hidden_size", self.hidden, 1 << 17),
@@ -40,22 +40,23 @@ impl BertConfig {
             ("max_position_embeddings", self.max_positions, 1 << 24),
             ("type_vocab_size", self.type_vocab, 1 << 16),
         ];
-        for (name, v, max) in fields {
-            if v == 0 || v > max {
-                return Err(format!("{name} = {v} is outside 1..={max}"));
+        for (field, value, max) in fields {
+            if value == 0 || value > max {
+                return Err(ConfigError::OutOfRange { field, value, max });
             }
         }
         if self.hidden % self.heads != 0 {
-            return Err(format!(
-                "hidden_size {} is not a multiple of {} heads",
-                self.hidden, self.heads
-            ));
+            return Err(ConfigError::HiddenHeads {
+                hidden: self.hidden,
+                heads: self.heads,
+            });
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
-            return Err(format!(
-                "layer_norm_eps = {} must be a non-negative number",
-                self.layer_norm_eps
-            ));
+            return Err(ConfigError::Number {
+                field: "layer_norm_eps",
+                value: self.layer_norm_eps,
+                expected: "a non-negative number",
+            });
         }
         Ok(())
     }
@@ -75,7 +76,7 @@ pub fn build_bert(
     source: &mut WeightSource<'_>,
 ) -> Result<Graph> {
     cfg.validate()
-        .map_err(|m| FrontendError::bad(path, format!("BERT configuration: {m}")))?;
+        .map_err(|e| FrontendError::bad(path, format!("BERT configuration: {e}")))?;
     let name = path
         .parent()
         .and_then(|p| p.file_name())

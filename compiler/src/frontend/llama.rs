@@ -39,9 +39,42 @@ pub struct LlamaConfig {
     pub eos: Option<u32>,
 }
 
+/// A model configuration whose sizes do not fit together (Llama or BERT); names the field at
+/// fault. The frontend adds the file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field} must be positive")]
+    Zero { field: &'static str },
+    #[error("{field} = {value} is beyond what llmc accepts ({max})")]
+    TooLarge {
+        field: &'static str,
+        value: usize,
+        max: usize,
+    },
+    #[error("{field} = {value} is outside 1..={max}")]
+    OutOfRange {
+        field: &'static str,
+        value: usize,
+        max: usize,
+    },
+    #[error("{heads} query heads are not a multiple of {kv_heads} key/value heads")]
+    KvHeads { heads: usize, kv_heads: usize },
+    #[error("hidden_size {hidden} is not a multiple of {heads} heads")]
+    HiddenHeads { hidden: usize, heads: usize },
+    #[error("head size {head_dim} must be even for RoPE")]
+    OddHeadDim { head_dim: usize },
+    /// A float field out of its domain (`expected`: a non-negative number, ...).
+    #[error("{field} = {value} must be {expected}")]
+    Number {
+        field: &'static str,
+        value: f32,
+        expected: &'static str,
+    },
+}
+
 impl LlamaConfig {
-    /// Checks that the sizes fit together; the message names the field at fault.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks that the sizes fit together; the error names the field at fault.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         let nonzero = [
             ("layers", self.layers),
             ("hidden", self.hidden),
@@ -51,8 +84,8 @@ impl LlamaConfig {
             ("ffn", self.ffn),
             ("vocab", self.vocab),
         ];
-        if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} must be positive"));
+        if let Some(&(field, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Zero { field });
         }
         // Limits far above any real model keep sizes derived from a corrupt file from overflowing.
         let limits = [
@@ -63,29 +96,33 @@ impl LlamaConfig {
             ("vocab", self.vocab, 1 << 24),
             ("head_dim", self.head_dim, 4096),
         ];
-        if let Some((name, v, max)) = limits.iter().find(|(_, v, max)| v > max) {
-            return Err(format!("{name} = {v} is beyond what llmc accepts ({max})"));
+        if let Some(&(field, value, max)) = limits.iter().find(|(_, v, max)| v > max) {
+            return Err(ConfigError::TooLarge { field, value, max });
         }
         if self.heads % self.kv_heads != 0 {
-            return Err(format!(
-                "{} query heads are not a multiple of {} key/value heads",
-                self.heads, self.kv_heads
-            ));
+            return Err(ConfigError::KvHeads {
+                heads: self.heads,
+                kv_heads: self.kv_heads,
+            });
         }
         if self.head_dim % 2 != 0 {
-            return Err(format!("head size {} must be even for RoPE", self.head_dim));
+            return Err(ConfigError::OddHeadDim {
+                head_dim: self.head_dim,
+            });
         }
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
-            return Err(format!(
-                "rms_eps = {} must be a non-negative number",
-                self.rms_eps
-            ));
+            return Err(ConfigError::Number {
+                field: "rms_eps",
+                value: self.rms_eps,
+                expected: "a non-negative number",
+            });
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
-            return Err(format!(
-                "rope_base = {} must be a positive number",
-                self.rope_base
-            ));
+            return Err(ConfigError::Number {
+                field: "rope_base",
+                value: self.rope_base,
+                expected: "a positive number",
+            });
         }
         Ok(())
     }
@@ -219,7 +256,7 @@ pub fn build_llama(
     source: &mut WeightSource<'_>,
 ) -> Result<Graph> {
     cfg.validate()
-        .map_err(|m| FrontendError::bad(path, format!("Llama configuration: {m}")))?;
+        .map_err(|e| FrontendError::bad(path, format!("Llama configuration: {e}")))?;
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let mut b = Builder {
         g: Graph::new(name),

@@ -115,7 +115,7 @@ impl SafetensorsFile {
                 }
                 continue;
             }
-            let t = parse_info(info, data_len).map_err(|m| bad(format!("tensor '{name}': {m}")))?;
+            let t = parse_info(info, data_len).map_err(|e| bad(format!("tensor '{name}': {e}")))?;
             tensors.insert(
                 name.clone(),
                 StTensor {
@@ -178,58 +178,106 @@ impl SafetensorsFile {
     }
 }
 
+/// What is wrong with one tensor's header entry (the loader adds the file and tensor name).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("the header entry is not an object")]
+    NotObject,
+    #[error("'dtype' is missing or not a string")]
+    NoDType,
+    #[error("unknown dtype '{dtype}'")]
+    UnknownDType { dtype: String },
+    #[error("'shape' is missing")]
+    NoShape,
+    #[error("'shape' must be a list, got {shape}")]
+    ShapeNotList { shape: Value },
+    #[error("shape {shape} holds {dim}, not a dimension")]
+    BadDim { shape: Value, dim: Value },
+    #[error("'data_offsets' is missing or not a list")]
+    NoOffsets,
+    #[error("'data_offsets' must be [begin, end], got {offsets:?}")]
+    OffsetCount { offsets: Vec<Value> },
+    #[error("'data_offsets' must be two byte offsets, got {offsets:?}")]
+    OffsetType { offsets: Vec<Value> },
+    #[error("data offsets [{begin}, {end}] end before they begin")]
+    Reversed { begin: u64, end: u64 },
+    #[error("data offsets [{begin}, {end}] lie outside the data section of {data_len} bytes")]
+    OutsideData { begin: u64, end: u64, data_len: u64 },
+    #[error("shape {shape:?} is too large")]
+    TooLarge { shape: Vec<u64> },
+    #[error("holds {holds} bytes but a {dtype} tensor of shape {shape:?} needs {need}")]
+    Size {
+        holds: u64,
+        dtype: String,
+        shape: Vec<u64>,
+        need: u64,
+    },
+}
+
 /// Checks one header entry: dtype, shape and data offsets against the data section's length.
 /// The offset returned is relative to the data section.
-fn parse_info(info: &Value, data_len: u64) -> std::result::Result<StTensor, String> {
-    let obj = info
-        .as_object()
-        .ok_or("the header entry is not an object")?;
+fn parse_info(info: &Value, data_len: u64) -> std::result::Result<StTensor, HeaderError> {
+    let obj = info.as_object().ok_or(HeaderError::NotObject)?;
     let dtype = obj
         .get("dtype")
         .and_then(Value::as_str)
-        .ok_or("'dtype' is missing or not a string")?;
-    let bits = dtype_bits(dtype).ok_or_else(|| format!("unknown dtype '{dtype}'"))?;
-    let shape_v = obj.get("shape").ok_or("'shape' is missing")?;
+        .ok_or(HeaderError::NoDType)?;
+    let bits = dtype_bits(dtype).ok_or_else(|| HeaderError::UnknownDType {
+        dtype: dtype.into(),
+    })?;
+    let shape_v = obj.get("shape").ok_or(HeaderError::NoShape)?;
     let shape: Vec<u64> = shape_v
         .as_array()
-        .ok_or_else(|| format!("'shape' must be a list, got {shape_v}"))?
+        .ok_or_else(|| HeaderError::ShapeNotList {
+            shape: shape_v.clone(),
+        })?
         .iter()
         .map(|d| {
-            d.as_u64()
-                .ok_or_else(|| format!("shape {shape_v} holds {d}, not a dimension"))
+            d.as_u64().ok_or_else(|| HeaderError::BadDim {
+                shape: shape_v.clone(),
+                dim: d.clone(),
+            })
         })
         .collect::<std::result::Result<_, _>>()?;
     let offs = obj
         .get("data_offsets")
         .and_then(Value::as_array)
-        .ok_or("'data_offsets' is missing or not a list")?;
+        .ok_or(HeaderError::NoOffsets)?;
     let [s, e] = offs.as_slice() else {
-        return Err(format!("'data_offsets' must be [begin, end], got {offs:?}"));
+        return Err(HeaderError::OffsetCount {
+            offsets: offs.clone(),
+        });
     };
     let (Some(s), Some(e)) = (s.as_u64(), e.as_u64()) else {
-        return Err(format!(
-            "'data_offsets' must be two byte offsets, got {offs:?}"
-        ));
+        return Err(HeaderError::OffsetType {
+            offsets: offs.clone(),
+        });
     };
     if s > e {
-        return Err(format!("data offsets [{s}, {e}] end before they begin"));
+        return Err(HeaderError::Reversed { begin: s, end: e });
     }
     if e > data_len {
-        return Err(format!(
-            "data offsets [{s}, {e}] lie outside the data section of {data_len} bytes"
-        ));
+        return Err(HeaderError::OutsideData {
+            begin: s,
+            end: e,
+            data_len,
+        });
     }
     let need = shape
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .and_then(|n| n.checked_mul(bits))
         .map(|b| b.div_ceil(8))
-        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
+        .ok_or_else(|| HeaderError::TooLarge {
+            shape: shape.clone(),
+        })?;
     if e - s != need {
-        return Err(format!(
-            "holds {} bytes but a {dtype} tensor of shape {shape:?} needs {need}",
-            e - s
-        ));
+        return Err(HeaderError::Size {
+            holds: e - s,
+            dtype: dtype.into(),
+            shape,
+            need,
+        });
     }
     // both fit in the file, hence in usize
     Ok(StTensor {

@@ -4,6 +4,21 @@
 use super::proto::{NodeProto, TensorProto, ValueInfoProto};
 use prost::Message;
 
+/// A field key or length that cannot be read off the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum WireError {
+    #[error("a field key at byte {at} is cut off: the file is truncated or corrupt")]
+    KeyCut { at: usize },
+    #[error("field {number} at byte {at} is cut off: the file is truncated")]
+    ValueCut { number: u64, at: usize },
+    #[error(
+        "the length of field {number} at byte {at} is cut off: the file is truncated or corrupt"
+    )]
+    LengthCut { number: u64, at: usize },
+    #[error("field {number} at byte {at} has wire type {wire}, which ONNX files never use")]
+    WireType { number: u64, at: usize, wire: u64 },
+}
+
 /// One field of a message on the wire.
 struct Field<'a> {
     number: u64,
@@ -35,15 +50,13 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field; `Err` describes a key or length that cannot be read.
-    fn next(&mut self) -> Option<Result<Field<'a>, String>> {
+    fn next(&mut self) -> Option<Result<Field<'a>, WireError>> {
         if self.pos >= self.data.len() {
             return None;
         }
         let at = self.base + self.pos;
         let Some(key) = self.varint() else {
-            return Some(Err(format!(
-                "a field key at byte {at} is cut off: the file is truncated or corrupt"
-            )));
+            return Some(Err(WireError::KeyCut { at }));
         };
         let (number, wire) = (key >> 3, key & 7);
         let skip = |r: &mut Self, n: usize| -> Option<()> {
@@ -52,23 +65,19 @@ impl<'a> Reader<'a> {
         let payload = match wire {
             0 => {
                 if self.varint().is_none() {
-                    return Some(Err(format!(
-                        "field {number} at byte {at} is cut off: the file is truncated"
-                    )));
+                    return Some(Err(WireError::ValueCut { number, at }));
                 }
                 None
             }
             1 | 5 => {
                 if skip(self, if wire == 1 { 8 } else { 4 }).is_none() {
-                    return Some(Err(format!(
-                        "field {number} at byte {at} is cut off: the file is truncated"
-                    )));
+                    return Some(Err(WireError::ValueCut { number, at }));
                 }
                 None
             }
             2 => {
                 let Some(len) = self.varint() else {
-                    return Some(Err(format!("the length of field {number} at byte {at} is cut off: the file is truncated or corrupt")));
+                    return Some(Err(WireError::LengthCut { number, at }));
                 };
                 let start = self.pos;
                 let avail = self.data.len() - start;
@@ -76,11 +85,7 @@ impl<'a> Reader<'a> {
                 self.pos = start + take;
                 Some((&self.data[start..start + take], len as usize))
             }
-            w => {
-                return Some(Err(format!(
-                    "field {number} at byte {at} has wire type {w}, which ONNX files never use"
-                )))
-            }
+            wire => return Some(Err(WireError::WireType { number, at, wire })),
         };
         Some(Ok(Field {
             number,

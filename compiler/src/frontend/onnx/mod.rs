@@ -311,9 +311,9 @@ fn import(file: &ModelFile, opts: &ImportOptions) -> Result<Graph> {
         if name.is_empty() {
             return Err(bad("a graph input has no name".into()));
         }
-        let ty = input_type(vi).map_err(|(unsup, m)| {
-            let msg = format!("graph input '{name}': {m}");
-            if unsup {
+        let ty = input_type(vi).map_err(|e| {
+            let msg = format!("graph input '{name}': {e}");
+            if e.is_unsupported() {
                 unsupported(msg)
             } else {
                 bad(msg)
@@ -366,24 +366,40 @@ fn import(file: &ModelFile, opts: &ImportOptions) -> Result<Graph> {
     Ok(g)
 }
 
-/// The IR type of a graph input; the error says whether it is unsupported (true) or malformed.
-fn input_type(vi: &proto::ValueInfoProto) -> std::result::Result<TensorType, (bool, String)> {
+/// Why a graph input has no IR type (the importer adds the input's name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum InputTypeError {
+    #[error("is not a tensor (sequence, map, optional and sparse inputs are not supported)")]
+    NotTensor,
+    #[error("has no type")]
+    NoType,
+    #[error(transparent)]
+    ElemType(#[from] tensor::UnsupportedElemType),
+    #[error("has no shape, so its rank is unknown; llmc needs at least the rank (re-export with input shapes)")]
+    NoShape,
+    #[error("has a negative dimension {dim}")]
+    NegativeDim { dim: i64 },
+}
+
+impl InputTypeError {
+    /// Whether the input is valid ONNX that llmc does not take (else the file is malformed).
+    fn is_unsupported(&self) -> bool {
+        !matches!(
+            self,
+            InputTypeError::NoType | InputTypeError::NegativeDim { .. }
+        )
+    }
+}
+
+/// The IR type of a graph input.
+fn input_type(vi: &proto::ValueInfoProto) -> std::result::Result<TensorType, InputTypeError> {
     let tt = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(t)) => t,
-        Some(_) => {
-            return Err((
-                true,
-                "is not a tensor (sequence, map, optional and sparse inputs are not supported)"
-                    .into(),
-            ))
-        }
-        None => return Err((false, "has no type".into())),
+        Some(_) => return Err(InputTypeError::NotTensor),
+        None => return Err(InputTypeError::NoType),
     };
-    let dtype = tensor::dtype_of(tt.elem_type.unwrap_or(0)).map_err(|m| (true, m))?;
-    let shape = tt.shape.as_ref().ok_or((
-        true,
-        "has no shape, so its rank is unknown; llmc needs at least the rank (re-export with input shapes)".to_string(),
-    ))?;
+    let dtype = tensor::dtype_of(tt.elem_type.unwrap_or(0))?;
+    let shape = tt.shape.as_ref().ok_or(InputTypeError::NoShape)?;
     let mut dims = Vec::with_capacity(shape.dim.len());
     for d in &shape.dim {
         dims.push(match &d.value {
@@ -391,7 +407,7 @@ fn input_type(vi: &proto::ValueInfoProto) -> std::result::Result<TensorType, (bo
                 Dim::Fixed(*v as u64)
             }
             Some(proto::tensor_shape_proto::dimension::Value::DimValue(v)) => {
-                return Err((false, format!("has a negative dimension {v}")))
+                return Err(InputTypeError::NegativeDim { dim: *v })
             }
             Some(proto::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
                 Dim::Sym(dim_name(p))

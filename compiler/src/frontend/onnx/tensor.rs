@@ -11,8 +11,15 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+/// An ONNX element type llmc does not compute with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("element type {} (code {code}) is not one llmc computes with (f32, f16, bf16, i64, i32, i8, u8, bool)", dt::name(*code))]
+pub struct UnsupportedElemType {
+    pub code: i32,
+}
+
 /// The IR element type of an ONNX data type code; the error names what llmc lacks.
-pub fn dtype_of(code: i32) -> Result<DType, String> {
+pub fn dtype_of(code: i32) -> Result<DType, UnsupportedElemType> {
     Ok(match code {
         dt::FLOAT => DType::F32,
         dt::FLOAT16 => DType::F16,
@@ -22,12 +29,7 @@ pub fn dtype_of(code: i32) -> Result<DType, String> {
         dt::INT8 => DType::I8,
         dt::UINT8 => DType::U8,
         dt::BOOL => DType::Bool,
-        other => {
-            return Err(format!(
-                "element type {} (code {other}) is not one llmc computes with (f32, f16, bf16, i64, i32, i8, u8, bool)",
-                dt::name(other)
-            ))
-        }
+        code => return Err(UnsupportedElemType { code }),
     })
 }
 
@@ -90,7 +92,7 @@ impl<'a> Source<'a> {
     pub fn read(&self, t: &TensorProto, what: &str) -> Result<Raw, FrontendError> {
         let code = t.data_type.unwrap_or(0);
         let dtype = dtype_of(code)
-            .map_err(|m| FrontendError::unsupported(self.path, format!("{what}: {m}")))?;
+            .map_err(|e| FrontendError::unsupported(self.path, format!("{what}: {e}")))?;
         if t.segment.is_some() {
             return Err(FrontendError::unsupported(self.path, format!("{what} is stored in segments; llmc reads whole tensors only (re-save the model without segments)")));
         }
