@@ -11,6 +11,7 @@ use llmc_ir::ops::norm_axis;
 use llmc_ir::{DType, Op, ValueId};
 
 impl<'g> Lowerer<'g> {
+    /// Lowers node `i`: sets the views of its outputs, adding the steps that compute them.
     pub(super) fn lower_node(&mut self, i: usize) -> Result<(), BackendError> {
         let g = self.g;
         let n = &g.nodes[i];

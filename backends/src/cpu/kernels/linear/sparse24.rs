@@ -19,8 +19,9 @@ const PREFETCH_VALUES: i64 = 1024;
 const PREFETCH_POS: i64 = 512;
 
 /// f32 activations against 2:4 panels: each kept value (decoded in registers) multiplies
-/// the input its 2-bit position picks out of its group of four: a `vpermps` of a window of
-/// the token's inputs on AVX-512 (16 wide) and AVX2 (8 wide), selects elsewhere.
+/// the input its 2-bit position picks out of its group of four: a [`VectorIsa::lookup`] in a
+/// window of the token's inputs where the ISA has one ([`VectorIsa::sparse_window`]: `vpermps`
+/// 16 wide on AVX-512, 8 on AVX2), selects among four broadcasts elsewhere.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn sparse24_tile<'ctx>(
     kb: &mut Kb<'_, 'ctx>,
