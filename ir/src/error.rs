@@ -25,7 +25,7 @@ pub enum IrError {
     Infer {
         op: &'static str,
         loc: Option<String>,
-        source: InferError,
+        source: Box<InferError>,
     },
     /// A node that cannot run on the values it was given (`node` as `describe_node` names it).
     #[error("{node}: {source}")]

@@ -191,7 +191,7 @@ impl Graph {
                 return Err(IrError::Infer {
                     op: op.name(),
                     loc,
-                    source,
+                    source: Box::new(source),
                 })
             }
         };

@@ -54,11 +54,14 @@ pub enum PassError {
     Patch {
         pattern: &'static str,
         at: String,
-        source: PatchError,
+        source: Box<PatchError>,
     },
     /// A rewrite left a node whose result types cannot be inferred (a bug in the pass).
     #[error("rewrite: invalid graph: {node}: {source}")]
-    Retype { node: String, source: InferError },
+    Retype {
+        node: String,
+        source: Box<InferError>,
+    },
     /// A pass could not compress one weight: the pass, the weight, and why.
     #[error("{pass} @{weight}: {source}")]
     Matrix {
@@ -95,7 +98,10 @@ pub enum PassError {
     },
     /// A node's result types could not be inferred after weights changed shape.
     #[error("re-inferring node {node} after a weight changed shape: {source}")]
-    Reinfer { node: usize, source: InferError },
+    Reinfer {
+        node: usize,
+        source: Box<InferError>,
+    },
     /// A pass was given an option it does not take, or a value of the wrong kind.
     #[error("pass {pass}: {msg}")]
     Options { pass: String, msg: String },

@@ -210,7 +210,10 @@ pub fn reinfer(g: &mut Graph) -> Result<(), PassError> {
         let n = &g.nodes[i];
         let tys = g
             .infer_node(&n.op, &n.inputs)
-            .map_err(|source| PassError::Reinfer { node: i, source })?;
+            .map_err(|e| PassError::Reinfer {
+                node: i,
+                source: Box::new(e),
+            })?;
         for (k, ty) in tys.into_iter().enumerate() {
             let o = g.nodes[i].outputs[k];
             g.values[o.0 as usize].ty = ty;

@@ -380,10 +380,10 @@ pub fn apply_patterns(
                 if patch.is_empty() {
                     continue;
                 }
-                apply(g, &mut st, patch, i, &mut renames).map_err(|source| PassError::Patch {
+                apply(g, &mut st, patch, i, &mut renames).map_err(|e| PassError::Patch {
                     pattern: p.name(),
                     at: describe_node(g, i),
-                    source,
+                    source: Box::new(e),
                 })?;
                 fired.insert(p.name());
                 *stats.fired.entry(p.name()).or_insert(0) += 1;
@@ -448,7 +448,7 @@ pub enum PatchError {
     #[error("new {op} node: {source}")]
     Infer {
         op: &'static str,
-        source: InferError,
+        source: Box<InferError>,
     },
     #[error("replaces a {old} with a {new}")]
     Retype { old: TensorType, new: TensorType },
@@ -520,9 +520,9 @@ fn apply(
                 },
             )
             .collect();
-        let types = infer(&n.op, &tys, &consts).map_err(|source| PatchError::Infer {
+        let types = infer(&n.op, &tys, &consts).map_err(|e| PatchError::Infer {
             op: n.op.name(),
-            source,
+            source: Box::new(e),
         })?;
         let idx = g.nodes.len();
         let outs = g.push_node(n.op, &inputs, types, loc.clone());
@@ -619,9 +619,9 @@ pub fn refresh_types(g: &mut Graph) -> Result<(), PassError> {
                     },
                 )
                 .collect();
-            let mut types = infer(&n.op, &tys, &consts).map_err(|source| PassError::Retype {
+            let mut types = infer(&n.op, &tys, &consts).map_err(|e| PassError::Retype {
                 node: describe_node(g, i),
-                source,
+                source: Box::new(e),
             })?;
             crate::core::symbolic::refine(&view, i, &mut types);
             types
