@@ -7,14 +7,17 @@ use std::fmt::Write;
 use std::time::Instant;
 
 /// Why a benchmark could not run.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum BenchError {
     #[error(transparent)]
+    #[diagnostic(transparent)]
     Bundle(#[from] BundleDirError),
     #[error(transparent)]
+    #[diagnostic(code(llmc::bench::bundle))]
     Runtime(#[from] llmc_runtime::BundleError),
     /// Options that do not fit the bundle.
     #[error("{0}")]
+    #[diagnostic(code(llmc::bench::options))]
     Bad(String),
 }
 

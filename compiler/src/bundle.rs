@@ -13,13 +13,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// What went wrong writing a bundle.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum WriteError {
     /// A file could not be written, or would replace one without `--force`.
     #[error("{path}: {msg}")]
+    #[diagnostic(code(llmc::bundle::write))]
     Io { path: PathBuf, msg: String },
     /// The C compiler could not link the shared library.
     #[error("linking {path} failed: {msg}")]
+    #[diagnostic(
+        code(llmc::bundle::link),
+        help("llmc links lib<name>.so with the system C compiler ($CC, else cc): install one (apt-get install gcc) or set CC")
+    )]
     Link { path: PathBuf, msg: String },
 }
 
@@ -542,18 +547,23 @@ pub fn link_shared(obj: &Path, out: &Path) -> Result<(), WriteError> {
 }
 
 /// What is wrong with a bundle directory, or with a call into it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum BundleDirError {
     /// A file the command needs is not in the bundle.
     #[error("{path}: missing ({fix})")]
+    #[diagnostic(code(llmc::bundle::missing))]
     Missing { path: PathBuf, fix: String },
     /// The manifest or a file of the bundle cannot be read or makes no sense.
     #[error("{path}: {msg}")]
+    #[diagnostic(code(llmc::bundle::bad))]
     Bad { path: PathBuf, msg: String },
     /// The bundle is of another kind or for another machine than the command needs.
     #[error("{0}")]
+    #[diagnostic(code(llmc::bundle::unsuitable))]
     Unsuitable(String),
+    /// The compiled code returned an error.
     #[error(transparent)]
+    #[diagnostic(code(llmc::bundle::runtime))]
     Runtime(#[from] llmc_runtime::BundleError),
 }
 

@@ -4,7 +4,7 @@ use crate::bundle::{BundleDir, BundleKind};
 use crate::eval::{
     evaluate_with, interpreter_logits, join_texts, BundleScorer, Protocol, Scorer, WindowScorer,
 };
-use crate::frontend::{self, Model, ModelKind};
+use crate::frontend::{Model, ModelKind};
 use crate::npy;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use clap::{Args, Parser, Subcommand};
@@ -339,26 +339,26 @@ pub fn main_with(cli: Cli) -> Result<()> {
 }
 
 fn load(path: &Path) -> Result<Model> {
-    if !path.exists() {
-        return Err(miette!(
-            help = "pass the path of a .gguf, .onnx or .safetensors model",
-            "{}: no such file",
-            path.display()
-        ));
-    }
-    if path.is_dir() && !path.join("model.safetensors").is_file() {
-        return Err(miette!(
-            help = "pass a bundle directory written by llmc build, or a model file",
-            "{}: neither a bundle (no manifest.json) nor a model directory (no model.safetensors)",
-            path.display()
-        ));
-    }
-    frontend::load(path).map_err(|e| miette!("{e}"))
+    Ok(crate::driver::load_model(path)?)
+}
+
+/// An error of the interpreter or of compiled code, as a diagnostic.
+fn run_error(e: impl Into<crate::eval::EvalError>) -> miette::Report {
+    miette::Report::new(e.into())
+}
+
+/// A target llmc cannot build for, as a diagnostic.
+fn target_error(e: llmc_backends::TargetError) -> miette::Report {
+    miette!(
+        code = "llmc::target",
+        help = "llmc targets lists the targets, CPUs and features",
+        "{e}"
+    )
 }
 
 /// Reads a bundle directory's manifest.
 fn open_bundle(path: &Path) -> Result<BundleDir> {
-    BundleDir::open(path).map_err(|e| miette!("{e}"))
+    Ok(BundleDir::open(path)?)
 }
 
 /// Threads for compiled code: `--threads`, else one per core.
@@ -474,11 +474,9 @@ impl Lm {
         if BundleDir::is_bundle(path) {
             no_interp_on_bundle(path, interp)?;
             let bd = open_bundle(path)?;
-            bd.expect_kind(BundleKind::Decoder, "eval")
-                .map_err(|e| miette!("{e}"))?;
+            bd.expect_kind(BundleKind::Decoder, "eval")?;
             let rt = bd
-                .load(bundle_threads(threads))
-                .map_err(|e| miette!("{e}"))?;
+                .load(bundle_threads(threads))?;
             return Ok(Lm::Bundle(Box::new(bd), Box::new(rt)));
         }
         Ok(Lm::Model(Box::new(load(path)?)))
@@ -486,7 +484,7 @@ impl Lm {
 
     fn scorer(&mut self) -> Result<Box<dyn WindowScorer + '_>> {
         match self {
-            Lm::Model(m) => Ok(Box::new(Scorer::new(m).map_err(|e| miette!("{e}"))?)),
+            Lm::Model(m) => Ok(Box::new(Scorer::new(m)?)),
             Lm::Bundle(bd, rt) => {
                 let vocab = bd.vocab.ok_or_else(|| {
                     miette!(
@@ -513,7 +511,7 @@ fn eval(a: EvalArgs, threads: Option<usize>) -> Result<()> {
         .as_ref()
         .map(|p| Lm::open(p, a.interp, threads))
         .transpose()?;
-    let text = join_texts(&a.text).map_err(|e| miette!("{e}"))?;
+    let text = join_texts(&a.text)?;
     let ids = match &m {
         Lm::Model(m) => m
             .tokenizer
@@ -521,11 +519,9 @@ fn eval(a: EvalArgs, threads: Option<usize>) -> Result<()> {
             .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?
             .encode(&text, false),
         Lm::Bundle(bd, _) => bd
-            .tokenizer()
-            .map_err(|e| miette!("{e}"))?
+            .tokenizer()?
             .encode(&text, false),
-    }
-    .map_err(|e| miette!("{e}"))?;
+    }?;
     let p = Protocol {
         window: a.window,
         windows: a.windows,
@@ -552,8 +548,7 @@ fn eval(a: EvalArgs, threads: Option<usize>) -> Result<()> {
         &ids,
         p,
         |w| bar.set_position(w as u64),
-    )
-    .map_err(|e| miette!("{e}"))?;
+    )?;
     bar.finish_and_clear();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&res).expect("json"));
@@ -608,7 +603,7 @@ fn prompt_ids(
             "give one --prompt to continue"
         ));
     };
-    let mut ids = tok.encode(prompt, false).map_err(|e| miette!("{e}"))?;
+    let mut ids = tok.encode(prompt, false)?;
     if ids.is_empty() {
         ids.extend(bos);
     }
@@ -655,7 +650,7 @@ fn stream_generate(
         if Some(next) == eos {
             break;
         }
-        let piece = stream.push(tok, next).map_err(|e| miette!("{e}"))?;
+        let piece = stream.push(tok, next)?;
         let _ = write!(out, "{piece}");
         let _ = out.flush();
         next_in = vec![next];
@@ -679,10 +674,10 @@ fn generate(m: &Model, a: &RunArgs) -> Result<()> {
         .as_ref()
         .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?;
     let (prompt, ids) = prompt_ids(tok, a, bos, max_context, "of the model", "")?;
-    let mut session = Session::new(&m.graph).map_err(|e| miette!("{e}"))?;
+    let mut session = Session::new(&m.graph).map_err(run_error)?;
     let mut pos = 0usize;
     stream_generate(tok, &prompt, ids, eos, a, |step| {
-        let all = interpreter_logits(&mut session, step, pos, vocab).map_err(|e| miette!("{e}"))?;
+        let all = interpreter_logits(&mut session, step, pos, vocab)?;
         pos += step.len();
         Ok(all[all.len() - vocab..].to_vec())
     })
@@ -704,16 +699,14 @@ fn run_bundle(a: &RunArgs, threads: Option<usize>) -> Result<()> {
         BundleKind::Graph if !a.input.is_empty() => {
             let inputs = read_npy_inputs(a)?;
             let mut rt = bd
-                .load(bundle_threads(threads))
-                .map_err(|e| miette!("{e}"))?;
-            let outs = bd.run_graph(&mut rt, &inputs).map_err(|e| miette!("{e}"))?;
+                .load(bundle_threads(threads))?;
+            let outs = bd.run_graph(&mut rt, &inputs)?;
             write_outputs(a, &outs)
         }
         BundleKind::Graph if bd.model_kind == "encoder" => embed_bundle(&bd, a, threads),
         BundleKind::Graph => {
             let names: Vec<String> = bd
-                .inputs()
-                .map_err(|e| miette!("{e}"))?
+                .inputs()?
                 .into_iter()
                 .map(|i| format!("--input {}=FILE.npy", i.name))
                 .collect();
@@ -727,7 +720,7 @@ fn run_bundle(a: &RunArgs, threads: Option<usize>) -> Result<()> {
 }
 
 fn generate_bundle(bd: &BundleDir, a: &RunArgs, threads: Option<usize>) -> Result<()> {
-    let tok = bd.tokenizer().map_err(|e| miette!("{e}"))?;
+    let tok = bd.tokenizer()?;
     let vocab = bd.vocab.ok_or_else(|| {
         miette!(
             "{}: the manifest gives no vocabulary size",
@@ -744,15 +737,14 @@ fn generate_bundle(bd: &BundleDir, a: &RunArgs, threads: Option<usize>) -> Resul
         fix,
     )?;
     let mut rt = bd
-        .load(bundle_threads(threads))
-        .map_err(|e| miette!("{e}"))?;
+        .load(bundle_threads(threads))?;
     let chunk = bd.max_tokens.max(1);
     let mut logits = vec![0f32; vocab];
     stream_generate(&tok, &prompt, ids, bd.eos, a, |step| {
         let toks: Vec<i32> = step.iter().map(|&t| t as i32).collect();
         for c in toks.chunks(chunk) {
             rt.prefill_last_into(c, &mut logits)
-                .map_err(|e| miette!("{e}"))?;
+                .map_err(run_error)?;
         }
         Ok(logits.clone())
     })
@@ -794,7 +786,7 @@ fn write_outputs(a: &RunArgs, outs: &[(String, Tensor)]) -> Result<()> {
         .map(|(n, _)| output_path(a, n))
         .collect::<Result<_>>()?;
     for ((name, t), p) in outs.iter().zip(paths) {
-        npy::write(&p, t).map_err(|e| miette!("{e}"))?;
+        npy::write(&p, t)?;
         println!("{name}: {} {:?} -> {}", t.dtype(), t.shape, p.display());
     }
     Ok(())
@@ -817,8 +809,7 @@ fn encode_sentences(
     let enc: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| tok.encode(p, true))
-        .collect::<Result<_, _>>()
-        .map_err(|e| miette!("{e}"))?;
+        .collect::<Result<_, _>>()?;
     let b = enc.len();
     let s = enc.iter().map(|e| e.len()).max().unwrap_or(0);
     let pad = tok.token_to_id("[PAD]").unwrap_or(0) as i64;
@@ -856,22 +847,21 @@ fn embed(m: &Model, a: &RunArgs) -> Result<()> {
         .collect();
     let mut all = Session::new(&m.graph)
         .and_then(|mut s| s.run(&refs))
-        .map_err(|e| miette!("{e}"))?;
+        .map_err(run_error)?;
     all.push(inputs[1].clone());
     write_outputs(a, &all)
 }
 
 fn embed_bundle(bd: &BundleDir, a: &RunArgs, threads: Option<usize>) -> Result<()> {
-    let tok = bd.tokenizer().map_err(|e| miette!("{e}"))?;
-    let wanted = bd.inputs().map_err(|e| miette!("{e}"))?;
+    let tok = bd.tokenizer()?;
+    let wanted = bd.inputs()?;
     let token_types = wanted.iter().any(|i| i.name == "token_type_ids");
     let mut inputs = encode_sentences(&tok, &a.prompt, token_types)?;
     inputs.retain(|(n, _)| wanted.iter().any(|w| &w.name == n));
     let mask = inputs.iter().find(|(n, _)| n == "attention_mask").cloned();
     let mut rt = bd
-        .load(bundle_threads(threads))
-        .map_err(|e| miette!("{e}"))?;
-    let mut all = bd.run_graph(&mut rt, &inputs).map_err(|e| miette!("{e}"))?;
+        .load(bundle_threads(threads))?;
+    let mut all = bd.run_graph(&mut rt, &inputs)?;
     all.extend(mask);
     write_outputs(a, &all)
 }
@@ -886,7 +876,7 @@ fn read_npy_inputs(a: &RunArgs) -> Result<Vec<(String, Tensor)>> {
                 "--input '{spec}' must be NAME=FILE.npy"
             )
         })?;
-        let t = npy::read(Path::new(file)).map_err(|e| miette!("{e}"))?;
+        let t = npy::read(Path::new(file))?;
         inputs.push((name.to_string(), t));
     }
     Ok(inputs)
@@ -900,7 +890,7 @@ fn run_npy(m: &Model, a: &RunArgs) -> Result<()> {
         .collect();
     let outs = Session::new(&m.graph)
         .and_then(|mut s| s.run(&refs))
-        .map_err(|e| miette!("{e}"))?;
+        .map_err(run_error)?;
     write_outputs(a, &outs)
 }
 
@@ -989,13 +979,7 @@ fn build(a: BuildArgs) -> Result<()> {
     }
     let target =
         llmc_backends::TargetSpec::parse(&a.target, a.cpu.as_deref(), a.features.as_deref())
-            .map_err(|e| {
-                miette!(
-                    code = "llmc::build::target",
-                    help = "llmc targets lists the targets, CPUs and features",
-                    "{e}"
-                )
-            })?;
+            .map_err(target_error)?;
     if out.so && !target.runs_here() {
         return Err(miette!(
             code = "llmc::build::flag",
@@ -1150,7 +1134,7 @@ fn bench(a: BenchArgs, threads: Vec<usize>) -> Result<()> {
         machine: a.machine,
     };
     let report =
-        crate::bench::bench(&bd, &opts, |msg| eprintln!("{msg}")).map_err(|e| miette!("{e}"))?;
+        crate::bench::bench(&bd, &opts, |msg| eprintln!("{msg}"))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     } else {
@@ -1218,7 +1202,7 @@ fn targets(a: TargetsArgs) -> Result<()> {
     let mut rows = Vec::new();
     for r in TARGET_ROWS {
         let spec =
-            TargetSpec::parse(r.arch, Some(r.cpu), r.features).map_err(|e| miette!("{e}"))?;
+            TargetSpec::parse(r.arch, Some(r.cpu), r.features).map_err(target_error)?;
         rows.push(serde_json::json!({
             "arch": r.arch,
             "triple": spec.llvm_triple(),
@@ -1277,10 +1261,10 @@ fn targets(a: TargetsArgs) -> Result<()> {
 /// A tokenizer from a bundle directory, a `tokenizer.json`, or a model file.
 fn tokenizer_at(path: &Path) -> Result<Tokenizer> {
     if BundleDir::is_bundle(path) {
-        return open_bundle(path)?.tokenizer().map_err(|e| miette!("{e}"));
+        return open_bundle(path)?.tokenizer().map_err(Into::into);
     }
     if path.extension().is_some_and(|e| e == "json") && path.is_file() {
-        return Tokenizer::from_file(path).map_err(|e| miette!("{e}"));
+        return Tokenizer::from_file(path).map_err(Into::into);
     }
     let m = load(path)?;
     m.tokenizer
@@ -1289,7 +1273,7 @@ fn tokenizer_at(path: &Path) -> Result<Tokenizer> {
 
 fn tokenize(a: TokenizeArgs) -> Result<()> {
     let tok = tokenizer_at(&a.tokenizer)?;
-    let ids = tok.encode(&a.text, a.special).map_err(|e| miette!("{e}"))?;
+    let ids = tok.encode(&a.text, a.special)?;
     let s: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     println!("{}", s.join(" "));
     Ok(())
@@ -1315,7 +1299,7 @@ fn detokenize(a: DetokenizeArgs) -> Result<()> {
             ids.push(id);
         }
     }
-    let text = tok.decode(&ids).map_err(|e| miette!("{e}"))?;
+    let text = tok.decode(&ids)?;
     println!("{text}");
     Ok(())
 }

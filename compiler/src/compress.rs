@@ -25,6 +25,16 @@ pub enum CompressError {
         #[help]
         help: Option<String>,
     },
+    /// A flag's value is none of those llmc takes.
+    #[error("{flag} '{value}' is not {what}")]
+    #[diagnostic(code(llmc::build::flag))]
+    Unknown {
+        flag: &'static str,
+        value: String,
+        what: &'static str,
+        #[help]
+        help: Option<String>,
+    },
     /// Two flags that cannot go together.
     #[error("{msg}")]
     #[diagnostic(code(llmc::build::flags))]
@@ -105,10 +115,10 @@ pub fn preset_pipeline(
     let (m, smooth) = match method {
         "smoothquant" => (Method::Rtn, true),
         other => (
-            Method::parse(other).ok_or_else(|| CompressError::Flag {
+            Method::parse(other).ok_or_else(|| CompressError::Unknown {
                 flag: "--quant-method",
                 value: other.to_string(),
-                msg: "not a method llmc knows".into(),
+                what: "a method llmc knows",
                 help: Some(format!("choose one of {}", METHODS.join(", "))),
             })?,
             false,
@@ -136,11 +146,12 @@ pub fn preset_pipeline(
             });
         }
         if !(b > 0.0 && b <= 32.0) {
-            return Err(CompressError::flag(
-                "--bpw",
-                b,
-                "not a bits-per-weight target (e.g. 5.5)",
-            ));
+            return Err(CompressError::Unknown {
+                flag: "--bpw",
+                value: b.to_string(),
+                what: "a bits-per-weight target",
+                help: Some("write --bpw 5.5".into()),
+            });
         }
         opts.bpw = Some(b);
     }
@@ -166,10 +177,10 @@ pub const LAYER_BRIDGE_RANK: usize = 64;
 /// their mean output, layers by a rank-[`LAYER_BRIDGE_RANK`] map fitted on calibration.
 pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, CompressError> {
     use llmc_passes::prune::unstructured::{PruneMethod, PrunePass, Sparsity};
-    let bad = || CompressError::Flag {
+    let bad = || CompressError::Unknown {
         flag: "--prune",
         value: spec.to_string(),
-        msg: "not a pruning spec".into(),
+        what: "a pruning spec",
         help: Some("write wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4, sparsegpt:2:4, ffn:0.25, ffn-prunenet:0.25, heads:0.25, heads-kv:0.34 or layers:4".into()),
     };
     let fraction_range = || CompressError::flag("--prune", spec, "the fraction must lie in [0, 1)");
@@ -268,10 +279,10 @@ pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, CompressEr
 pub fn lowrank_pass(spec: &str) -> Result<Box<dyn Pass>, CompressError> {
     use llmc_passes::core::linalg::RankRule;
     use llmc_passes::lowrank::svd::{LowRankMethod, LowRankPass};
-    let bad = || CompressError::Flag {
+    let bad = || CompressError::Unknown {
         flag: "--lowrank",
         value: spec.to_string(),
-        msg: "not a low-rank spec".into(),
+        what: "a low-rank spec",
         help: Some("write svd:0.7 or svd-llm:0.7: the method and the fraction of each layer's values kept".into()),
     };
     let (m, f) = spec.split_once(':').ok_or_else(bad)?;
@@ -297,10 +308,10 @@ pub fn lowrank_pass(spec: &str) -> Result<Box<dyn Pass>, CompressError> {
 /// `keep_head` leaves the output head (and an embedding tied to it) alone.
 pub fn palettize_pass(spec: &str, keep_head: bool) -> Result<Box<dyn Pass>, CompressError> {
     use llmc_passes::share::palettize::{PaletteOptions, PalettizePass};
-    let bad = || CompressError::Flag {
+    let bad = || CompressError::Unknown {
         flag: "--palettize",
         value: spec.to_string(),
-        msg: "not a palette spec".into(),
+        what: "a palette spec",
         help: Some("write 16 for one codebook of 16 entries per tensor, or 16:128 for one per 128 output rows".into()),
     };
     let (entries, rows) = match spec.split_once(':') {
@@ -345,10 +356,10 @@ pub fn distill_pass(spec: &str) -> Result<Box<dyn Pass>, CompressError> {
     let rank = match spec.trim() {
         "" | "bias" => 0,
         s => {
-            let r = s.strip_prefix("rank:").ok_or_else(|| CompressError::Flag {
+            let r = s.strip_prefix("rank:").ok_or_else(|| CompressError::Unknown {
                 flag: "--distill",
                 value: spec.to_string(),
-                msg: "not a distillation spec".into(),
+                what: "a distillation spec",
                 help: Some("write --distill for a bias correction, or --distill rank:8 to add a rank-8 branch".into()),
             })?;
             match r.parse::<usize>() {
@@ -517,10 +528,10 @@ pub fn parse_percent(s: &str) -> Result<f64, CompressError> {
     let t = s.trim().trim_end_matches('%');
     match t.parse::<f64>() {
         Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
-        _ => Err(CompressError::Flag {
+        _ => Err(CompressError::Unknown {
             flag: "--max-ppl-increase",
             value: s.to_string(),
-            msg: "not a percentage".into(),
+            what: "a percentage",
             help: Some("write --max-ppl-increase 5%".into()),
         }),
     }

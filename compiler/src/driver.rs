@@ -22,13 +22,17 @@ use std::time::Instant;
 pub enum BuildError {
     /// The model file or directory is not there, or is not a model.
     #[error("{path}: {msg}")]
-    #[diagnostic(code(llmc::build::model))]
+    #[diagnostic(code(llmc::model::path))]
     Model {
         path: PathBuf,
         msg: String,
         #[help]
         help: Option<String>,
     },
+    /// The model file is malformed or uses what llmc does not support.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Frontend(#[from] crate::frontend::FrontendError),
     /// A flag's value, two flags together, or the data a pass needs.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -194,11 +198,7 @@ pub fn load_model(path: &Path) -> Result<Model, BuildError> {
             "pass a bundle directory written by llmc build, or a model file",
         ));
     }
-    frontend::load(path).map_err(|e| BuildError::Model {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-        help: None,
-    })
+    Ok(frontend::load(path)?)
 }
 
 /// The passes the request's compression names.

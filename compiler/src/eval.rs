@@ -9,18 +9,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Why an evaluation could not run.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum EvalError {
     #[error("{path}: {source}")]
+    #[diagnostic(code(llmc::eval::io))]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The text, window or model does not fit the protocol.
     #[error("{0}")]
+    #[diagnostic(code(llmc::eval::bad_input))]
     Bad(String),
+    /// The interpreter could not run the model.
     #[error(transparent)]
+    #[diagnostic(code(llmc::eval::interpreter))]
     Ir(#[from] IrError),
+    /// The compiled code returned an error.
     #[error(transparent)]
+    #[diagnostic(code(llmc::eval::bundle))]
     Runtime(#[from] llmc_runtime::BundleError),
 }
 

@@ -3,11 +3,13 @@
 use llmc_ir::{DType, Data, Tensor};
 use std::path::Path;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum NpyError {
     #[error("{path}: {msg}")]
+    #[diagnostic(code(llmc::npy::bad))]
     Bad { path: String, msg: String },
     #[error("{path}: {source}")]
+    #[diagnostic(code(llmc::npy::io))]
     Io {
         path: String,
         source: std::io::Error,

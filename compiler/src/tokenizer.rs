@@ -7,8 +7,9 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[error("tokenizer: {0}")]
+#[diagnostic(code(llmc::tokenizer))]
 pub struct TokenizerError(pub String);
 
 impl Tokenizer {

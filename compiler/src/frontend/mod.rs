@@ -13,21 +13,31 @@ use std::path::{Path, PathBuf};
 
 /// What a frontend found wrong with a model file. Bad input and unsupported features are told
 /// apart from internal faults; every message names the file and the tensor, node or field.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum FrontendError {
     /// The file is malformed, truncated or inconsistent.
     #[error("{}: {msg}", path.display())]
+    #[diagnostic(code(llmc::model::bad_input))]
     BadInput { path: PathBuf, msg: String },
     /// The file is valid but uses something llmc does not support.
     #[error("{}: unsupported: {msg}", path.display())]
+    #[diagnostic(
+        code(llmc::model::unsupported),
+        help("llmc reads Llama-family GGUF and safetensors decoders, BERT encoders, and ONNX graphs of the ops `llmc inspect` lists")
+    )]
     Unsupported { path: PathBuf, msg: String },
     #[error("{}: cannot read: {source}", path.display())]
+    #[diagnostic(code(llmc::model::io))]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     /// The frontend built a graph the IR rejects: a bug in llmc.
     #[error("{}: internal error while building the graph: {source}", path.display())]
+    #[diagnostic(
+        code(llmc::model::internal),
+        help("this is a bug in llmc: please report it with the model file")
+    )]
     Internal { path: PathBuf, source: IrError },
 }
 
