@@ -4,9 +4,9 @@
 
 use crate::frontend::{Model, ModelKind};
 use crate::tokenizer::Tokenizer;
+use llmc_backends::cpu::manifest::{Buffer, BufferDim, Manifest, MANIFEST_FORMAT};
 use llmc_backends::cpu::Bundle;
 use llmc_ir::{DType, Data, Dim, Tensor};
-use llmc_backends::cpu::manifest::{Buffer, BufferDim, Manifest, MANIFEST_FORMAT};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -664,13 +664,15 @@ impl BundleDir {
             dir: dir.to_path_buf(),
             name: b.name.clone(),
             kind: b.kind,
-            model_kind: model.map_or(
-                match b.kind {
-                    BundleKind::Decoder => "causal-lm",
-                    BundleKind::Graph => "graph",
-                },
-                |m| m.model.kind.as_str(),
-            ).to_string(),
+            model_kind: model
+                .map_or(
+                    match b.kind {
+                        BundleKind::Decoder => "causal-lm",
+                        BundleKind::Graph => "graph",
+                    },
+                    |m| m.model.kind.as_str(),
+                )
+                .to_string(),
             vocab: b.vocab.map(|v| v as usize),
             max_context: b.max_context.max(0) as usize,
             max_tokens: b.max_tokens.max(0) as usize,
@@ -792,10 +794,9 @@ impl BundleDir {
                     .map(|d| match d {
                         DimSpec::Fixed(n) => Ok(RunDim::Fixed(*n)),
                         DimSpec::Named(s) => Ok(RunDim::Named(s.clone())),
-                        DimSpec::Unknown => Err(bad(format!(
-                            "'{}' has a dimension of unknown size",
-                            e.name
-                        ))),
+                        DimSpec::Unknown => {
+                            Err(bad(format!("'{}' has a dimension of unknown size", e.name)))
+                        }
                     })
                     .collect::<Result<_, _>>()?;
                 Ok(IoSpec {

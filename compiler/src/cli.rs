@@ -475,8 +475,7 @@ impl Lm {
             no_interp_on_bundle(path, interp)?;
             let bd = open_bundle(path)?;
             bd.expect_kind(BundleKind::Decoder, "eval")?;
-            let rt = bd
-                .load(bundle_threads(threads))?;
+            let rt = bd.load(bundle_threads(threads))?;
             return Ok(Lm::Bundle(Box::new(bd), Box::new(rt)));
         }
         Ok(Lm::Model(Box::new(load(path)?)))
@@ -518,9 +517,7 @@ fn eval(a: EvalArgs, threads: Option<usize>) -> Result<()> {
             .as_ref()
             .ok_or_else(|| miette!("{}: the model carries no tokenizer", m.path.display()))?
             .encode(&text, false),
-        Lm::Bundle(bd, _) => bd
-            .tokenizer()?
-            .encode(&text, false),
+        Lm::Bundle(bd, _) => bd.tokenizer()?.encode(&text, false),
     }?;
     let p = Protocol {
         window: a.window,
@@ -698,8 +695,7 @@ fn run_bundle(a: &RunArgs, threads: Option<usize>) -> Result<()> {
         }
         BundleKind::Graph if !a.input.is_empty() => {
             let inputs = read_npy_inputs(a)?;
-            let mut rt = bd
-                .load(bundle_threads(threads))?;
+            let mut rt = bd.load(bundle_threads(threads))?;
             let outs = bd.run_graph(&mut rt, &inputs)?;
             write_outputs(a, &outs)
         }
@@ -736,15 +732,13 @@ fn generate_bundle(bd: &BundleDir, a: &RunArgs, threads: Option<usize>) -> Resul
         "the bundle was built for",
         fix,
     )?;
-    let mut rt = bd
-        .load(bundle_threads(threads))?;
+    let mut rt = bd.load(bundle_threads(threads))?;
     let chunk = bd.max_tokens.max(1);
     let mut logits = vec![0f32; vocab];
     stream_generate(&tok, &prompt, ids, bd.eos, a, |step| {
         let toks: Vec<i32> = step.iter().map(|&t| t as i32).collect();
         for c in toks.chunks(chunk) {
-            rt.prefill_last_into(c, &mut logits)
-                .map_err(run_error)?;
+            rt.prefill_last_into(c, &mut logits).map_err(run_error)?;
         }
         Ok(logits.clone())
     })
@@ -859,8 +853,7 @@ fn embed_bundle(bd: &BundleDir, a: &RunArgs, threads: Option<usize>) -> Result<(
     let mut inputs = encode_sentences(&tok, &a.prompt, token_types)?;
     inputs.retain(|(n, _)| wanted.iter().any(|w| &w.name == n));
     let mask = inputs.iter().find(|(n, _)| n == "attention_mask").cloned();
-    let mut rt = bd
-        .load(bundle_threads(threads))?;
+    let mut rt = bd.load(bundle_threads(threads))?;
     let mut all = bd.run_graph(&mut rt, &inputs)?;
     all.extend(mask);
     write_outputs(a, &all)
@@ -925,9 +918,7 @@ fn default_name(model: &Path) -> String {
 }
 
 fn build(a: BuildArgs) -> Result<()> {
-    use crate::driver::{
-        BuildRequest, CalibSource, Compression, CompressFlags, EvalRequest,
-    };
+    use crate::driver::{BuildRequest, CalibSource, CompressFlags, Compression, EvalRequest};
     use llmc_passes::quant::Scheme;
     let quant = Scheme::parse(&a.quant).ok_or_else(|| {
         miette!(
@@ -966,9 +957,12 @@ fn build(a: BuildArgs) -> Result<()> {
                 "--dim '{d}' must be NAME=MAX"
             )
         })?;
-        let v: i64 = v
-            .parse()
-            .map_err(|_| miette!(code = "llmc::build::flag", "--dim '{d}': '{v}' is not a number"))?;
+        let v: i64 = v.parse().map_err(|_| {
+            miette!(
+                code = "llmc::build::flag",
+                "--dim '{d}': '{v}' is not a number"
+            )
+        })?;
         if v < 1 {
             return Err(miette!(
                 code = "llmc::build::flag",
@@ -1114,7 +1108,6 @@ fn build(a: BuildArgs) -> Result<()> {
     Ok(())
 }
 
-
 fn bench(a: BenchArgs, threads: Vec<usize>) -> Result<()> {
     if !BundleDir::is_bundle(&a.bundle) {
         return Err(miette!(
@@ -1133,8 +1126,7 @@ fn bench(a: BenchArgs, threads: Vec<usize>) -> Result<()> {
         runs: a.runs,
         machine: a.machine,
     };
-    let report =
-        crate::bench::bench(&bd, &opts, |msg| eprintln!("{msg}"))?;
+    let report = crate::bench::bench(&bd, &opts, |msg| eprintln!("{msg}"))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     } else {
@@ -1201,8 +1193,7 @@ fn targets(a: TargetsArgs) -> Result<()> {
     use llmc_backends::TargetSpec;
     let mut rows = Vec::new();
     for r in TARGET_ROWS {
-        let spec =
-            TargetSpec::parse(r.arch, Some(r.cpu), r.features).map_err(target_error)?;
+        let spec = TargetSpec::parse(r.arch, Some(r.cpu), r.features).map_err(target_error)?;
         rows.push(serde_json::json!({
             "arch": r.arch,
             "triple": spec.llvm_triple(),

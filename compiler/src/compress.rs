@@ -157,7 +157,9 @@ pub fn preset_pipeline(
     }
     let mut out: Vec<Box<dyn Pass>> = Vec::new();
     if smooth {
-        out.push(Box::new(llmc_passes::quant::smoothquant::SmoothPass { alpha: 0.5 }));
+        out.push(Box::new(llmc_passes::quant::smoothquant::SmoothPass {
+            alpha: 0.5,
+        }));
     }
     out.push(Box::new(QuantizePass {
         opts,
@@ -177,11 +179,13 @@ pub const LAYER_BRIDGE_RANK: usize = 64;
 /// their mean output, layers by a rank-[`LAYER_BRIDGE_RANK`] map fitted on calibration.
 pub fn prune_pass(spec: &str, distill: bool) -> Result<Box<dyn Pass>, CompressError> {
     use llmc_passes::prune::unstructured::{PruneMethod, PrunePass, Sparsity};
-    let bad = || CompressError::Unknown {
+    let bad = || {
+        CompressError::Unknown {
         flag: "--prune",
         value: spec.to_string(),
         what: "a pruning spec",
         help: Some("write wanda:0.5, magnitude:0.5, sparsegpt:0.5, 2:4, sparsegpt:2:4, ffn:0.25, ffn-prunenet:0.25, heads:0.25, heads-kv:0.34 or layers:4".into()),
+    }
     };
     let fraction_range = || CompressError::flag("--prune", spec, "the fraction must lie in [0, 1)");
     if let Some((kind, f)) = spec
@@ -283,7 +287,10 @@ pub fn lowrank_pass(spec: &str) -> Result<Box<dyn Pass>, CompressError> {
         flag: "--lowrank",
         value: spec.to_string(),
         what: "a low-rank spec",
-        help: Some("write svd:0.7 or svd-llm:0.7: the method and the fraction of each layer's values kept".into()),
+        help: Some(
+            "write svd:0.7 or svd-llm:0.7: the method and the fraction of each layer's values kept"
+                .into(),
+        ),
     };
     let (m, f) = spec.split_once(':').ok_or_else(bad)?;
     let method = LowRankMethod::parse(m).ok_or_else(bad)?;
@@ -308,11 +315,13 @@ pub fn lowrank_pass(spec: &str) -> Result<Box<dyn Pass>, CompressError> {
 /// `keep_head` leaves the output head (and an embedding tied to it) alone.
 pub fn palettize_pass(spec: &str, keep_head: bool) -> Result<Box<dyn Pass>, CompressError> {
     use llmc_passes::share::palettize::{PaletteOptions, PalettizePass};
-    let bad = || CompressError::Unknown {
+    let bad = || {
+        CompressError::Unknown {
         flag: "--palettize",
         value: spec.to_string(),
         what: "a palette spec",
         help: Some("write 16 for one codebook of 16 entries per tensor, or 16:128 for one per 128 output rows".into()),
+    }
     };
     let (entries, rows) = match spec.split_once(':') {
         Some((e, r)) => (e, Some(r)),
@@ -545,7 +554,8 @@ pub fn eval_against(
     p: Protocol,
     progress: Option<&Progress>,
 ) -> Result<EvalResult, CompressError> {
-    let data = |e: &dyn std::fmt::Display| CompressError::data(model_path, format!("evaluation: {e}"));
+    let data =
+        |e: &dyn std::fmt::Display| CompressError::data(model_path, format!("evaluation: {e}"));
     let reference = crate::frontend::load(model_path).map_err(|e| data(&e))?;
     let tok = compressed
         .tokenizer
@@ -561,4 +571,3 @@ pub fn eval_against(
     })
     .map_err(|e| data(&e))
 }
-

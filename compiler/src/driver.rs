@@ -278,7 +278,11 @@ pub fn build(
                 ..req.outputs
             },
         );
-        if let Some(p) = names.iter().map(|n| req.output.join(n)).find(|p| p.exists()) {
+        if let Some(p) = names
+            .iter()
+            .map(|n| req.output.join(n))
+            .find(|p| p.exists())
+        {
             return Err(BuildError::Exists(p));
         }
     }

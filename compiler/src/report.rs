@@ -168,7 +168,10 @@ fn print_structured(rows: &[PassRow]) {
     });
     if let Some(first) = pruned.first() {
         let mean = pruned.iter().map(|r| r.sparsity).sum::<f64>() / pruned.len() as f64;
-        let worst = pruned.iter().filter_map(|r| r.out_error).fold(0.0, f64::max);
+        let worst = pruned
+            .iter()
+            .filter_map(|r| r.out_error)
+            .fold(0.0, f64::max);
         println!(
             "pruned {} weights ({}): mean sparsity {:.1}%, worst output error on calibration {worst:.4}",
             pruned.len(),
@@ -273,7 +276,10 @@ fn print_structured(rows: &[PassRow]) {
 
 /// Each structured pruning's compensation: what was tried, what the loss said, what stayed.
 fn print_compensations(rows: &[PassRow]) {
-    for CompensationRow { pass, compensation: c } in rows_of(rows, |r| match r {
+    for CompensationRow {
+        pass,
+        compensation: c,
+    } in rows_of(rows, |r| match r {
         PassRow::Compensation(c) => Some(c),
         _ => None,
     }) {

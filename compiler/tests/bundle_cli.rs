@@ -229,7 +229,10 @@ fn bundles_that_do_not_fit_get_clear_errors() {
     );
     fails_with(&["run", &b, "--input", "x=y.npy"], "--prompt");
     let no_so = bundle_without("no-so", &["libsmol.so"]);
-    fails_with(&["run", &s(&no_so), "--prompt", PROMPT], "rebuild the bundle");
+    fails_with(
+        &["run", &s(&no_so), "--prompt", PROMPT],
+        "rebuild the bundle",
+    );
     let no_w = bundle_without("no-weights", &["smol.weights"]);
     fails_with(
         &["run", &s(&no_w), "--prompt", PROMPT],

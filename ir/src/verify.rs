@@ -219,8 +219,14 @@ mod tests {
     fn every_error_is_reported() {
         let e = err("graph @g(%x: tensor<4xf32>) {\n  %0 = exp(%x) : tensor<5xf32>\n  %1 = exp(%x) : tensor<6xf32>\n  return %0 as \"y\", %1 as \"y\"\n}\n");
         assert!(e.starts_with("invalid graph: 3 errors"), "{e}");
-        assert!(e.contains("%0 = exp (line 2): result 0 is declared tensor<5xf32>"), "{e}");
-        assert!(e.contains("%1 = exp (line 3): result 0 is declared tensor<6xf32>"), "{e}");
+        assert!(
+            e.contains("%0 = exp (line 2): result 0 is declared tensor<5xf32>"),
+            "{e}"
+        );
+        assert!(
+            e.contains("%1 = exp (line 3): result 0 is declared tensor<6xf32>"),
+            "{e}"
+        );
         assert!(e.contains("output \"y\" is returned twice"), "{e}");
     }
 

@@ -24,11 +24,11 @@ pub mod quant;
 pub mod registry;
 pub mod share;
 
-pub use registry::{infos, pipeline};
 pub use crate::core::rewrite::{
     apply_patterns, PValue, Patch, RewriteConfig, RewritePattern, RewriteStats, View,
 };
 pub use canon::{canonicalize, fuse, patterns_by_name};
+pub use registry::{infos, pipeline};
 
 use crate::core::linalg::LinalgError;
 use crate::core::rewrite::PatchError;

@@ -201,7 +201,10 @@ fn run_file(file: &str) -> String {
     check_lines(file, &src, &text);
     // which weights the rewrite changed, by content hash
     for (tag, changed) in [("CHECK-CHANGED", true), ("CHECK-UNCHANGED", false)] {
-        for name in directives(&src, tag).iter().flat_map(|l| l.split_whitespace()) {
+        for name in directives(&src, tag)
+            .iter()
+            .flat_map(|l| l.split_whitespace())
+        {
             let name = name.trim_start_matches('@');
             let now = g.weight_by_name(name).map(|w| w.hash);
             let was = hashes_before.get(name).copied();

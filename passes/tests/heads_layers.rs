@@ -7,10 +7,13 @@ use llmc_ir::{
     ValueId, WeightData,
 };
 use llmc_passes::calib::{decoder_feeds, Calibration};
+use llmc_passes::core::report::{HeadsRow, LayersRow, PassRow};
+use llmc_passes::core::{
+    manager::PassManager,
+    pass::{Pass, PassContext},
+};
 use llmc_passes::prune::heads::{attention_blocks, HeadUnit, PruneHeadsPass};
 use llmc_passes::prune::layers::{residual_stream, DropLayersPass};
-use llmc_passes::core::report::{HeadsRow, LayersRow, PassRow};
-use llmc_passes::core::{manager::PassManager, pass::{Pass, PassContext}};
 
 const D: usize = 32;
 const HEADS: usize = 6;

@@ -226,8 +226,12 @@ impl Bundle {
             ));
         }
         // SAFETY: loading a library runs its initializers; llmc bundles have none.
-        let lib = unsafe { libloading::Library::new(&so) }
-            .map_err(|e| load_err(&so, format!("{e} (rebuild the bundle for this machine: llmc build MODEL -o DIR)")))?;
+        let lib = unsafe { libloading::Library::new(&so) }.map_err(|e| {
+            load_err(
+                &so,
+                format!("{e} (rebuild the bundle for this machine: llmc build MODEL -o DIR)"),
+            )
+        })?;
         macro_rules! sym {
             ($t:ty, $n:expr) => {{
                 let n = format!("{}_{}", name, $n);

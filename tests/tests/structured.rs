@@ -64,7 +64,11 @@ fn prune_graph(dense: Graph, seed: u64, pipeline: &str) -> (Graph, Graph, Vec<se
         .unwrap_or_else(|e| panic!("{pipeline}: {e}"));
     llmc_ir::verify(&g).unwrap();
     // the rows as report.json holds them
-    let rows = cx.report.iter().map(|r| serde_json::to_value(r).unwrap()).collect();
+    let rows = cx
+        .report
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
     (dense, g, rows)
 }
 
@@ -263,10 +267,14 @@ fn layer_compensation_adds_the_removed_layers_mean_change() {
             (0, None) => continue,
             (1, Some(true)) => {
                 let s = llmc_passes::prune::layers::residual_stream(&dense).unwrap();
-                let change =
-                    llmc_passes::prune::layers::block_influence(&dense, &s, &calibration(seed), |_| {})
-                        .unwrap()
-                        .mean_change;
+                let change = llmc_passes::prune::layers::block_influence(
+                    &dense,
+                    &s,
+                    &calibration(seed),
+                    |_| {},
+                )
+                .unwrap()
+                .mean_change;
                 let i = g
                     .weights
                     .iter()
@@ -508,7 +516,8 @@ fn head_compensation_adds_the_removed_heads_mean_output() {
                     })
                     .collect();
                 let st = &stats.inputs[&b.o_input];
-                let (o, rows, cols) = llmc_passes::core::edit::weight_f32(&dense, b.o.weight).unwrap();
+                let (o, rows, cols) =
+                    llmc_passes::core::edit::weight_f32(&dense, b.o.weight).unwrap();
                 // the o bias the model had (if any), plus the compensation
                 let (old_bias, new_bias) = match b.o.bias {
                     Some(bi) => {

@@ -129,7 +129,9 @@ mod tests {
             BufferDim::of(&ctx, &names),
             BufferDim::Named("1 + tokens + past".into())
         );
-        let json = serde_json::to_string(&vec![BufferDim::Fixed(1), BufferDim::Named("seq".into())]).unwrap();
+        let json =
+            serde_json::to_string(&vec![BufferDim::Fixed(1), BufferDim::Named("seq".into())])
+                .unwrap();
         assert_eq!(json, r#"[1,"seq"]"#);
         let back: Vec<BufferDim> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, [BufferDim::Fixed(1), BufferDim::Named("seq".into())]);

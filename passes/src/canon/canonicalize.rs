@@ -2,7 +2,9 @@
 //! static attributes, identities dropped, transposes and reshapes merged, dead code removed.
 
 use super::fold::{FoldConstants, FoldShapes};
-use crate::core::rewrite::{apply_patterns, Patch, RewriteConfig, RewritePattern, RewriteStats, View};
+use crate::core::rewrite::{
+    apply_patterns, Patch, RewriteConfig, RewritePattern, RewriteStats, View,
+};
 use crate::core::symbolic::{known, sym_value, Sym};
 use crate::PassError;
 use llmc_ir::infer::{dims_may_equal, slice_range};

@@ -45,10 +45,13 @@ pub fn rows_cols(g: &Graph, i: usize) -> (usize, usize) {
 /// A weight's values as f32, with its rows and columns.
 pub fn weight_f32(g: &Graph, i: usize) -> Result<Matrix, PassError> {
     let w = &g.weights[i];
-    let data = w
-        .data
-        .as_ref()
-        .ok_or_else(|| edit_error("read", &w.name, "the weight has no data (a graph parsed from text?)"))?;
+    let data = w.data.as_ref().ok_or_else(|| {
+        edit_error(
+            "read",
+            &w.name,
+            "the weight has no data (a graph parsed from text?)",
+        )
+    })?;
     let (rows, cols) = rows_cols(g, i);
     let t = data
         .decode_f32(&w.ty)
@@ -80,12 +83,21 @@ pub fn replace_encoded(
         shape: g.weights[i].ty.shape.clone(),
         enc,
     };
-    let data = WeightData::new(Bytes::owned(bytes), Format::Canonical, noted_origin(g, i, note));
+    let data = WeightData::new(
+        Bytes::owned(bytes),
+        Format::Canonical,
+        noted_origin(g, i, note),
+    );
     replace(g, i, ty, data)
 }
 
 /// Replaces a weight's values by dense f32 ones of the same shape.
-pub fn set_weight_f32(g: &mut Graph, i: usize, values: Vec<f32>, note: &str) -> Result<(), PassError> {
+pub fn set_weight_f32(
+    g: &mut Graph,
+    i: usize,
+    values: Vec<f32>,
+    note: &str,
+) -> Result<(), PassError> {
     let shape: Vec<usize> = g.weights[i]
         .ty
         .shape

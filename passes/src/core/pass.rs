@@ -140,7 +140,9 @@ impl Options {
     }
 
     pub fn int(&self, name: &str) -> Result<i64, PassError> {
-        self.raw(name).parse().map_err(|_| self.need(name, "an integer"))
+        self.raw(name)
+            .parse()
+            .map_err(|_| self.need(name, "an integer"))
     }
 
     /// An int option that must be at least 0.
@@ -149,7 +151,9 @@ impl Options {
     }
 
     pub fn float(&self, name: &str) -> Result<f64, PassError> {
-        self.raw(name).parse().map_err(|_| self.need(name, "a number"))
+        self.raw(name)
+            .parse()
+            .map_err(|_| self.need(name, "a number"))
     }
 
     pub fn bool(&self, name: &str) -> bool {
@@ -233,7 +237,6 @@ pub trait Pass {
         false
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -21,18 +21,17 @@
 //! (`attn_q` of every layer, ...) whose corrections lower it alone, if together they still do,
 //! and else none.
 
-use crate::core::report::{DistillCheck, DistillCheckRow, DistillRow, DistillSkippedRow, PassRow};
-use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
+use crate::calib::{InputStats, Stats};
 use crate::core::check::{is_language_model, lm_loss, spread, CHECK_WINDOWS};
 use crate::core::edit::{add_to_bias, weight_index, Matrix};
-use crate::core::originals::Originals;
-use crate::calib::{InputStats, Stats};
 use crate::core::linalg::output_error;
 use crate::core::linalg::{factor, LinalgError, RankRule};
+use crate::core::originals::Originals;
+use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
+use crate::core::report::{DistillCheck, DistillCheckRow, DistillRow, DistillSkippedRow, PassRow};
 use crate::PassError;
 use llmc_ir::{
-    ActQuant, BinaryOp, Bytes, DType, Format, Graph, Op, Tensor, TensorType, ValueId,
-    WeightData,
+    ActQuant, BinaryOp, Bytes, DType, Format, Graph, Op, Tensor, TensorType, ValueId, WeightData,
 };
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -708,11 +707,7 @@ impl Pass for DistillPass {
         true
     }
 
-    fn run(
-        &mut self,
-        g: &mut Graph,
-        cx: &mut PassContext,
-    ) -> Result<(), PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
         let Some(originals) = cx.originals.take() else {
             return Err(PassError::Calibration(
                 "distill compares against the weights as the pipeline found them, and none were kept (run it through the pass manager)".into(),

@@ -12,19 +12,19 @@
 //! `y = x Qᵀ + (x Rᵀ) Lᵀ`: three linear layers and an add, every weight in a block
 //! quantization the CPU backend unpacks inside its kernels.
 
-use crate::core::report::{CalderaRow, PassRow};
-use crate::core::edit::replace;
-use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
 use crate::calib::Stats;
+use crate::core::edit::replace;
 use crate::core::grid::{gptq, GptqOptions};
 use crate::core::linalg::output_error;
 use crate::core::linalg::{factor, RankRule};
+use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
+use crate::core::report::{CalderaRow, PassRow};
 use crate::MatrixError;
 use crate::PassError;
 use faer::Mat;
 use llmc_ir::{
-    BinaryOp, Bytes, DType, Encoding, Format, Graph, Group, Op, QuantSpec, TensorType,
-    WeightData, Zero,
+    BinaryOp, Bytes, DType, Encoding, Format, Graph, Group, Op, QuantSpec, TensorType, WeightData,
+    Zero,
 };
 use rayon::prelude::*;
 
@@ -206,7 +206,11 @@ pub fn caldera(
                 .get(&x)
                 .filter(|s| s.cols == cols)
                 .ok_or_else(|| {
-                    PassError::matrix("caldera", name, MatrixError::NoStatistics { method: "caldera" })
+                    PassError::matrix(
+                        "caldera",
+                        name,
+                        MatrixError::NoStatistics { method: "caldera" },
+                    )
                 })?;
             let d = decompose(&v, rows, cols, &st.gram, o)
                 .map_err(|e| PassError::matrix("caldera", name, e))?;
@@ -391,11 +395,7 @@ impl Pass for CalderaPass {
         true
     }
 
-    fn run(
-        &mut self,
-        g: &mut Graph,
-        cx: &mut PassContext,
-    ) -> Result<(), PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
         let stats = cx.take_stats(g, "caldera")?;
         let reports = caldera(g, &self.opts, &stats, cx.progress.as_ref())?;
         for r in &reports {

@@ -15,13 +15,13 @@
 //! name); `R` is a new weight `<name>.lowrank_r`; both are dense f32, for later passes
 //! (quantization) to encode.
 
-use crate::core::report::{LowRankRow, PassRow};
-use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
-use crate::core::edit::sole_linear_sites;
-use crate::core::linalg::{factor, Factors, RankRule};
 use crate::calib::Stats;
-use crate::core::linalg::output_error;
+use crate::core::edit::sole_linear_sites;
 use crate::core::edit::{set_weight_f32_shaped, weight_f32};
+use crate::core::linalg::output_error;
+use crate::core::linalg::{factor, Factors, RankRule};
+use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
+use crate::core::report::{LowRankRow, PassRow};
 use crate::PassError;
 use llmc_ir::{DType, Graph, Op, Tensor, TensorType, WeightData};
 use rayon::prelude::*;
@@ -260,11 +260,7 @@ impl Pass for LowRankPass {
         self.method == LowRankMethod::SvdLlm
     }
 
-    fn run(
-        &mut self,
-        g: &mut Graph,
-        cx: &mut PassContext,
-    ) -> Result<(), PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
         let stats = if self.needs_calibration() || cx.stats.is_some() {
             Some(cx.take_stats(g, "lowrank")?)
         } else {

@@ -75,9 +75,7 @@ pub(crate) fn compensate(
     pass: &'static str,
 ) -> Result<(), PassError> {
     let windows = match &cx.calib {
-        Some(c) if is_language_model(g) => {
-            spread(&c.windows, CHECK_WINDOWS)
-        }
+        Some(c) if is_language_model(g) => spread(&c.windows, CHECK_WINDOWS),
         _ => Vec::new(),
     };
     let bytes_before = all_weight_bytes(g);

@@ -9,14 +9,14 @@
 //! channel matrix `[gate | up | downᵀ]` that carry the most of its leading singular values,
 //! those holding 90% of the energy, are kept, so its spectrum changes least).
 
-use crate::core::report::{FfnRow, PassRow};
-use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
 use super::compensate::{compensate, removed_mean_output, Edit};
-use crate::core::edit::reinfer;
 use crate::calib::Stats;
+use crate::core::edit::reinfer;
 use crate::core::edit::{set_weight_f32_shaped, weight_f32, weight_index};
-use crate::PassError;
 use crate::core::linalg::LinalgError;
+use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
+use crate::core::report::{FfnRow, PassRow};
+use crate::PassError;
 use faer::Mat;
 use llmc_ir::{BinaryOp, Graph, Op};
 use rayon::prelude::*;
@@ -129,12 +129,7 @@ pub enum ChannelScore {
 /// Each row's share of the leading singular values of `a` (`rows × cols`, row-major):
 /// `Σ_{j<k} σ_j² U_rj²` over the leading `k` singular vectors that hold `energy` of the squared
 /// singular values. Rows with little of it can go with the least change to the spectrum.
-pub fn leverage(
-    a: &[f32],
-    rows: usize,
-    cols: usize,
-    energy: f64,
-) -> Result<Vec<f64>, LinalgError> {
+pub fn leverage(a: &[f32], rows: usize, cols: usize, energy: f64) -> Result<Vec<f64>, LinalgError> {
     let m = Mat::<f64>::from_fn(rows, cols, |i, j| a[i * cols + j] as f64);
     let svd = m.thin_svd().map_err(|_| LinalgError::SvdDidNotConverge)?;
     let s = svd.S();
@@ -298,11 +293,7 @@ impl Pass for PruneFfnPass {
         self.score == ChannelScore::Activation || self.compensate
     }
 
-    fn run(
-        &mut self,
-        g: &mut Graph,
-        cx: &mut PassContext,
-    ) -> Result<(), PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
         let stats = if self.needs_calibration() {
             Some(cx.take_stats(g, "prune-ffn")?)
         } else {

@@ -12,15 +12,15 @@
 //! projections stay), or whole KV groups leave with their query heads (`unit=kv`: the KV cache
 //! shrinks too). With one query head per KV head (multi-head attention) both are whole heads.
 
-use crate::core::report::{HeadsRow, PassRow};
-use crate::core::edit::replace;
-use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
-use crate::core::edit::{rows_cols, weight_bytes};
 use crate::calib::Stats;
-use crate::core::edit::{set_weight_f32_shaped, weight_f32, weight_index};
 use crate::core::edit::reinfer;
-use crate::PassError;
+use crate::core::edit::replace;
+use crate::core::edit::{rows_cols, weight_bytes};
+use crate::core::edit::{set_weight_f32_shaped, weight_f32, weight_index};
+use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
+use crate::core::report::{HeadsRow, PassRow};
 use crate::MatrixError;
+use crate::PassError;
 use llmc_ir::{Bytes, Dim, Encoding, Format, Graph, Op, Shape, ValueId, WeightData};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -566,11 +566,7 @@ impl Pass for PruneHeadsPass {
         true
     }
 
-    fn run(
-        &mut self,
-        g: &mut Graph,
-        cx: &mut PassContext,
-    ) -> Result<(), PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
         let blocks = attention_blocks(g);
         if blocks.is_empty() {
             return Err(PassError::Pattern {
@@ -710,10 +706,20 @@ mod tests {
         // nothing may be left without heads
         let m = select_heads(&e, 6, 2, 0.9, HeadUnit::Query).unwrap_err();
         assert!(
-            matches!(m, MatrixError::DropsAllHeads { drop: 3, per_group: 3, .. }),
+            matches!(
+                m,
+                MatrixError::DropsAllHeads {
+                    drop: 3,
+                    per_group: 3,
+                    ..
+                }
+            ),
             "{m:?}"
         );
-        assert!(m.to_string().contains("removes 3 of the 3 query heads"), "{m}");
+        assert!(
+            m.to_string().contains("removes 3 of the 3 query heads"),
+            "{m}"
+        );
         assert!(select_heads(&e, 6, 2, 0.8, HeadUnit::Kv).is_err());
     }
 }

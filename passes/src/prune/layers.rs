@@ -12,11 +12,11 @@
 //! `r_{k+1} = r_k + branch(norm(r_k))`; a layer begins at the addition whose branch holds an
 //! attention.
 
-use crate::core::report::{LayersRow, PassRow};
-use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
 use crate::calib::Calibration;
-use crate::PassError;
 use crate::core::linalg::LinalgError;
+use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
+use crate::core::report::{LayersRow, PassRow};
+use crate::PassError;
 use llmc_ir::{BinaryOp, Graph, Op, Session, Tensor, ValueId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -391,7 +391,13 @@ impl RunStats {
     /// (`damp` of each channel's variance) on the centred statistics, truncated to `rank` in
     /// the norm of the inputs' covariance (reduced-rank regression: the whitened SVD of the
     /// full solution): the bridge of layers `first..=last`.
-    fn fit(&self, first: usize, last: usize, rank: usize, damp: f64) -> Result<Bridge, LinalgError> {
+    fn fit(
+        &self,
+        first: usize,
+        last: usize,
+        rank: usize,
+        damp: f64,
+    ) -> Result<Bridge, LinalgError> {
         let dim = self.dim;
         let t = self.tokens.max(1) as f64;
         let mx: Vec<f64> = self.xs.iter().map(|v| v / t).collect();
@@ -741,11 +747,7 @@ impl Pass for DropLayersPass {
         true
     }
 
-    fn run(
-        &mut self,
-        g: &mut Graph,
-        cx: &mut PassContext,
-    ) -> Result<(), PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
         let s = residual_stream(g)?;
         if self.count >= s.layers() {
             return Err(bad(

@@ -12,15 +12,15 @@
 //! 0). A 2:4 weight is stored compressed (`Encoding::Sparse24`: the kept half of the values
 //! and a 2-bit position each), which quantization keeps, quantizing only the kept values.
 
-use crate::core::report::{PassRow, PruneRow};
-use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
-use crate::core::edit::{set_weight_sparse24, split_2of4};
 use crate::calib::Stats;
-use crate::core::linalg::{inverse_hessian_factor, obs_sweep, Columns};
 use crate::core::edit::{set_weight_f32, weight_f32};
-use crate::PassError;
+use crate::core::edit::{set_weight_sparse24, split_2of4};
 use crate::core::linalg::LinalgError;
+use crate::core::linalg::{inverse_hessian_factor, obs_sweep, Columns};
+use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
+use crate::core::report::{PassRow, PruneRow};
 use crate::MatrixError;
+use crate::PassError;
 use llmc_ir::{DType, Encoding, Graph};
 use rayon::prelude::*;
 
@@ -362,7 +362,13 @@ pub fn prune(
             }
             let out_error = st.map(|s| {
                 let e = crate::core::linalg::output_error(&w, &pruned, rows, cols, &s.gram);
-                let base = crate::core::linalg::output_error(&w, &vec![0f32; w.len()], rows, cols, &s.gram);
+                let base = crate::core::linalg::output_error(
+                    &w,
+                    &vec![0f32; w.len()],
+                    rows,
+                    cols,
+                    &s.gram,
+                );
                 if base > 0.0 {
                     (e / base).sqrt()
                 } else {
@@ -415,11 +421,7 @@ impl Pass for PrunePass {
         self.method != PruneMethod::Magnitude
     }
 
-    fn run(
-        &mut self,
-        g: &mut Graph,
-        cx: &mut PassContext,
-    ) -> Result<(), PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
         let stats = if self.needs_calibration() || cx.stats.is_some() {
             Some(cx.take_stats(g, "prune")?)
         } else {

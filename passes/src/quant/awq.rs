@@ -8,8 +8,8 @@ use crate::calib::Stats;
 use crate::core::edit::unpalettized_linear_weights;
 use crate::core::grid::rtn;
 use crate::PassError;
-use rayon::prelude::*;
 use llmc_ir::Graph;
+use rayon::prelude::*;
 use std::collections::BTreeSet;
 
 /// AWQ's search: for every site whose linear layers are all quantized, the per-channel scale

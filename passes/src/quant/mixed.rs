@@ -6,8 +6,8 @@ use super::{spec_for, QuantOptions};
 use crate::calib::Stats;
 use crate::core::grid::rtn;
 use crate::PassError;
-use rayon::prelude::*;
 use llmc_ir::{DType, Encoding, Graph, Group, QuantSpec, ValueId, Zero};
+use rayon::prelude::*;
 use std::collections::BTreeSet;
 
 /// What mixed precision promotes layers to: int8, symmetric, per output channel.
@@ -52,8 +52,8 @@ pub(super) fn mixed_precision(
             let gain = match stats.inputs.get(&input).filter(|s| s.cols == cols) {
                 Some(st) => {
                     let zero = vec![0f32; v.len()];
-                    let base =
-                        crate::core::linalg::output_error(&v, &zero, rows, cols, &st.gram).max(1e-30);
+                    let base = crate::core::linalg::output_error(&v, &zero, rows, cols, &st.gram)
+                        .max(1e-30);
                     let (_, a) = rtn(&v, rows, cols, &lq);
                     let (_, b) = rtn(&v, rows, cols, &HIGH);
                     (crate::core::linalg::output_error(&v, &a, rows, cols, &st.gram)

@@ -9,19 +9,19 @@ mod awq;
 mod mixed;
 pub mod smoothquant;
 
-use crate::core::report::{PassRow, WeightRow};
+use crate::calib::Stats;
 use crate::core::edit::replace;
-use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
 use crate::core::edit::unpalettized_linear_weights;
 use crate::core::grid::rtn_with;
-use mixed::{mixed_precision, HIGH};
-use crate::calib::Stats;
+use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
+use crate::core::report::{PassRow, WeightRow};
 use crate::PassError;
 use llmc_ir::types::EncodingError;
 use llmc_ir::{
-    ActQuant, Bytes, DType, Encoding, Format, Graph, Group, Op, QuantSpec, TensorType,
-    ValueId, WeightData, Zero,
+    ActQuant, Bytes, DType, Encoding, Format, Graph, Group, Op, QuantSpec, TensorType, ValueId,
+    WeightData, Zero,
 };
+use mixed::{mixed_precision, HIGH};
 use rayon::prelude::*;
 use std::collections::BTreeSet;
 
@@ -478,11 +478,21 @@ pub fn quantize_with(
                 den += (*a as f64).powi(2);
             }
             let out_error = st.map(|s| {
-                let e =
-                    crate::core::linalg::output_error(&v, &approx, rows as usize, cols as usize, &s.gram);
+                let e = crate::core::linalg::output_error(
+                    &v,
+                    &approx,
+                    rows as usize,
+                    cols as usize,
+                    &s.gram,
+                );
                 let zero = vec![0f32; v.len()];
-                let base =
-                    crate::core::linalg::output_error(&v, &zero, rows as usize, cols as usize, &s.gram);
+                let base = crate::core::linalg::output_error(
+                    &v,
+                    &zero,
+                    rows as usize,
+                    cols as usize,
+                    &s.gram,
+                );
                 if base > 0.0 {
                     (e / base).sqrt()
                 } else {
@@ -709,11 +719,7 @@ impl Pass for QuantizePass {
             && (self.opts.method.calibrated() || self.opts.bpw.is_some())
     }
 
-    fn run(
-        &mut self,
-        g: &mut Graph,
-        cx: &mut PassContext,
-    ) -> Result<(), PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
         let int = matches!(self.opts.weights, WeightFormat::Int(_));
         // statistics sharpen clipping and feed the report's output errors when at hand
         let want = int

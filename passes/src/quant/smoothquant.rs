@@ -9,10 +9,10 @@
 //! can absorb `1/s`. Inputs without such a producer (the attention output before `o_proj`)
 //! are left alone.
 
-use crate::core::report::{PassRow, SmoothRow};
-use crate::core::pass::{OptionKind, OptionSpec, Pass, PassContext, PassInfo};
-use crate::core::edit::{set_weight_f32, weight_f32, weight_index};
 use crate::calib::Stats;
+use crate::core::edit::{set_weight_f32, weight_f32, weight_index};
+use crate::core::pass::{OptionKind, OptionSpec, Pass, PassContext, PassInfo};
+use crate::core::report::{PassRow, SmoothRow};
 use crate::PassError;
 use llmc_ir::{Graph, Op, ValueId};
 
@@ -235,11 +235,7 @@ impl Pass for SmoothPass {
         true
     }
 
-    fn run(
-        &mut self,
-        g: &mut Graph,
-        cx: &mut PassContext,
-    ) -> Result<(), PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
         if !(0.0..=1.0).contains(&self.alpha) {
             return Err(PassError::Options {
                 pass: "smooth".into(),
@@ -276,7 +272,11 @@ impl Pass for SmoothPass {
                 .fold(0f32, f32::max);
             cx.report.push(PassRow::Smooth(SmoothRow {
                 pass: "smooth",
-                weights: site.linears.iter().map(|&i| g.weights[i].name.clone()).collect(),
+                weights: site
+                    .linears
+                    .iter()
+                    .map(|&i| g.weights[i].name.clone())
+                    .collect(),
                 alpha: self.alpha,
                 act_max_before: before,
                 act_max_after: after,

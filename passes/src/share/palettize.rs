@@ -13,10 +13,10 @@
 //! ranges, so after one sort every Lloyd step is a binary search per boundary and a prefix-sum
 //! difference per mean: `O(K log n)`.
 
-use crate::core::report::{PassRow, WeightRow};
+use crate::calib::Stats;
 use crate::core::edit::replace;
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
-use crate::calib::Stats;
+use crate::core::report::{PassRow, WeightRow};
 use crate::{MatrixError, PassError};
 use llmc_ir::types::EncodingError;
 use llmc_ir::weights::pack_codes;
@@ -638,11 +638,7 @@ impl Pass for PalettizePass {
         self.opts.weighted
     }
 
-    fn run(
-        &mut self,
-        g: &mut Graph,
-        cx: &mut PassContext,
-    ) -> Result<(), PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<(), PassError> {
         // statistics weigh the k-means and give output errors when calibration is at hand
         let stats = if cx.stats.is_some() || (self.opts.weighted && cx.calib.is_some()) {
             Some(cx.take_stats(g, "palettize")?)
