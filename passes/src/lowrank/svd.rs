@@ -16,8 +16,7 @@
 //! (quantization) to encode.
 
 use crate::calib::Stats;
-use crate::core::edit::sole_linear_sites;
-use crate::core::edit::{set_weight_f32_shaped, weight_f32};
+use crate::core::edit::{set_weight_f32_shaped, sole_linear_sites, weight_f32};
 use crate::core::linalg::output_error;
 use crate::core::linalg::{factor, Factors, RankRule};
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};

@@ -11,8 +11,7 @@
 
 use super::compensate::{compensate, removed_mean_output, Edit};
 use crate::calib::Stats;
-use crate::core::edit::reinfer;
-use crate::core::edit::{set_weight_f32_shaped, weight_f32, weight_index};
+use crate::core::edit::{reinfer, set_weight_f32_shaped, weight_bytes, weight_f32, weight_index};
 use crate::core::linalg::LinalgError;
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
 use crate::core::report::{FfnRow, PassRow};
@@ -326,18 +325,16 @@ impl Pass for PruneFfnPass {
                 let b = removed_mean_output(&down, rows, w, &removed, st);
                 compensation.push((f.node, format!("{}.prune_bias", g.weights[f.down].name), b));
             }
-            let bytes = |g: &Graph, i: usize| {
-                let t = &g.weights[i].ty;
-                let dims: Option<Vec<u64>> = t.shape.0.iter().map(|d| d.fixed()).collect();
-                dims.and_then(|d| t.enc.byte_size(&d)).unwrap_or(0)
+            // bytes of the three projections (and the biases of gate and up)
+            let projections = |g: &Graph| -> u64 {
+                f.into
+                    .iter()
+                    .chain(&f.into_bias)
+                    .chain([&f.down])
+                    .map(|&i| weight_bytes(g, i))
+                    .sum()
             };
-            let before: u64 = f
-                .into
-                .iter()
-                .chain(&f.into_bias)
-                .chain([&f.down])
-                .map(|&i| bytes(g, i))
-                .sum();
+            let before = projections(g);
             for &i in f.into.iter().chain(&f.into_bias) {
                 let (v, rows, cols) = weight_f32(g, i)?;
                 let per = if rows == w { cols } else { 1 };
@@ -358,13 +355,7 @@ impl Pass for PruneFfnPass {
                 out.extend(keep.iter().map(|&c| v[r * w + c]));
             }
             set_weight_f32_shaped(g, f.down, vec![rows, keep.len()], out, &note)?;
-            let after: u64 = f
-                .into
-                .iter()
-                .chain(&f.into_bias)
-                .chain([&f.down])
-                .map(|&i| bytes(g, i))
-                .sum();
+            let after = projections(g);
             cx.report.push(PassRow::PruneFfn(FfnRow {
                 pass: "prune-ffn",
                 weight: g.weights[f.down].name.clone(),

@@ -13,10 +13,9 @@
 //! shrinks too). With one query head per KV head (multi-head attention) both are whole heads.
 
 use crate::calib::Stats;
-use crate::core::edit::reinfer;
-use crate::core::edit::replace;
-use crate::core::edit::{rows_cols, weight_bytes};
-use crate::core::edit::{set_weight_f32_shaped, weight_f32, weight_index};
+use crate::core::edit::{
+    reinfer, replace, rows_cols, set_weight_f32_shaped, weight_bytes, weight_f32, weight_index,
+};
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};
 use crate::core::report::{HeadsRow, PassRow};
 use crate::MatrixError;

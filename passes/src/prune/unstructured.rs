@@ -13,8 +13,7 @@
 //! and a 2-bit position each), which quantization keeps, quantizing only the kept values.
 
 use crate::calib::Stats;
-use crate::core::edit::{set_weight_f32, weight_f32};
-use crate::core::edit::{set_weight_sparse24, split_2of4};
+use crate::core::edit::{set_weight_f32, set_weight_sparse24, split_2of4, weight_f32};
 use crate::core::linalg::LinalgError;
 use crate::core::linalg::{inverse_hessian_factor, obs_sweep, Columns};
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo};

@@ -10,8 +10,7 @@ mod mixed;
 pub mod smoothquant;
 
 use crate::calib::Stats;
-use crate::core::edit::replace;
-use crate::core::edit::unpalettized_linear_weights;
+use crate::core::edit::{replace, unpalettized_linear_weights};
 use crate::core::grid::rtn_with;
 use crate::core::pass::{OptionKind, OptionSpec, Options, Pass, PassContext, PassInfo, Progress};
 use crate::core::report::{PassRow, WeightRow};
