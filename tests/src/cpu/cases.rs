@@ -202,38 +202,11 @@ pub fn check_case(case: &Case, target: &Target, execs: &[Exec]) -> Result<(), St
 
 /// Checks every case, two at a time, and panics listing all failures.
 pub fn check_all(target: &Target, cases: Vec<Case>, execs: &[Exec]) {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failures: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut f = vec![];
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(c) = cases.get(i) else { break f };
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            check_case(c, target, execs)
-                        }));
-                        match r {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => f.push(e),
-                            Err(p) => f.push(format!(
-                                "{}: panicked: {}",
-                                c.name,
-                                p.downcast_ref::<String>()
-                                    .cloned()
-                                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                    .unwrap_or_default()
-                            )),
-                        }
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a case panicked"))
-            .collect()
+    let failures = par_each(&cases, |c| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            check_case(c, target, execs)
+        }))
+        .unwrap_or_else(|p| Err(format!("{}: panicked: {}", c.name, panic_message(&*p))))
     });
     assert!(
         failures.is_empty(),
@@ -2690,6 +2663,14 @@ pub fn random_llama_layers(seed: u64, tied: bool, biases: bool, layers: usize) -
     .expect("the random Llama builds")
 }
 
+/// The message a panic carried.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 /// Runs `f` on every item, two at a time; the errors of those that failed (or panicked).
 pub fn par_each<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<(), String> + Sync) -> Vec<String> {
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -2704,13 +2685,7 @@ pub fn par_each<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<(), String> + Syn
                         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item))) {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => errs.push(e),
-                            Err(p) => errs.push(format!(
-                                "panicked: {}",
-                                p.downcast_ref::<String>()
-                                    .cloned()
-                                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                    .unwrap_or_default()
-                            )),
+                            Err(p) => errs.push(format!("panicked: {}", panic_message(&*p))),
                         }
                     }
                 })
