@@ -10,5 +10,14 @@ fn main() -> miette::Result<()> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // wrap diagnostics at spaces only: a flag such as --max-context is never split
+    let _ = miette::set_hook(Box::new(|_| {
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .break_words(false)
+                .word_splitter(textwrap::WordSplitter::NoHyphenation)
+                .build(),
+        )
+    }));
     llmc::cli::main_with(llmc::cli::Cli::parse())
 }
