@@ -987,7 +987,6 @@ fn build(a: BuildArgs) -> Result<()> {
     out.so |= target.runs_here();
     let flags = CompressFlags {
         quant,
-        quant_name: a.quant.clone(),
         group: a.group,
         method: a.quant_method.clone(),
         bpw: a.bpw,

@@ -92,8 +92,6 @@ pub enum Compression {
 #[derive(Clone, Debug)]
 pub struct CompressFlags {
     pub quant: Scheme,
-    /// The `--quant` text as given, for messages.
-    pub quant_name: String,
     pub group: Option<u32>,
     pub method: String,
     pub bpw: Option<f64>,
@@ -104,12 +102,17 @@ pub struct CompressFlags {
 }
 
 impl CompressFlags {
-    /// Whether any flag asks for more than the defaults (`--quant none`, round to nearest).
-    fn any(&self) -> bool {
+    /// Whether a flag chooses how linear weights are quantized.
+    fn quantizes(&self) -> bool {
         self.quant != Scheme::None
             || self.group.is_some()
             || self.method != "rtn"
             || self.bpw.is_some()
+    }
+
+    /// Whether any flag asks for more than the defaults (`--quant none`, round to nearest).
+    fn any(&self) -> bool {
+        self.quantizes()
             || self.prune.is_some()
             || self.lowrank.is_some()
             || self.palettize.is_some()
@@ -230,7 +233,7 @@ pub fn pipeline(c: &Compression, keep_head: bool) -> Result<Vec<Box<dyn Pass>>, 
         p.push(compress::lowrank_pass(spec)?);
     }
     if let Some(spec) = &f.palettize {
-        if f.quant != Scheme::None || f.group.is_some() || f.method != "rtn" || f.bpw.is_some() {
+        if f.quantizes() {
             return Err(conflict(
                 "--palettize and --quant/--group/--quant-method/--bpw both choose how linear weights are stored; give one or the other",
                 "palettize alone (--palettize 16:128), or quantize alone (--quant w4a16)",

@@ -2,7 +2,7 @@
 //! totals, the calibration text, the evaluation, and the table `llmc build` prints from it.
 
 use crate::eval::EvalResult;
-use llmc_passes::core::edit::linear_weights;
+use llmc_passes::core::edit::{linear_weights, weight_bytes};
 use llmc_passes::core::manager::PassTiming;
 use llmc_passes::core::report::{
     CompensationRow, DistillCheck, DistillRow, FfnRow, HeadsRow, LayersRow, LowRankRow, PassRow,
@@ -80,12 +80,8 @@ impl Footprint {
         linear_weights(g, head)
             .iter()
             .map(|&(w, _)| {
-                let t = &g.weights[w].ty;
-                let dims: Vec<u64> = t.shape.0.iter().filter_map(|d| d.fixed()).collect();
-                (
-                    dims.iter().product::<u64>(),
-                    t.enc.byte_size(&dims).unwrap_or(0),
-                )
+                let params = g.weights[w].ty.shape.numel().unwrap_or(0);
+                (params, weight_bytes(g, w))
             })
             .fold(Footprint::default(), |f, (p, b)| Footprint {
                 params: f.params + p,

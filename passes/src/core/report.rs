@@ -37,27 +37,6 @@ pub enum PassRow {
     DistillCheck(DistillCheckRow),
 }
 
-impl PassRow {
-    /// The pass that wrote the row.
-    pub fn pass(&self) -> &'static str {
-        match self {
-            PassRow::Rewrite(r) => r.pass,
-            PassRow::Weight(r) => r.pass,
-            PassRow::Smooth(r) => r.pass,
-            PassRow::Prune(r) => r.pass,
-            PassRow::PruneFfn(r) => r.pass,
-            PassRow::PruneHeads(r) => r.pass,
-            PassRow::DropLayers(r) => r.pass,
-            PassRow::Compensation(r) => r.pass,
-            PassRow::LowRank(r) => r.pass,
-            PassRow::Caldera(r) => r.pass,
-            PassRow::Distill(r) => r.pass,
-            PassRow::DistillSkipped(r) => r.pass,
-            PassRow::DistillCheck(r) => r.pass,
-        }
-    }
-}
-
 /// What the rewrite driver did.
 #[derive(Clone, Debug, Serialize)]
 pub struct RewriteRow {
